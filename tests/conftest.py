@@ -1,0 +1,5 @@
+"""Shared pytest set-up: fixture modules live in tests/fixtures/ and are loaded here."""
+
+pytest_plugins = [
+    "tests.fixtures.common",
+]
