@@ -1,0 +1,5 @@
+import sys
+
+from nestbuild.cli import main
+
+sys.exit(main())

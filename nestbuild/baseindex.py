@@ -1,0 +1,225 @@
+"""The base image's file index, built once per base and kept in the cache.
+
+Validating a derived image compares each derived path with the base; the base can be large
+(gigabytes, tens of thousands of files) and rarely changes, so its merged tree (with content
+hashes) lives in an SQLite file keyed by the base layers' chain. Lookups touch only the paths
+the derived layers name, so validate's cost does not grow with the base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+
+from nestbuild import paths
+from nestbuild.cache import cache_dir
+from nestbuild.errors import LayerError
+from nestbuild.image.source import ImageSource
+from nestbuild.tree import FILE, HARDLINK, Entry, Unsafe, Whiteout, read_layer
+
+FORMAT = 2
+_COLUMNS = "path, type, mode, uid, gid, size, digest, link, xattrs, devmajor, devminor, layer"
+
+
+def chain_key(diff_ids: Sequence[str]) -> str:
+    """Identifies a stack of layers whatever the transport or manifest it came from."""
+    return hashlib.sha256(("\n".join(diff_ids) + f"\n{FORMAT}").encode()).hexdigest()
+
+
+def _p(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _unp(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _range(prefix: str) -> tuple[bytes, bytes]:
+    """Bounds of the paths strictly below ``prefix``."""
+    p = _p(prefix.rstrip("/"))
+    return p + b"/", p + b"0"  # '0' sorts right after '/'
+
+
+def _xattrs_dump(x: dict[str, bytes]) -> str | None:
+    return json.dumps({k: v.hex() for k, v in sorted(x.items())}) if x else None
+
+
+def _row_entry(row: tuple[object, ...]) -> Entry:
+    (path, typ, mode, uid, gid, size, digest, link, xattrs, major, minor, layer) = row
+    return Entry(
+        _unp(path),  # type: ignore[arg-type]
+        str(typ), int(mode), int(uid), int(gid), int(size),  # type: ignore[call-overload]
+        digest,  # type: ignore[arg-type]
+        _unp(link) if link else "",  # type: ignore[arg-type]
+        {k: bytes.fromhex(v) for k, v in json.loads(xattrs).items()} if xattrs else {},  # type: ignore[arg-type]
+        int(major), int(minor), int(layer),  # type: ignore[call-overload]
+    )
+
+
+class BaseIndex:
+    """Read access to an indexed base tree."""
+
+    def __init__(self, db: sqlite3.Connection, key: str, layers: int) -> None:
+        self._db = db
+        self.key = key
+        self.layers = layers
+
+    @classmethod
+    def empty(cls) -> BaseIndex:
+        db = sqlite3.connect(":memory:")
+        _create(db)
+        return cls(db, "empty", 0)
+
+    def get(self, path: str) -> Entry | None:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (_p(path),)
+        ).fetchone()
+        return _row_entry(row) if row else None
+
+    def below(self, prefix: str) -> Iterator[Entry]:
+        lo, hi = _range(prefix)
+        if prefix == "/":
+            lo, hi = b"/", b"0"
+        for row in self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE path > ? AND path < ? ORDER BY path", (lo, hi)
+        ):
+            yield _row_entry(row)
+
+    def content(self, path: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT c.data FROM content c JOIN entries e ON e.path = c.path WHERE c.path = ?",
+            (_p(path),),
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _create(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS entries (
+            path BLOB PRIMARY KEY, type TEXT, mode INT, uid INT, gid INT, size INT,
+            digest TEXT, link BLOB, xattrs TEXT, devmajor INT, devminor INT, layer INT
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS content (path BLOB PRIMARY KEY, data BLOB) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+        """
+    )
+
+
+Progress = Callable[[str], None]
+
+
+def load_or_build(
+    source: ImageSource, layers: int, progress: Progress | None = None
+) -> BaseIndex:
+    """The index of the first ``layers`` layers of ``source``, from the cache when possible."""
+    if layers == 0:
+        return BaseIndex.empty()
+    key = chain_key(source.config.diff_ids[:layers])
+    path = cache_dir("base-index") / f"{key}.sqlite"
+    if path.is_file():
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            ok = db.execute("SELECT value FROM meta WHERE key = 'complete'").fetchone()
+            if ok and ok[0] == "1":
+                return BaseIndex(db, key, layers)
+            db.close()
+        except sqlite3.Error:
+            pass
+    if progress:
+        progress(f"indexing the base ({layers} layers); this is done once per base")
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".sqlite", dir=path.parent)
+    os.close(fd)
+    try:
+        with closing(sqlite3.connect(tmp)) as db:
+            db.execute("PRAGMA journal_mode = OFF")
+            db.execute("PRAGMA synchronous = OFF")
+            _create(db)
+            for index in range(layers):
+                with source.open_layer(index) as stream:
+                    _apply_layer(db, source, index, stream.fileobj, stream.seekable)
+                    stream.finish()
+            db.execute("INSERT INTO meta VALUES ('complete', '1')")
+            db.commit()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return BaseIndex(db, key, layers)
+
+
+def _apply_layer(
+    db: sqlite3.Connection, source: ImageSource, index: int, fileobj: object, seekable: bool
+) -> None:
+    what = f"{source.ref} layer {index}"
+    insert = f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    contents: list[tuple[Entry, bytes]] = []
+
+    def keep(entry: Entry, data: bytes) -> None:
+        if paths.keeps_content(entry.path):
+            contents.append((entry, data))
+
+    batch: list[tuple[object, ...]] = []
+    for item in read_layer(
+        fileobj, index, seekable=seekable, want_digest=lambda e: True, inspect=keep, what=what
+    ):
+        if isinstance(item, Unsafe):
+            continue  # the base's own problems are the base vendor's; it cannot be applied
+        if isinstance(item, Whiteout):
+            _flush(db, insert, batch)
+            lo, hi = _range(item.path)
+            if item.opaque:
+                db.execute(
+                    "DELETE FROM entries WHERE path > ? AND path < ? AND layer < ?",
+                    (lo, hi, index),
+                )
+            else:
+                db.execute(
+                    "DELETE FROM entries WHERE path = ? OR (path > ? AND path < ?)",
+                    (_p(item.path), lo, hi),
+                )
+            continue
+        e = item
+        if e.type == HARDLINK:
+            _flush(db, insert, batch)
+            row = db.execute("SELECT size, digest FROM entries WHERE path = ?", (_p(e.link),))
+            target = row.fetchone()
+            if target is None:
+                raise LayerError(f"{what}: hard link {e.path} to missing {e.link}")
+            e.size, e.digest = int(target[0]), target[1]
+        batch.append(
+            (_p(e.path), e.type, e.mode, e.uid, e.gid, e.size, e.digest,
+             _p(e.link) if e.link else None, _xattrs_dump(e.xattrs), e.devmajor, e.devminor, index)
+        )
+        if len(batch) >= 5000:
+            _flush(db, insert, batch)
+    _flush(db, insert, batch)
+    for entry, data in contents:
+        db.execute("INSERT OR REPLACE INTO content VALUES (?, ?)", (_p(entry.path), data))
+
+
+def _flush(db: sqlite3.Connection, insert: str, batch: list[tuple[object, ...]]) -> None:
+    if batch:
+        db.executemany(insert, batch)
+        batch.clear()
+
+
+def comparable_type(t: str) -> str:
+    return FILE if t == HARDLINK else t
+
+
+def cache_path_for(diff_ids: Sequence[str]) -> Path:
+    return cache_dir("base-index") / f"{chain_key(diff_ids)}.sqlite"

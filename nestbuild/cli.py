@@ -1,0 +1,236 @@
+"""The ``nestbuild`` command: a thin argparse layer over the Python API.
+
+Exit codes (stable): 0 success / passed, 1 the image failed policy or verification,
+2 unusable input (missing image, malformed file, missing tool), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nestbuild import __version__
+from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError
+
+FORMATS = ("table", "json")
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    if quiet:
+        return lambda _msg: None
+    err = _console(stderr=True)
+    return lambda msg: err.print(f"[dim]nestbuild: {msg}[/dim]")
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+
+
+# --- validate / diff -----------------------------------------------------------------------
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from nestbuild import policy as policy_mod
+    from nestbuild.validate import validate
+
+    pol = policy_mod.resolve(args.policy, args.preset)
+    report = validate(args.image, base_ref=args.base, policy=pol,
+                      progress=_progress(args.quiet or args.format != "table"))
+    if args.format == "json":
+        _write(report.dumps(), args.output)
+    elif args.format == "sarif":
+        _write(json.dumps(report.to_sarif(), indent=2) + "\n", args.output)
+    else:
+        report.render(_console())
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from nestbuild.validate import diff
+
+    report = diff(args.base, args.image, progress=_progress(args.quiet or args.format != "table"))
+    if args.format == "json":
+        data = report.to_json()
+        out = {k: data[k] for k in ("version", "image", "base", "changes", "notes")}
+        out["summary"] = {"changes": len(report.changes)}
+        _write(json.dumps(out, indent=2, ensure_ascii=False) + "\n", args.output)
+    else:
+        report.render(_console(), changes_limit=10_000, show_findings=False)
+    return EXIT_OK
+
+
+# --- rules ---------------------------------------------------------------------------------
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from nestbuild.rules import RULES
+
+    if args.format == "json":
+        rows = [{"id": r.id, "severity": r.severity, "origin": r.origin, "summary": r.summary,
+                 "remedy": r.remedy} for r in RULES.values()]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("rule", "default", "from", "what it checks"):
+        table.add_column(col, overflow="fold")
+    for r in RULES.values():
+        table.add_row(r.id, r.severity, r.origin, r.summary)
+    _console().print(table)
+    return EXIT_OK
+
+
+# --- base ----------------------------------------------------------------------------------
+
+def cmd_base_build(args: argparse.Namespace) -> int:
+    from nestbuild import baseimage
+
+    built = baseimage.build_base(args.name, tag=args.tag)
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"name": built.name, "tag": built.tag,
+                                     "image_id": built.image_id,
+                                     "kernel": built.kernel}, indent=2) + "\n")
+    else:
+        print(f"built {built.tag} ({built.image_id[:12]}), kernel {built.kernel}")
+    return EXIT_OK
+
+
+def cmd_base_list(args: argparse.Namespace) -> int:
+    from nestbuild import baseimage
+
+    recipes = baseimage.list_recipes()
+    if args.format == "json":
+        sys.stdout.write(json.dumps([{"name": r.name, "description": r.description,
+                                      "path": str(r.path)} for r in recipes], indent=2) + "\n")
+    else:
+        for r in recipes:
+            print(f"{r.name:12} {r.description}")
+    return EXIT_OK
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+EPILOG = textwrap.dedent("""\
+    images are named as skopeo and podman name them:
+      containers-storage:REF   buildah's/podman's local store (the default without a transport)
+      oci:DIR[:TAG]            an OCI image layout directory
+      oci-archive:FILE[:TAG]   an OCI layout in a tar file
+
+    exit codes: 0 passed, 1 policy errors, 2 unusable input
+    """)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nestbuild",
+        description="Build, validate, sign and ship custom images of image-based "
+                    "container-host operating systems (bootc, Fedora CoreOS, NestOS).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"nestbuild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, description: str, epilog: str = EPILOG
+                ) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command(
+        "validate", "check what a derived image changes against the policy",
+        textwrap.dedent("""\
+            Diff the image's derived layers against its base and apply the policy:
+            by default (preset strict) only /etc and /var may change, plus lints for what
+            breaks or endangers nodes (bootc's lints and nestbuild's; see 'nestbuild rules').
+
+            The base is --base, else the image's org.opencontainers.image.base.* annotations
+            (buildah writes them), else its ostree.final-diffid label. The base's file index is
+            cached, so validating again reads only the derived layers.
+
+            examples:
+              nestbuild validate localhost/my-node:latest
+              nestbuild validate oci:./out:v2 --base oci:./base --format json
+              nestbuild validate my-node --preset packages --format sarif -o nestbuild.sarif"""),
+    )
+    p.add_argument("image", metavar="IMAGE", help="the derived image")
+    p.add_argument("--base", metavar="REF", help="the base image (default: found from the image)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--policy", type=Path, metavar="FILE",
+                   help="policy YAML (default: policy: in ./nestbuild.yaml, else strict)")
+    g.add_argument("--preset", choices=("strict", "packages", "permissive"),
+                   help="a built-in policy")
+    p.add_argument("--format", choices=(*FORMATS, "sarif"), default="table")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="write json/sarif output to FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=cmd_validate)
+
+    p = command(
+        "diff", "show what an image changes against a base",
+        "Print the changeset alone: every path added, modified, deleted or changed in\n"
+        "metadata only, with the layer that changed it. No policy is applied.\n\n"
+        "example:\n  nestbuild diff localhost/nestbuild/mini:latest localhost/my-node:latest",
+    )
+    p.add_argument("base", metavar="BASE", help="the base image")
+    p.add_argument("image", metavar="IMAGE", help="the derived image")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_diff)
+
+    p = command("rules", "list the validation rules", "List every rule id with its default "
+                "severity; policies set severities by these ids.", epilog="")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.set_defaults(func=cmd_rules)
+
+    p = command("base", "build and list base images", "Base image recipes (base-images/).",
+                epilog="")
+    base_sub = p.add_subparsers(dest="base_command", metavar="ACTION", required=True)
+    b = base_sub.add_parser("build", help="build a base image from a recipe",
+                            description="Build a base from its recipe into local storage, "
+                                        "offline.\n\nexample:\n  nestbuild base build mini",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("name", nargs="?", default="mini", help="recipe name (default: mini)")
+    b.add_argument("-t", "--tag", help="image name (default: localhost/nestbuild/NAME:latest)")
+    b.add_argument("--format", choices=FORMATS, default="table")
+    b.set_defaults(func=cmd_base_build)
+    b = base_sub.add_parser("list", help="list base image recipes")
+    b.add_argument("--format", choices=FORMATS, default="table")
+    b.set_defaults(func=cmd_base_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except NestbuildError as exc:
+        err = _console(stderr=True)
+        err.print(f"[bold red]error:[/bold red] {exc.message}", markup=True, highlight=False,
+                  soft_wrap=True)
+        if exc.detail:
+            err.print(exc.detail, markup=False, highlight=False, style="dim")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The command line: exit codes, one-line errors, JSON and SARIF shapes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nestbuild.cli import main
+from tests.ocibuilder import Layer, bootable_base, derived
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nestbuild", *args], capture_output=True,
+                          text=True, check=False)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> tuple[str, str, str]:
+    base, good = derived(tmp_path / "l", [bootable_base()], [Layer().file("/etc/motd", b"hi\n")],
+                         tag="good")
+    _, bad = derived(tmp_path / "l", [bootable_base()],
+                     [Layer().dir("/usr/local").file("/usr/local/x", b"x")], tag="bad")
+    return base, good, bad
+
+
+def test_validate_json_contract_and_exit_codes(images: tuple[str, str, str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    _base, good, bad = images
+    assert main(["validate", good, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) >= {"image", "base", "policy", "changes", "findings", "summary", "passed"}
+    assert doc["image"]["ref"] == good and doc["image"]["digest"].startswith("sha256:")
+    assert doc["base"]["layers"] == 1 and doc["base"]["found_by"] == "annotation"
+    assert doc["changes"] == [{"path": "/etc/motd", "kind": "modified", "type": "file",
+                               "layer": 1, "details": ["content"]}]
+    assert doc["summary"] == {"errors": 0, "warnings": 0, "infos": 0, "changes": 1}
+    assert doc["passed"] is True
+
+    assert main(["validate", bad, "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["passed"] is False
+    assert doc["findings"][0]["rule"] == "path-policy"
+    assert doc["findings"][0]["path"] == "/usr/local"
+    assert main(["validate", bad, "--preset", "packages", "--format", "json"]) == 0
+
+
+def test_sarif(images: tuple[str, str, str], tmp_path: Path) -> None:
+    _, _, bad = images
+    out = tmp_path / "r.sarif"
+    assert main(["validate", bad, "--format", "sarif", "-o", str(out)]) == 1
+    sarif = json.loads(out.read_text())
+    assert sarif["version"] == "2.1.0"
+    run = sarif["runs"][0]
+    assert run["tool"]["driver"]["name"] == "nestbuild"
+    assert run["results"][0]["ruleId"] == "path-policy"
+    assert run["results"][0]["level"] == "error"
+    loc = run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    assert loc["uri"] == "usr/local"
+
+
+def test_diff_json(images: tuple[str, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    base, good, _ = images
+    assert main(["diff", base, good, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [c["path"] for c in doc["changes"]] == ["/etc/motd"]
+    assert "findings" not in doc
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    r = run_cli("validate", f"oci:{tmp_path}/missing")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "no such directory" in r.stderr
+    assert "Traceback" not in r.stderr
+    policy = tmp_path / "p.yaml"
+    policy.write_text("allow: [/etc\n")
+    r = run_cli("validate", f"oci:{tmp_path}/missing", "--policy", str(policy))
+    assert r.returncode == 2 and f"{policy}:2: invalid YAML" in r.stderr
+
+
+def test_table_output_and_rules_list(images: tuple[str, str, str]) -> None:
+    _, _, bad = images
+    r = run_cli("validate", bad)
+    assert r.returncode == 1
+    assert "path-policy" in r.stdout and "/usr/local" in r.stdout and "FAILED" in r.stdout
+    r = run_cli("rules", "--format", "json")
+    ids = {row["id"] for row in json.loads(r.stdout)}
+    assert {"path-policy", "secret", "var-run", "kernel", "unsafe-path"} <= ids
