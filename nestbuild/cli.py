@@ -47,7 +47,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from nestbuild.validate import validate
 
     pol = policy_mod.resolve(args.policy, args.preset)
-    report = validate(args.image, base_ref=args.base, policy=pol,
+    report = validate(args.image, base_ref=args.base, policy=pol, as_base=args.as_base,
                       progress=_progress(args.quiet or args.format != "table"))
     if args.format == "json":
         _write(report.dumps(), args.output)
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image", metavar="IMAGE", help="the derived image")
     p.add_argument("--base", metavar="REF", help="the base image (default: found from the image)")
+    p.add_argument("--as-base", action="store_true",
+                   help="check IMAGE as a base image: bootc's structural lints on the whole "
+                        "tree, no path policy")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--policy", type=Path, metavar="FILE",
                    help="policy YAML (default: policy: in ./nestbuild.yaml, else strict)")

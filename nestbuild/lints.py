@@ -112,7 +112,7 @@ class LayerScanner:
     def content(self, e: Entry, data: bytes) -> None:
         m = _PEM_PRIVATE.search(data)
         if m:
-            self._secret(e, f"contains a {m.group(1).decode().lower()}")
+            self._secret(e, f"contains a private key ({m.group(1).decode()})")
         elif _AWS_KEY.search(data):
             self._secret(e, "contains an AWS access key")
         elif _AUTH_JSON.search(data):
@@ -129,6 +129,8 @@ class LayerScanner:
     def _secret(self, e: Entry, why: str) -> None:
         if (e.path, e.layer) in self._secret_paths:
             return
+        if _SSH_HOST_KEY.search(e.path):
+            why = "an SSH host private key: every node would share it"
         self._secret_paths.add((e.path, e.layer))
         self.raws.append(Raw("secret", e.path, f"{why} (layer {e.layer})", e.layer))
 

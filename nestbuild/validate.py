@@ -104,12 +104,22 @@ def locate_base(
 
 
 def analyze(image_ref: str, base_ref: str | None = None,
-            progress: Progress | None = None) -> Analysis:
-    """Open the image, find its base, read only the derived layers, compute the changeset."""
+            progress: Progress | None = None, *, as_base: bool = False) -> Analysis:
+    """Open the image, find its base, read only the derived layers, compute the changeset.
+
+    ``as_base`` checks the image as a base: all its layers are the base, nothing is derived.
+    """
     say = progress or (lambda _msg: None)
     image = open_image(image_ref)
     _require_bootable(image, "the image")
-    info, other_base, notes, early = locate_base(image, base_ref)
+    if as_base:
+        info: BaseInfo | None = BaseInfo(str(image.ref), image.digest,
+                                         len(image.config.diff_ids), "--as-base")
+        other_base = None
+        notes: list[str] = []
+        early: list[lints.Raw] = []
+    else:
+        info, other_base, notes, early = locate_base(image, base_ref)
 
     if other_base is not None:
         index = baseindex.load_or_build(other_base, len(other_base.config.diff_ids), say)
@@ -142,15 +152,19 @@ def analyze(image_ref: str, base_ref: str | None = None,
 
 
 def validate(image_ref: str, *, base_ref: str | None = None, policy: Policy | None = None,
-             progress: Progress | None = None) -> Report:
-    """Validate an image against a policy (strict by default)."""
+             progress: Progress | None = None, as_base: bool = False) -> Report:
+    """Validate an image against a policy (strict by default).
+
+    With ``as_base`` the image is checked as a base image: bootc's structural lints on its
+    whole tree, no path policy (there is nothing derived to hold to it).
+    """
     policy = policy or preset("strict")
-    a = analyze(image_ref, base_ref, progress)
+    a = analyze(image_ref, base_ref, progress, as_base=as_base)
     findings: list[Finding] = lints.evaluate(
         policy=policy,
         changes=a.changes,
         merged=a.overlay,
-        base=a.base_index if a.base_index.layers else None,
+        base=a.base_index if a.base_index.layers and not as_base else None,
         layer_raws=[*a.early, *a.scanner.raws],
     )
     return Report.build(a.image, a.base, policy, a.changes, findings, a.notes)

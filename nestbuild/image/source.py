@@ -324,7 +324,11 @@ class _Store:
         return self._by_diff
 
     def layer_for(self, diff_id: str) -> str | None:
-        return self._load().get(diff_id)
+        found = self._load().get(diff_id)
+        if found is None:  # the store may have gained layers since we last looked
+            self._by_diff = None
+            found = self._load().get(diff_id)
+        return found
 
     def tar_split(self, layer_id: str) -> Path:
         return self.graphroot / f"{self.driver}-layers" / f"{layer_id}.tar-split.gz"

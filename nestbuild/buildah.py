@@ -1,0 +1,92 @@
+"""The one small interface to buildah (driven as a subprocess through nestbuild.run).
+
+RUN steps use chroot isolation: the hosts nestbuild runs on (CI machines, containers) often
+cannot run crun ("cgroups in hybrid mode not supported"), and chroot needs no runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from nestbuild import run
+from nestbuild.errors import ToolError
+
+DEFAULT_ISOLATION = "chroot"
+
+
+def _buildah(*args: str, what: str) -> str:
+    return run.run(["buildah", *args], what=what).stdout.decode().strip()
+
+
+def from_image(ref: str) -> str:
+    """A working container from ``ref`` (``scratch`` for an empty one); returns its id."""
+    pull = [] if ref == "scratch" else ["--pull-never"]
+    return _buildah("from", "--quiet", *pull, ref,
+                    what=f"creating a container from {ref}").splitlines()[-1]
+
+
+def mount(ctr: str) -> Path:
+    return Path(_buildah("mount", ctr, what="mounting the container"))
+
+
+def config(ctr: str, *, labels: Mapping[str, str] | None = None,
+           env: Mapping[str, str] | None = None, cmd: str | None = None,
+           created_by: str | None = None) -> None:
+    args: list[str] = []
+    for k, v in (labels or {}).items():
+        args += ["--label", f"{k}={v}"]
+    for k, v in (env or {}).items():
+        args += ["--env", f"{k}={v}"]
+    if cmd is not None:
+        args += ["--cmd", cmd]
+    if created_by is not None:
+        args += ["--created-by", created_by]
+    if args:
+        _buildah("config", *args, ctr, what="configuring the container")
+
+
+def commit(ctr: str, tag: str, *, timestamp: int | None = None) -> str:
+    """Commit the container as ``tag``; returns the image id."""
+    args = ["commit", "--quiet", "--format", "oci"]
+    if timestamp is not None:
+        args += ["--timestamp", str(timestamp)]
+    return _buildah(*args, ctr, tag, what=f"committing {tag}").splitlines()[-1]
+
+
+def remove(ctr: str) -> None:
+    run.run(["buildah", "rm", ctr], check=False)
+
+
+@contextlib.contextmanager
+def working_container(ref: str) -> Iterator[str]:
+    """A working container that is always removed, even when the body fails."""
+    ctr = from_image(ref)
+    try:
+        yield ctr
+    finally:
+        remove(ctr)
+
+
+def bud(containerfile: Path, context: Path, tag: str, *,
+        build_args: Mapping[str, str] | None = None, isolation: str = DEFAULT_ISOLATION,
+        layers: bool = False, extra: Sequence[str] = ()) -> str:
+    """A plain ``buildah bud``; returns the image id. Failures carry the build log's tail."""
+    if not containerfile.is_file():
+        raise ToolError(f"{containerfile}: no such Containerfile")
+    args = ["bud", "--quiet", "--isolation", isolation, "-f", str(containerfile), "-t", tag]
+    for k, v in (build_args or {}).items():
+        args += ["--build-arg", f"{k}={v}"]
+    if layers:
+        args.append("--layers")
+    args += [*extra, str(context)]
+    return run.run(["buildah", *args], what=f"building {tag}").stdout.decode().split()[-1]
+
+
+def image_exists(ref: str) -> bool:
+    return run.run(["buildah", "inspect", "--type", "image", ref], check=False).returncode == 0
+
+
+def remove_image(ref: str) -> None:
+    run.run(["buildah", "rmi", "--force", ref], check=False)

@@ -1,0 +1,62 @@
+"""Every example Containerfile, built for real with buildah on the mini base, gives exactly
+the findings its expected.yaml lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nestbuild.baseimage import BuiltBase
+from nestbuild.policy import preset
+from nestbuild.validate import validate
+from tests.fixtures.images import EXAMPLES, BuildImage
+
+NAMES = sorted(p.name for p in EXAMPLES.iterdir() if (p / "Containerfile").is_file())
+
+
+def test_there_are_at_least_five_examples() -> None:
+    assert len(NAMES) >= 5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_findings(name: str, build_image: BuildImage, mini_base: BuiltBase) -> None:
+    expected = yaml.safe_load((EXAMPLES / name / "expected.yaml").read_text())
+    tag = build_image(EXAMPLES / name)
+    runs = [(expected["policy"], expected)]
+    if "packages" in expected:
+        runs.append(("packages", expected["packages"]))
+    for policy_name, want in runs:
+        report = validate(tag, policy=preset(policy_name))
+        got = sorted((f.rule, f.severity, f.path) for f in report.findings)
+        assert got == sorted((f["rule"], f["severity"], f["path"]) for f in want["findings"]), (
+            policy_name)
+        assert report.passed is want["passed"]
+        assert report.base is not None and report.base.found_by == "annotation"
+        assert report.base.digest is not None
+
+
+def test_mini_base_passes_base_checks(mini_base: BuiltBase) -> None:
+    report = validate(mini_base.tag, as_base=True)
+    assert report.findings == [] and report.passed
+
+
+def test_buildah_base_annotation_and_derived_layers(build_image: BuildImage,
+                                                    mini_base: BuiltBase) -> None:
+    tag = build_image(EXAMPLES / "etc-config")
+    report = validate(tag)
+    assert report.base is not None and report.base.layers == 1
+    assert {c.layer for c in report.changes} == {1}
+    assert "/etc/motd" in {c.path for c in report.changes}
+
+
+def test_a_failing_run_step_reports_the_log_tail(tmp_path: Path, mini_base: BuiltBase) -> None:
+    from nestbuild import buildah
+    from nestbuild.errors import ToolError
+
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {mini_base.tag}\nRUN echo building && echo no-such-thing >&2 && false\n")
+    with pytest.raises(ToolError) as info:
+        buildah.bud(tmp_path / "Containerfile", tmp_path, "localhost/nestbuild-test/fail:x")
+    assert "no-such-thing" in (info.value.detail or "")
