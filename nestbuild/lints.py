@@ -110,12 +110,13 @@ class LayerScanner:
             self._secret(e, "an SSH private key")
 
     def content(self, e: Entry, data: bytes) -> None:
-        m = _PEM_PRIVATE.search(data)
+        # Substring tests first: they run at memory speed; the regexes only confirm.
+        m = _PEM_PRIVATE.search(data) if b"PRIVATE KEY" in data else None
         if m:
             self._secret(e, f"contains a private key ({m.group(1).decode()})")
-        elif _AWS_KEY.search(data):
+        elif (b"aws_secret_access_key" in data or b"AKIA" in data) and _AWS_KEY.search(data):
             self._secret(e, "contains an AWS access key")
-        elif _AUTH_JSON.search(data):
+        elif b'"auths"' in data and _AUTH_JSON.search(data):
             self._secret(e, "contains registry credentials (auths.*.auth)")
         elif e.path.endswith("/.netrc") and _NETRC_PASSWORD.search(data):
             self._secret(e, "a .netrc with a password")

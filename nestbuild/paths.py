@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 
 MODULES_DIR = "/usr/lib/modules"
 PREPARE_ROOT_CONF = "/usr/lib/ostree/prepare-root.conf"
@@ -24,8 +25,11 @@ CONTENT_GLOBS = (
 CONTENT_LIMIT = 256 * 1024
 
 
+_CONTENT_RE = re.compile("|".join(fnmatch.translate(p) for p in CONTENT_GLOBS))
+
+
 def keeps_content(path: str) -> bool:
-    return any(fnmatch.fnmatchcase(path, pattern) for pattern in CONTENT_GLOBS)
+    return _CONTENT_RE.match(path) is not None
 
 
 def top_level(path: str) -> str:
