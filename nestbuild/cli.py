@@ -7,6 +7,7 @@ Exit codes (stable): 0 success / passed, 1 the image failed policy or verificati
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nestbuild import __version__
+from nestbuild.commands import COMMAND_MODULES
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError
 
 FORMATS = ("table", "json")
@@ -213,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = base_sub.add_parser("list", help="list base image recipes")
     b.add_argument("--format", choices=FORMATS, default="table")
     b.set_defaults(func=cmd_base_list)
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a command group not written yet
+        module.register(sub, command)
     return parser
 
 
