@@ -1,8 +1,4 @@
-"""The project file, ``nestbuild.yaml``, found in the working directory.
-
-This module only hands out the raw ``policy:`` node for now; the full settings table
-(image, containerfile, build args, signing, registry) grows here with ``nestbuild build``.
-"""
+"""The project file, ``nestbuild.yaml``, found in the working directory (or NESTBUILD_CONFIG)."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from nestbuild.errors import UsageError
+from nestbuild import settings
 
 PROJECT_FILE = "nestbuild.yaml"
 
@@ -24,21 +20,16 @@ def project_file() -> Path | None:
     return path if path.is_file() else None
 
 
+def load() -> settings.ProjectSettings:
+    """The project's settings; empty when there is no project file."""
+    path = project_file()
+    return settings.load(path) if path is not None else settings.ProjectSettings()
+
+
 def policy_node() -> tuple[yaml.Node, str] | None:
     """The ``policy:`` value (a preset name, a file name or an inline policy) and its file."""
-    path = project_file()
-    if path is None:
+    project = load()
+    node = project.nodes.get("policy")
+    if node is None or project.source is None:
         return None
-    try:
-        node = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
-        raise UsageError(f"{path}:{line}: invalid YAML: {exc.problem}") from None
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key, value in node.value:
-        if key.value == "policy":
-            return value, str(path)
-    return None
+    return node, str(project.source)

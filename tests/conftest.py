@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.images",
+    "tests.fixtures.dockerd",
     "tests.fixtures.cosign",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -248,6 +250,18 @@ class StorageSource(ImageSource):
     def __init__(self, ref: ImageRef) -> None:
         self.ref = ref
 
+    @cached_property
+    def _direct(self) -> tuple[bytes, bytes] | None:
+        """Manifest and config straight from the store's metadata, when the name is exact.
+
+        Saves two skopeo runs (~60 ms); anything unusual (short names, IDs, digests) goes
+        through skopeo, which resolves names as podman does.
+        """
+        try:
+            return _store().find_image(self.ref.name)
+        except (OSError, ValueError, KeyError):
+            return None
+
     def _skopeo(self, *args: str) -> bytes:
         try:
             argv = ["skopeo", "inspect", *args, f"containers-storage:{self.ref.name}"]
@@ -260,7 +274,7 @@ class StorageSource(ImageSource):
 
     @cached_property
     def manifest(self) -> Manifest:
-        raw = self._skopeo("--raw")
+        raw = self._direct[0] if self._direct else self._skopeo("--raw")
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         if b'"manifests"' in raw:
             raise ImageError(f"{self.ref}: is a manifest list; name one platform's image")
@@ -268,7 +282,7 @@ class StorageSource(ImageSource):
 
     @cached_property
     def config(self) -> ImageConfig:
-        raw = self._skopeo("--config", "--raw")
+        raw = self._direct[1] if self._direct else self._skopeo("--config", "--raw")
         config = ImageConfig.parse(raw, f"{self.ref} config")
         if len(config.diff_ids) != len(self.manifest.layers):
             raise ImageError(f"{self.ref}: config and manifest disagree on the layer count")
@@ -330,6 +344,19 @@ class _Store:
             found = self._load().get(diff_id)
         return found
 
+    def find_image(self, name: str) -> tuple[bytes, bytes] | None:
+        """(manifest, config) of the image named exactly ``name`` (tag defaults to latest)."""
+        if "@" in name or "/" not in name:
+            return None
+        if ":" not in name.rsplit("/", 1)[-1]:
+            name += ":latest"
+        images = json.loads((self.graphroot / f"{self.driver}-images" / "images.json").read_text())
+        for image in images:
+            if name in (image.get("names") or []):
+                folder = self.graphroot / f"{self.driver}-images" / image["id"]
+                return _big_data(folder, "manifest"), _big_data(folder, "sha256:" + image["id"])
+        return None
+
     def tar_split(self, layer_id: str) -> Path:
         return self.graphroot / f"{self.driver}-layers" / f"{layer_id}.tar-split.gz"
 
@@ -337,6 +364,14 @@ class _Store:
         if self.driver == "overlay":
             return self.graphroot / "overlay" / layer_id / "diff"
         return self.graphroot / "vfs" / "dir" / layer_id
+
+
+def _big_data(folder: Path, key: str) -> bytes:
+    """containers-storage names a big-data file by its key, base64-encoded if it must be."""
+    plain = folder / key
+    if re.fullmatch(r"[A-Za-z0-9._-]+", key) and plain.is_file():
+        return plain.read_bytes()
+    return (folder / ("=" + base64.b64encode(key.encode()).decode())).read_bytes()
 
 
 _STORE: _Store | None = None
