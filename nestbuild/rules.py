@@ -38,7 +38,8 @@ _RULES = [
          "bootc"),
     Rule("buildah-injected", WARNING,
          "an empty /etc/hostname or /etc/resolv.conf was injected by the build tool",
-         "delete it in the Containerfile (RUN rm -f /etc/hostname /etc/resolv.conf)", "bootc"),
+         "harmless on bootc nodes (dropped on import); they are buildah's RUN-step mount points "
+         "(buildah bud --dns=none avoids resolv.conf)", "bootc"),
     Rule("etc-usretc", ERROR,
          "/usr/etc is an ostree implementation detail and must not ship beside /etc",
          "put configuration in /etc; remove /usr/etc", "bootc"),
