@@ -18,14 +18,10 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK = 1 << 20
 
 
-class Window(io.RawIOBase):
-    """A seekable read-only view of ``size`` bytes at ``offset`` of another file."""
+class PositionedReader(io.RawIOBase):
+    """A read-only, seekable raw stream that tracks its own position in ``_pos``."""
 
-    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
-        self._f = f
-        self._offset = offset
-        self._size = size
-        self._pos = 0
+    _pos = 0
 
     def readable(self) -> bool:
         return True
@@ -35,6 +31,16 @@ class Window(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+
+class Window(PositionedReader):
+    """A seekable read-only view of ``size`` bytes at ``offset`` of another file."""
+
+    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
+        self._f = f
+        self._offset = offset
+        self._size = size
+        self._pos = 0
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]

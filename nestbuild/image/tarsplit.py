@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import IO
 
 from nestbuild.errors import LayerError
+from nestbuild.image.blob import PositionedReader
 
 
-class TarSplitStream(io.RawIOBase):
+class TarSplitStream(PositionedReader):
     """Replays a tar-split file over an unpacked layer directory."""
 
     def __init__(self, tar_split: Path, root: Path) -> None:
@@ -59,15 +60,6 @@ class TarSplitStream(io.RawIOBase):
                     else:
                         raw_name = base64.b64decode(entry.get("name_raw") or "")
                     yield None, self._root / os.fsdecode(raw_name).lstrip("/"), size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_CUR:
