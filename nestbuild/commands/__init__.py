@@ -9,4 +9,5 @@ COMMAND_MODULES = (
     "nestbuild.commands.signing",   # keygen, sign, verify, attest
     "nestbuild.commands.registry",  # login, push, pull, inspect
     "nestbuild.commands.build",     # build, init
+    "nestbuild.commands.node",      # node trust, status, rollback
 )
