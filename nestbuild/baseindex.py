@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import IO
 
 from nestbuild import paths
 from nestbuild.cache import cache_dir
@@ -69,6 +70,9 @@ class BaseIndex:
         self._db = db
         self.key = key
         self.layers = layers
+        #: Paths known not to be in the base: nothing below them is either. Derived layers
+        #: add whole new trees, so this saves most lookups.
+        self._absent: set[str] = set()
 
     @classmethod
     def empty(cls) -> BaseIndex:
@@ -77,10 +81,16 @@ class BaseIndex:
         return cls(db, "empty", 0)
 
     def get(self, path: str) -> Entry | None:
+        if path.rpartition("/")[0] in self._absent:
+            self._absent.add(path)
+            return None
         row = self._db.execute(
             f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (_p(path),)
         ).fetchone()
-        return _row_entry(row) if row else None
+        if row is None:
+            self._absent.add(path)
+            return None
+        return _row_entry(row)
 
     def below(self, prefix: str) -> Iterator[Entry]:
         lo, hi = _range(prefix)
@@ -162,7 +172,7 @@ def load_or_build(
 
 
 def _apply_layer(
-    db: sqlite3.Connection, source: ImageSource, index: int, fileobj: object, seekable: bool
+    db: sqlite3.Connection, source: ImageSource, index: int, fileobj: IO[bytes], seekable: bool
 ) -> None:
     what = f"{source.ref} layer {index}"
     insert = f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"

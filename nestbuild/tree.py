@@ -13,8 +13,10 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 from nestbuild.errors import LayerError
+from nestbuild.tarstream import Member, TarStream
 
 
 def _decompress_errors() -> tuple[type[BaseException], ...]:
@@ -136,7 +138,7 @@ def is_utf8(text: str) -> bool:
 
 
 def read_layer(
-    fileobj: object,
+    fileobj: IO[bytes],
     layer: int,
     *,
     seekable: bool,
@@ -145,59 +147,38 @@ def read_layer(
     what: str = "layer",
 ) -> Iterator[Item]:
     """Yield the entries of one layer's tar stream in order."""
-    mode = "r:" if seekable else "r|"
+    stream = TarStream(fileobj, seekable=seekable, what=what)
     try:
-        tf = tarfile.open(  # noqa: SIM115 - closed in the finally below
-            fileobj=fileobj, mode=mode, encoding="utf-8", errors="surrogateescape"  # type: ignore[call-overload]
-        )
-    except READ_ERRORS as exc:
-        raise LayerError(f"{what}: not a tar stream ({exc})") from None
-    try:
-        while True:
-            try:
-                member = tf.next()
-            except READ_ERRORS as exc:
-                raise LayerError(f"{what}: corrupt or truncated tar ({exc})") from None
-            if member is None:
-                break
-            tf.members.clear()  # tarfile keeps every member; we stream
+        for member in stream:
             item = _convert(member, layer)
             if isinstance(item, Entry) and item.type == FILE and item.size:
                 small = inspect is not None and item.size <= INSPECT_LIMIT
                 if small or want_digest(item):
-                    _read_body(tf, member, item, inspect if small else None, what)
+                    _read_body(stream, member, item, inspect if small else None)
             elif isinstance(item, Entry) and item.type == FILE:
                 item.digest = _EMPTY_DIGEST
             yield item
-    finally:
-        tf.close()
+    except READ_ERRORS as exc:
+        raise LayerError(f"{what}: corrupt or truncated tar ({exc})") from None
 
 
 _EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 
 
-def _read_body(
-    tf: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, inspect: Inspector | None,
-    what: str,
-) -> None:
-    f = tf.extractfile(member)
-    if f is None:
-        return
+def _read_body(stream: TarStream, member: Member, entry: Entry,
+               inspect: Inspector | None) -> None:
     h = hashlib.sha256()
     kept: list[bytes] = []
-    try:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            if inspect is not None:
-                kept.append(chunk)
-    except READ_ERRORS as exc:
-        raise LayerError(f"{what}: corrupt or truncated tar at {entry.path} ({exc})") from None
+    for chunk in stream.body(member):
+        h.update(chunk)
+        if inspect is not None:
+            kept.append(chunk)
     entry.digest = h.hexdigest()
     if inspect is not None:
         inspect(entry, b"".join(kept))
 
 
-def _convert(m: tarfile.TarInfo, layer: int) -> Item:
+def _convert(m: Member, layer: int) -> Item:
     path = normalize(m.name)
     if path is None:
         return Unsafe("/" + m.name.lstrip("/"), "path contains '..'", layer)
