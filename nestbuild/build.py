@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nestbuild import containerfile, isolation, run
+from nestbuild import buildah, containerfile, isolation, run
 from nestbuild.errors import EXIT_FAILED, ImageError, NestbuildError, ToolError, UsageError
 from nestbuild.image import open_image
-from nestbuild.image.model import ANNOTATION_BASE_DIGEST
+from nestbuild.image.model import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME
 from nestbuild.policy import Policy
 from nestbuild.report import Report
 
@@ -49,6 +49,8 @@ class BuildOptions:
     platform: str | None = None
     validate: bool = True
     docker_host: str | None = None
+    #: Files to add as one layer after the build (kernel profiles, node trust files).
+    extra_files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,6 +157,14 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
     if recorded is not None and recorded != base.digest:
         raise ImageError(f"{tag}: built on {recorded}, but {base.name} was {base.digest} when "
                          "the build started (the base tag moved during the build); build again")
+    if opts.extra_files:
+        say(f"adding {len(opts.extra_files)} file(s): "
+            + ", ".join(sorted(opts.extra_files)[:4]) + (" ..." if len(opts.extra_files) > 4
+                                                          else ""))
+        image_id = buildah.add_files(
+            tag, opts.extra_files, created_by="nestbuild: kernel profiles and node trust",
+            annotations={ANNOTATION_BASE_DIGEST: base.digest, ANNOTATION_BASE_NAME: base.name})
+        image = open_image(f"containers-storage:{tag}")
     result = BuildResult(tag, image_id, image.digest, base.name, base.digest, opts.engine, iso,
                          time.monotonic() - start, logfile)
     if opts.validate:

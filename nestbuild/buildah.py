@@ -33,8 +33,10 @@ def mount(ctr: str) -> Path:
 
 def config(ctr: str, *, labels: Mapping[str, str] | None = None,
            env: Mapping[str, str] | None = None, cmd: str | None = None,
-           created_by: str | None = None) -> None:
+           created_by: str | None = None, annotations: Mapping[str, str] | None = None) -> None:
     args: list[str] = []
+    for k, v in (annotations or {}).items():
+        args += ["--annotation", f"{k}={v}"]
     for k, v in (labels or {}).items():
         args += ["--label", f"{k}={v}"]
     for k, v in (env or {}).items():
@@ -82,6 +84,22 @@ def bud(containerfile: Path, context: Path, tag: str, *,
         args.append("--layers")
     args += [*extra, str(context)]
     return run.run(["buildah", *args], what=f"building {tag}").stdout.decode().split()[-1]
+
+
+def add_files(image: str, files: Mapping[str, tuple[bytes, int]], *, created_by: str,
+              annotations: Mapping[str, str] | None = None) -> str:
+    """Add ``files`` (image path -> content, mode; root-owned) as one new layer on ``image``,
+    committed under the same name; returns the new image id. ``annotations`` keep the
+    original base record (buildah would otherwise name ``image`` itself as the base)."""
+    with working_container(image) as ctr:
+        root = mount(ctr)
+        for path, (data, mode) in sorted(files.items()):
+            target = root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(mode)
+        config(ctr, created_by=created_by, annotations=annotations)
+        return commit(ctr, image)
 
 
 def image_exists(ref: str) -> bool:

@@ -162,7 +162,8 @@ def _describe(group: list[Change]) -> str:
 
 
 def path_policy(changes: list[Change], policy: Policy) -> list[Raw]:
-    bad = [c for c in changes if not policy.path_allowed(c.path)[0]]
+    bad = [c for c in changes if not policy.path_allowed(c.path)[0] and not (
+        c.kind == ADDED and c.type == DIR and policy.leads_to_allowed(c.path))]
     out = []
     for top, group in _topmost(bad, {ADDED, DELETED}).items():
         _, deny = policy.path_allowed(top)
@@ -248,6 +249,48 @@ def composefs_enabled(view: View) -> bool:
     conf = _prepare_root(view)
     value = conf.get("composefs", "enabled", fallback="no") if conf else "no"
     return value.strip().lower() in (*_TRUE, "signed", "verity", "maybe")
+
+
+def _kernel_modules(view: View, kver: str) -> set[str]:
+    """Module names the kernel ``kver`` has, as files or built in (``-`` and ``_`` alike)."""
+    names = set()
+    base = f"{paths.MODULES_DIR}/{kver}"
+    for e in view.below(base):
+        name = posixpath.basename(e.path)
+        for suffix in MODULE_SUFFIXES:
+            if name.endswith(suffix):
+                names.add(name[: -len(suffix)].replace("-", "_"))
+    builtin = view.content(f"{base}/modules.builtin") or b""
+    for line in builtin.decode("utf-8", "replace").splitlines():
+        names.add(posixpath.basename(line.strip()).split(".ko", 1)[0].replace("-", "_"))
+    return names
+
+
+def modules_load(changes: list[Change], merged: View, kernels: list[str]) -> list[Raw]:
+    """Modules a derived modules-load.d file asks for must exist for the image's kernel."""
+    from nestbuild.kernel import modules_to_load
+
+    out: list[Raw] = []
+    available: dict[str, set[str]] = {}
+    for c in changes:
+        if c.after is None or not c.path.endswith(".conf") or not any(
+                c.path.startswith(d + "/") for d in paths.MODULES_LOAD_DIRS):
+            continue
+        data = merged.content(c.path)
+        if data is None:
+            continue
+        for name in modules_to_load(data.decode("utf-8", "replace")):
+            if not kernels:
+                out.append(Raw("kmod-kernel-mismatch", c.path,
+                               f"module {name} to load, but the image carries no kernel",
+                               c.layer))
+                continue
+            for kver in kernels:
+                have = available.setdefault(kver, _kernel_modules(merged, kver))
+                if name.replace("-", "_") not in have:
+                    out.append(Raw("kmod-kernel-mismatch", c.path,
+                                   f"module {name} to load is not in kernel {kver}", c.layer))
+    return out
 
 
 def composefs_or_transient(view: View) -> bool:
@@ -485,7 +528,9 @@ def evaluate(
     raws: list[Raw] = list(layer_raws)
     raws += path_policy(changes, policy)
     raws += permission_checks(changes)
-    raws += kmod_mismatch(changes, kernel_dirs(merged))
+    kernels = kernel_dirs(merged)
+    raws += kmod_mismatch(changes, kernels)
+    raws += modules_load(changes, merged, kernels)
     raws += dropped(changes, composefs_or_transient(merged))
     raws += var_content(changes)
 

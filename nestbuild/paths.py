@@ -10,6 +10,7 @@ PREPARE_ROOT_CONF = "/usr/lib/ostree/prepare-root.conf"
 KARGS_DIR = "/usr/lib/bootc/kargs.d"
 TMPFILES_DIRS = ("/usr/lib/tmpfiles.d", "/etc/tmpfiles.d")
 SYSUSERS_DIRS = ("/usr/lib/sysusers.d", "/etc/sysusers.d")
+MODULES_LOAD_DIRS = ("/usr/lib/modules-load.d", "/etc/modules-load.d")
 PASSWD = "/etc/passwd"
 GROUP = "/etc/group"
 
@@ -21,6 +22,8 @@ CONTENT_GLOBS = (
     f"{KARGS_DIR}/*",
     *(f"{d}/*" for d in TMPFILES_DIRS),
     *(f"{d}/*" for d in SYSUSERS_DIRS),
+    *(f"{d}/*" for d in MODULES_LOAD_DIRS),
+    f"{MODULES_DIR}/*/modules.builtin",
 )
 CONTENT_LIMIT = 256 * 1024
 

@@ -36,14 +36,15 @@ PROTECTED_OS = [
 
 PRESETS: dict[str, dict[str, Any]] = {
     "strict": {
-        "description": "only /etc and /var may change (the node keeps nothing else per-machine)",
-        "allow": ["/etc/**", "/var/**"],
+        "description": "only /etc and /var may change (the node keeps nothing else per-machine), "
+                       "plus bootc kernel arguments",
+        "allow": ["/etc/**", "/var/**", "/usr/lib/bootc/kargs.d/**"],
         "deny": [],
     },
     "packages": {
         "description": "packages may install into /usr and /opt; the kernel, ostree, /usr/etc "
                        "and setuid stay protected",
-        "allow": ["/etc/**", "/var/**", "/usr/**", "/opt/**"],
+        "allow": ["/etc/**", "/var/**", "/usr/**", "/opt/**"],  # kargs.d is under /usr
         "deny": PROTECTED_OS,
         "rules": {"setuid": "error"},
     },
@@ -104,6 +105,15 @@ class Policy:
             if rx.match(path):
                 return False, pat
         return any(rx.match(path) for rx in self._allow_re), None
+
+    def leads_to_allowed(self, path: str) -> bool:
+        """Whether ``path`` is a directory on the way to an allowed tree (``/usr/lib/bootc``
+        for ``/usr/lib/bootc/kargs.d/**``): creating it is part of using the allowed path."""
+        for pattern in self.allow:
+            literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0].rstrip("/")
+            if literal.startswith(path.rstrip("/") + "/"):
+                return True
+        return False
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -59,6 +59,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("base", STR, "the OS base image, when FROM alone does not say (for validate)",
             None, (), "REF"),
     Setting("policy", NODE, "the validation policy: a preset name, a file, or inline"),
+    Setting("kernel", NODE, "kernel profiles to add: {kargs: [NAME...], modules: [NAME...]} "
+            "(kernel/ in nestbuild)"),
+    Setting("trust", NODE, "bake node trust files into /etc: {repo: REG/REPO, keys: [K.pub...], "
+            "authfile: FILE}"),
     Setting("signing-key", PATH, "cosign private key for sign/push"),
     Setting("registry", STR, "registry and repository to push to (HOST/REPO)"),
     Setting("tags", LIST, "extra tags to push", []),

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,54 @@ def read_existing_policy(root: Path) -> dict[str, Any] | None:
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
     return data if isinstance(data, dict) else None
+
+
+@dataclass
+class TrustSettings:
+    repo: str
+    keys: list[Path]
+    authfile: Path | None = None
+
+    def files(self) -> dict[str, tuple[bytes, int]]:
+        """The trust files, as image paths, with the keys checked to be ECDSA P-256."""
+        from nestbuild import keys as keys_mod
+
+        pems = []
+        for k in self.keys:
+            try:
+                data = k.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"{k}: cannot read ({exc.strerror})") from None
+            keys_mod.load_public_key(data, str(k))
+            pems.append(data)
+        auth = None
+        if self.authfile is not None:
+            try:
+                auth = json.loads(self.authfile.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise UsageError(f"{self.authfile}: not a readable auth.json ({exc})") from None
+        return {"/" + rel: v for rel, v in trust_files(self.repo, pems, auth=auth).items()}
+
+
+def from_node(node: object, source: str) -> TrustSettings:
+    """``trust:`` in nestbuild.yaml; problems name the file and line."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        raise UsageError(f"{source}: trust must be a mapping (repo, keys, authfile)")
+    base = Path(source).parent
+    values: dict[str, Any] = {}
+    for k, v in node.value:
+        where = f"{source}:{k.start_mark.line + 1}"
+        if k.value == "repo" and isinstance(v, yaml.ScalarNode):
+            values["repo"] = str(v.value)
+        elif k.value == "keys" and isinstance(v, yaml.SequenceNode):
+            values["keys"] = [base / str(i.value) for i in v.value]
+        elif k.value == "authfile" and isinstance(v, yaml.ScalarNode):
+            values["authfile"] = base / str(v.value)
+        else:
+            raise UsageError(f"{where}: trust.{k.value}: expected repo: REG/REPO, "
+                             "keys: [K.pub, ...], authfile: FILE")
+    if "repo" not in values or not values.get("keys"):
+        raise UsageError(f"{source}:{node.start_mark.line + 1}: trust needs repo and keys")
+    return TrustSettings(**values)

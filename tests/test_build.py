@@ -175,3 +175,34 @@ def test_docker_engine_errors(tmp_path: Path, mini_base: BuiltBase, dockerd: str
     with pytest.raises(ToolError, match="unreachable"):
         build(BuildOptions(context=tmp_path, image=tag, engine="docker",
                            docker_host=f"unix://{tmp_path}/none.sock"))
+
+
+def test_kernel_profiles_and_trust_are_baked_in(mini_base: BuiltBase, tag: str,
+                                                 tmp_path: Path) -> None:
+    from nestbuild import keys
+
+    pub = tmp_path / "cosign.pub"
+    pub.write_bytes(keys.public_pem(keys.generate()))
+    r = nb("build", str(EXAMPLES / "etc-config"), "-t", tag, "--build-arg",
+           f"BASE={mini_base.tag}", "--kargs", "container-host", "--kargs", "serial-console",
+           "--modules", "container-host", "--trust", "reg.example:5000/nodes/base",
+           "--trust-key", str(pub), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    added = {c["path"] for c in doc["validation"]["changes"]}
+    assert {"/usr/lib/bootc/kargs.d/10-container-host.toml",
+            "/usr/lib/bootc/kargs.d/20-serial-console.toml",
+            "/etc/modules-load.d/nestbuild-container-host.conf",
+            "/etc/modprobe.d/nestbuild-container-host.conf",
+            "/etc/containers/policy.json",
+            "/etc/pki/containers/reg.example-5000-nodes-base.pub"} <= added
+    assert doc["passed"] is True  # strict allows kargs.d; module files go to /etc
+
+
+def test_kernel_profile_errors(tmp_path: Path, mini_base: BuiltBase, tag: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kargs = ["a"]\nextra = 1\n')
+    r = nb("build", str(EXAMPLES / "etc-config"), "-t", tag, "--kargs", str(bad))
+    assert r.returncode == 2 and "bad.toml: unknown key(s) extra" in r.stderr
+    r = nb("build", str(EXAMPLES / "etc-config"), "-t", tag, "--modules", "nope")
+    assert r.returncode == 2 and "no modules profile 'nope'" in r.stderr

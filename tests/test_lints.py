@@ -132,3 +132,16 @@ def test_findings_the_base_already_has_are_marked_inherited(tmp_path: Path) -> N
     report = validate(image_ref)
     (f,) = report.findings
     assert (f.rule, f.inherited) == ("baseimage-composefs", True)
+
+
+def test_modules_to_load_must_exist_for_the_kernel(tmp_path: Path) -> None:
+    base_extra = (Layer().dir(f"/usr/lib/modules/{KVER}/kernel")
+                  .file(f"/usr/lib/modules/{KVER}/kernel/overlay.ko.xz", b"m")
+                  .file(f"/usr/lib/modules/{KVER}/modules.builtin", b"kernel/fs/ext4/ext4.ko\n"))
+    layer = Layer().dir("/etc/modules-load.d").file(
+        "/etc/modules-load.d/host.conf", b"# modules\noverlay\next4\nbr-netfilter\n")
+    _, image_ref = derived(tmp_path / "l", [bootable_base(base_extra)], [layer])
+    report = validate(image_ref)
+    (f,) = [f for f in report.findings if f.rule == "kmod-kernel-mismatch"]
+    assert f.path == "/etc/modules-load.d/host.conf"
+    assert f.message == f"module br-netfilter to load is not in kernel {KVER}"

@@ -55,3 +55,11 @@ def test_project_file_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert p.path_allowed("/etc/shadow")[0] is False
     assert p.source.endswith("my-policy.yaml")
     assert policy.resolve(None, "permissive").name == "permissive"
+
+
+def test_parent_directories_of_allowed_trees_may_be_created() -> None:
+    p = policy.preset("strict")
+    assert p.leads_to_allowed("/usr/lib/bootc")
+    assert p.leads_to_allowed("/usr")
+    assert not p.leads_to_allowed("/usr/lib/bootc/kargs.d")  # itself allowed by the glob
+    assert not p.leads_to_allowed("/usr/local")

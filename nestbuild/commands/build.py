@@ -33,6 +33,16 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("context", nargs="?", type=Path, metavar="CONTEXT",
                    help="build context directory [nestbuild.yaml: context] (default: .)")
     settings.add_arguments(p, BUILD_KEYS)
+    p.add_argument("--kargs", action="append", metavar="PROFILE",
+                   help="add kernel/kargs/PROFILE.toml to /usr/lib/bootc/kargs.d (repeatable) "
+                        "[nestbuild.yaml: kernel.kargs]")
+    p.add_argument("--modules", action="append", metavar="PROFILE",
+                   help="add kernel/modules/PROFILE.yaml load/blacklist files (repeatable) "
+                        "[nestbuild.yaml: kernel.modules]")
+    p.add_argument("--trust", dest="trust_repo", metavar="REG/REPO",
+                   help="bake node trust files for REG/REPO into /etc [nestbuild.yaml: trust]")
+    p.add_argument("--trust-key", action="append", type=Path, metavar="K.pub",
+                   help="public key for --trust (repeatable, for rotation)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--digestfile", type=Path, metavar="FILE",
                    help="write the image's manifest digest to FILE")
@@ -109,6 +119,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         no_cache=bool(merged["no-cache"]), pull=bool(merged["pull"]),
         platform=merged["platform"], validate=bool(merged["validate"]),
     )
+    opts.extra_files = _extra_files(proj, args)
     pol = policy_mod.resolve(None, None) if opts.validate else None
     progress = _Progress(args.verbose, args.quiet or args.format == "json")
     try:
@@ -129,6 +140,28 @@ def cmd_build(args: argparse.Namespace) -> int:
                   f"[dim]({result.seconds:.1f}s, base {result.base_name}@"
                   f"{result.base_digest[:19]})[/dim]")
     return EXIT_OK if result.passed else EXIT_FAILED
+
+
+def _extra_files(proj: settings.ProjectSettings, args: argparse.Namespace
+                 ) -> dict[str, tuple[bytes, int]]:
+    """Kernel profiles and node trust files selected by flags or nestbuild.yaml."""
+    from nestbuild import kernel, trust
+
+    files: dict[str, tuple[bytes, int]] = {}
+    source = str(proj.source)
+    ks = kernel.KernelSettings(list(args.kargs or []), list(args.modules or []))
+    if ks.empty and "kernel" in proj.nodes:
+        ks = kernel.from_node(proj.nodes["kernel"], source)
+    files.update(kernel.render(ks))
+    if args.trust_repo:
+        if not args.trust_key:
+            from nestbuild.errors import UsageError
+
+            raise UsageError("--trust REPO needs --trust-key K.pub")
+        files.update(trust.TrustSettings(args.trust_repo, args.trust_key).files())
+    elif "trust" in proj.nodes:
+        files.update(trust.from_node(proj.nodes["trust"], source).files())
+    return files
 
 
 def cmd_init(args: argparse.Namespace) -> int:
