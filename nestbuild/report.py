@@ -130,8 +130,8 @@ class Report:
         from rich.text import Text
 
         base = "none found" if self.base is None else (
-            f"{self.base.ref or self.base.digest} ({self.base.layers} layers, "
-            f"by {self.base.found_by})")
+            f"{self.base.ref or self.base.digest} ({self.base.layers} "
+            f"layer{'s' if self.base.layers != 1 else ''}, found by {self.base.found_by})")
         console.print(Text.assemble(("image  ", "bold"), self.image_ref, "  ",
                                     (self.image_digest[:19], "dim")))
         console.print(Text.assemble(("base   ", "bold"), base))
@@ -148,23 +148,24 @@ class Report:
         if self.changes:
             table = Table(title=f"Changes ({len(self.changes)})", title_justify="left",
                           show_edge=False, pad_edge=False)
-            table.add_column("kind")
-            table.add_column("type")
             table.add_column("path", overflow="fold")
+            table.add_column("change")
+            table.add_column("type")
             table.add_column("layer", justify="right")
             for top in sorted(groups):
                 items = groups[top]
                 counts = Counter(c.kind for c in items)
                 summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
                 table.add_section()
-                table.add_row(Text(top, style="bold"), "", Text(summary, style="dim"), "")
+                table.add_row(Text(top, style="bold"), Text(summary, style="dim"), "", "")
                 for c in items[:changes_limit]:
                     detail = f" ({', '.join(c.details)})" if c.details else ""
-                    table.add_row(Text(c.kind, style=style.get(c.kind, "")), c.type,
-                                  c.path + detail, str(c.layer))
+                    table.add_row("  " + c.path,
+                                  Text(c.kind + detail, style=style.get(c.kind, "")), c.type,
+                                  str(c.layer))
                 if len(items) > changes_limit:
-                    table.add_row("", "", Text(f"... {len(items) - changes_limit} more "
-                                               "(--format json lists all)", style="dim"), "")
+                    table.add_row(Text(f"  ... {len(items) - changes_limit} more "
+                                       "(--format json lists all)", style="dim"), "", "", "")
             console.print(table)
         else:
             console.print("No changes against the base.")

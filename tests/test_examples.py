@@ -60,3 +60,25 @@ def test_a_failing_run_step_reports_the_log_tail(tmp_path: Path, mini_base: Buil
     with pytest.raises(ToolError) as info:
         buildah.bud(tmp_path / "Containerfile", tmp_path, "localhost/nestbuild-test/fail:x")
     assert "no-such-thing" in (info.value.detail or "")
+
+
+def test_base_is_found_by_digest_after_its_tag_moves(tmp_path: Path) -> None:
+    import uuid
+
+    from nestbuild import baseimage, buildah
+
+    tag = f"localhost/nestbuild-test/moving:{uuid.uuid4().hex[:8]}"
+    base = baseimage.build_base("mini", tag=tag)
+    derived = f"{tag}-derived"
+    try:
+        buildah.bud(EXAMPLES / "etc-config" / "Containerfile", EXAMPLES / "etc-config", derived,
+                    build_args={"BASE": tag})
+        buildah.add_files(tag, {"/etc/moved": (b"x", 0o644)}, created_by="test")  # tag moves
+        report = validate(derived)
+        assert report.base is not None and report.base.layers == 1
+        assert report.notes == []
+        assert "/etc/moved" not in {c.path for c in report.changes}
+    finally:
+        buildah.remove_image(derived)
+        buildah.remove_image(tag)
+        buildah.remove_image(base.image_id)

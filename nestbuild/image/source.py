@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from nestbuild import run
 from nestbuild.errors import ImageError, LayerError, ToolError
@@ -300,16 +300,19 @@ class StorageSource(ImageSource):
             yield LayerStream(stream, True)  # type: ignore[arg-type]
 
     def related(self, name: str | None, digest: str | None) -> ImageSource | None:
-        for candidate in (name, digest and f"@{digest}"):
-            if not candidate:
-                continue
-            src = StorageSource(ImageRef("containers-storage", candidate))
+        """The recorded base: by digest first (the tag may have moved since), then by name."""
+        if digest:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                image_id = _store().find_by_digest(digest)
+                if image_id is not None:
+                    return StorageSource(ImageRef("containers-storage", image_id))
+        if name:
+            src = StorageSource(ImageRef("containers-storage", name))
             try:
-                src_digest = src.manifest.digest
+                src.manifest  # noqa: B018 - resolve now: a missing image is "not found"
             except ImageError:
-                continue
-            if digest is None or src_digest == digest or candidate == name:
-                return src
+                return None
+            return src
         return None
 
 
@@ -344,14 +347,24 @@ class _Store:
             found = self._load().get(diff_id)
         return found
 
+    def _images(self) -> list[dict[str, Any]]:
+        data = json.loads((self.graphroot / f"{self.driver}-images" / "images.json").read_text())
+        return data if isinstance(data, list) else []
+
+    def find_by_digest(self, digest: str) -> str | None:
+        """The id of an image whose manifest has ``digest`` (tagged or not)."""
+        for image in self._images():
+            if digest == image.get("digest") or digest in (image.get("digests") or []):
+                return str(image["id"])
+        return None
+
     def find_image(self, name: str) -> tuple[bytes, bytes] | None:
         """(manifest, config) of the image named exactly ``name`` (tag defaults to latest)."""
         if "@" in name or "/" not in name:
             return None
         if ":" not in name.rsplit("/", 1)[-1]:
             name += ":latest"
-        images = json.loads((self.graphroot / f"{self.driver}-images" / "images.json").read_text())
-        for image in images:
+        for image in self._images():
             if name in (image.get("names") or []):
                 folder = self.graphroot / f"{self.driver}-images" / image["id"]
                 return _big_data(folder, "manifest"), _big_data(folder, "sha256:" + image["id"])
