@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,14 @@ from nestbuild import deploy, ostree
 from nestbuild.baseimage import BuiltBase
 from nestbuild.image import open_image
 from tests.fixtures.images import EXAMPLES, BuildImage
+
+
+@pytest.fixture(autouse=True)
+def _mutable_tmp(tmp_path: Path) -> Iterator[None]:
+    """ostree marks deployment roots immutable; let pytest clean up after us."""
+    yield
+    subprocess.run(["chattr", "-R", "-i", str(tmp_path)], check=False,
+                   stderr=subprocess.DEVNULL)
 
 
 def deployed_etc(sysroot: Path, d: deploy.Deployment, name: str) -> Path:
