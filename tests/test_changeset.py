@@ -187,3 +187,34 @@ def test_unbootable_image_and_missing_image(tmp_path: Path) -> None:
         analyze(f"oci:{tmp_path / 'nope'}")
     with pytest.raises(ImageError, match="no image tagged"):
         analyze(f"oci:{tmp_path}:v9")
+
+
+def test_docker_v2s2_manifest_and_gzip_layer_media_types(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+    import json
+
+    from nestbuild.image.layout import LayoutWriter
+    from nestbuild.image.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor
+
+    w = LayoutWriter(tmp_path)
+    layers, diff_ids = [], []
+    for layer in (bootable_base(), Layer().file("/etc/motd", b"docker\n")):
+        raw = layer.tar()
+        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
+        layers.append(w.add_bytes(gzip.compress(raw),
+                                  "application/vnd.docker.image.rootfs.diff.tar.gzip"))
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Labels": {"containers.bootc": "1"}},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    cdesc = w.add_bytes(json.dumps(config).encode(), DOCKER_CONFIG)
+    manifest = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                "config": {"mediaType": DOCKER_CONFIG, "digest": cdesc.digest,
+                           "size": cdesc.size},
+                "layers": [{"mediaType": d.media_type, "digest": d.digest, "size": d.size}
+                           for d in layers]}
+    mdesc = w.add_bytes(json.dumps(manifest).encode(), DOCKER_MANIFEST)
+    w.tag(Descriptor(DOCKER_MANIFEST, mdesc.digest, mdesc.size), "v2s2")
+    write_image(tmp_path, [bootable_base()], tag="base")
+    a = analyze(f"oci:{tmp_path}:v2s2", f"oci:{tmp_path}:base")
+    assert [(c.path, c.kind) for c in a.changes] == [("/etc/motd", "modified")]
