@@ -38,16 +38,46 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     t.add_argument("--format", choices=("table", "json"), default="table")
     t.set_defaults(func=cmd_trust)
 
-    s = node_sub.add_parser("status", help="list an ostree sysroot's deployments")
-    s.add_argument("--sysroot", type=Path, required=True, metavar="DIR")
+    s = node_sub.add_parser("status", help="a node's deployments (bootc, rpm-ostree or a sysroot)")
+    target = s.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sysroot", type=Path, metavar="DIR", help="a local ostree sysroot")
+    target.add_argument("--via", choices=("bootc", "rpm-ostree"), help="ask the node's tool")
+    s.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run it over ssh")
     s.add_argument("--format", choices=("table", "json"), default="table")
     s.set_defaults(func=cmd_status)
 
     r = node_sub.add_parser("rollback", help="make the previous deployment the default")
-    r.add_argument("--sysroot", type=Path, required=True, metavar="DIR")
+    target = r.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sysroot", type=Path, metavar="DIR", help="a local ostree sysroot")
+    target.add_argument("--via", choices=("bootc", "rpm-ostree"), help="use the node's tool")
+    r.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run it over ssh")
+    r.add_argument("--apply", action="store_true", help="reboot into it now")
     r.add_argument("--os", default="nestos", metavar="NAME", help="stateroot (default nestos)")
     r.add_argument("--format", choices=("table", "json"), default="table")
     r.set_defaults(func=cmd_rollback)
+
+    b = command(
+        "rebase", "move a node onto an image: by digest, signature-enforced, checked first",
+        "Resolve IMAGE to its digest, check it is bootable, matches the node's architecture\n"
+        "and fits, then run bootc switch --enforce-container-sigpolicy (or rpm-ostree rebase\n"
+        "ostree-image-signed:docker://...) on the node, and show its status before and after.\n"
+        "The node verifies the signature with its own /etc/containers/policy.json.\n\n"
+        "exit codes: 0 staged, 1 refused by a check, 2 unusable input or a failing tool\n\n"
+        "examples:\n"
+        "  nestbuild rebase registry.example.com/nodes/base:v2 --dry-run\n"
+        "  nestbuild rebase registry.example.com/nodes/base:v2 --host ssh://core@node1 --apply",
+        epilog="")
+    b.add_argument("image", metavar="IMAGE", help="REGISTRY/REPO[:TAG|@DIGEST]")
+    b.add_argument("--via", choices=("bootc", "rpm-ostree"), default="bootc")
+    b.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run on a node over ssh")
+    b.add_argument("--apply", "--reboot", dest="apply", action="store_true",
+                   help="reboot into the new deployment when it is staged")
+    b.add_argument("--dry-run", action="store_true", help="show the plan and the checks only")
+    b.add_argument("--authfile", type=Path, metavar="FILE", help="registry credentials")
+    b.add_argument("--cert-dir", type=Path, metavar="DIR", help="CA and client certificates")
+    b.add_argument("--tls-verify", choices=("true", "false"), default="true")
+    b.add_argument("--format", choices=("table", "json"), default="table")
+    b.set_defaults(func=cmd_rebase)
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
@@ -89,16 +119,71 @@ def _print_deployments(deps: list[Any], fmt: str) -> None:
               f"{'  (default)' if d.default else ''}{'  (rollback)' if d.rollback else ''}")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from nestbuild import deploy
+def _print_node_status(st: Any, fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(st.to_json(), indent=2) + "\n")
+        return
+    for d in st.deployments:
+        signed = {True: "verified", False: "UNVERIFIED", None: ""}[d.verified]
+        print(f"{d.role:9} {d.image or '?'}  {d.digest or '?'}  {d.version or ''}  {signed}")
 
-    _print_deployments(deploy.deployments(args.sysroot), args.format)
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.sysroot is not None:
+        from nestbuild import deploy
+
+        _print_deployments(deploy.deployments(args.sysroot), args.format)
+        return EXIT_OK
+    from nestbuild import rebase
+    from nestbuild.host import Host
+
+    _print_node_status(rebase.status(args.via, Host.parse(args.host)), args.format)
     return EXIT_OK
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from nestbuild import deploy
+    if args.sysroot is not None:
+        from nestbuild import deploy
 
-    deploy.rollback(args.sysroot, args.os)
-    _print_deployments(deploy.deployments(args.sysroot), args.format)
+        deploy.rollback(args.sysroot, args.os)
+        _print_deployments(deploy.deployments(args.sysroot), args.format)
+        return EXIT_OK
+    from nestbuild import bootc, rebase, rpmostree
+    from nestbuild.host import Host
+
+    host = Host.parse(args.host)
+    argv = (bootc.rollback_argv(apply=args.apply) if args.via == "bootc"
+            else rpmostree.rollback_argv(reboot=args.apply))
+    host.run(argv, what=f"{args.via} rollback on {host}")
+    _print_node_status(rebase.status(args.via, host), args.format)
+    return EXIT_OK
+
+
+def cmd_rebase(args: argparse.Namespace) -> int:
+    from nestbuild import rebase, skopeo
+    from nestbuild.host import Host
+
+    host = Host.parse(args.host)
+    image = skopeo.inspect(args.image, authfile=args.authfile, cert_dir=args.cert_dir,
+                           tls_verify=args.tls_verify == "true")
+    arch, free = (None, None) if args.dry_run and host.target is None else rebase.node_facts(host)
+    plan = rebase.plan(image, via=args.via, host=host, apply=args.apply, node_arch=arch,
+                       node_free=free)
+    if args.dry_run:
+        if args.format == "json":
+            sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+        else:
+            print(f"would run on {host}: {' '.join(plan.command)}")
+            for c in plan.checks:
+                print(f"  {'ok' if c.ok else 'FAIL':4} {c.name}: {c.detail}")
+        return EXIT_OK
+    before, after = rebase.execute(plan)
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"plan": plan.to_json(), "before": before.to_json(),
+                                     "after": after.to_json()}, indent=2) + "\n")
+    else:
+        print("before:")
+        _print_node_status(before, "table")
+        print("after:")
+        _print_node_status(after, "table")
     return EXIT_OK
