@@ -106,7 +106,8 @@ class TrustSettings:
     keys: list[Path]
     authfile: Path | None = None
 
-    def files(self) -> dict[str, tuple[bytes, int]]:
+    def files(self, existing_policy: dict[str, Any] | None = None
+              ) -> dict[str, tuple[bytes, int]]:
         """The trust files, as image paths, with the keys checked to be ECDSA P-256."""
         from nestbuild import keys as keys_mod
 
@@ -124,7 +125,8 @@ class TrustSettings:
                 auth = json.loads(self.authfile.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise UsageError(f"{self.authfile}: not a readable auth.json ({exc})") from None
-        return {"/" + rel: v for rel, v in trust_files(self.repo, pems, auth=auth).items()}
+        files = trust_files(self.repo, pems, auth=auth, existing_policy=existing_policy)
+        return {"/" + rel: v for rel, v in files.items()}
 
 
 def from_node(node: object, source: str) -> TrustSettings:

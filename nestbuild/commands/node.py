@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nestbuild.errors import EXIT_OK, UsageError
+from nestbuild.errors import EXIT_OK
 
 
 def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -81,25 +81,11 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from nestbuild import keys, trust
+    from nestbuild import trust
 
-    pems = []
-    for path in args.key:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-        keys.load_public_key(data, str(path))  # refuse anything but an ECDSA P-256 key
-        pems.append(data)
-    auth = None
-    if args.authfile is not None:
-        try:
-            auth = json.loads(args.authfile.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"{args.authfile}: not a readable auth.json ({exc})") from None
-    files = trust.trust_files(args.repo, pems, auth=auth,
-                              existing_policy=trust.read_existing_policy(args.out))
-    written = trust.write_tree(args.out, files)
+    settings = trust.TrustSettings(args.repo, list(args.key), args.authfile)
+    files = settings.files(existing_policy=trust.read_existing_policy(args.out))
+    written = trust.write_tree(args.out, {rel.lstrip("/"): v for rel, v in files.items()})
     if args.format == "json":
         sys.stdout.write(json.dumps({"repo": args.repo, "files": [str(p) for p in written]},
                                     indent=2) + "\n")
