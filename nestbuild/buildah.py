@@ -7,6 +7,8 @@ cannot run crun ("cgroups in hybrid mode not supported"), and chroot needs no ru
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -27,8 +29,17 @@ def from_image(ref: str) -> str:
                     what=f"creating a container from {ref}").splitlines()[-1]
 
 
+def from_scratch() -> str:
+    """An empty working container (a base is populated from outside, no RUN needed)."""
+    return from_image("scratch")
+
+
 def mount(ctr: str) -> Path:
     return Path(_buildah("mount", ctr, what="mounting the container"))
+
+
+def umount(ctr: str) -> None:
+    _buildah("umount", ctr, what="unmounting the container")
 
 
 def config(ctr: str, *, labels: Mapping[str, str] | None = None,
@@ -73,17 +84,41 @@ def working_container(ref: str) -> Iterator[str]:
 
 def bud(containerfile: Path, context: Path, tag: str, *,
         build_args: Mapping[str, str] | None = None, isolation: str = DEFAULT_ISOLATION,
-        layers: bool = False, extra: Sequence[str] = ()) -> str:
-    """A plain ``buildah bud``; returns the image id. Failures carry the build log's tail."""
+        layers: bool = False, extra: Sequence[str] | None = None,
+        timeout: float | None = None) -> str:
+    """A plain ``buildah bud``; returns the image id.
+
+    stdout and stderr go through one pipe so a failure's log tail shows the RUN step's own
+    output next to buildah's error, in order; the id comes from ``--iidfile``, not the log.
+    With ``--layers`` a failed step leaves its working container behind unless ``--force-rm``
+    (which buildah 1.28 accepts only together with ``--layers``).
+    """
     if not containerfile.is_file():
         raise ToolError(f"{containerfile}: no such Containerfile")
-    args = ["bud", "--quiet", "--isolation", isolation, "-f", str(containerfile), "-t", tag]
-    for k, v in (build_args or {}).items():
-        args += ["--build-arg", f"{k}={v}"]
-    if layers:
-        args.append("--layers")
-    args += [*extra, str(context)]
-    return run.run(["buildah", *args], what=f"building {tag}").stdout.decode().split()[-1]
+    what = f"building {tag}"
+    with tempfile.TemporaryDirectory(prefix="nestbuild-bud-") as tmp:
+        iidfile = Path(tmp) / "iid"
+        args = ["buildah", "bud", "--isolation", isolation,
+                "--iidfile", str(iidfile), "-f", str(containerfile), "-t", tag]
+        for k, v in (build_args or {}).items():
+            args += ["--build-arg", f"{k}={v}"]
+        if layers:
+            args += ["--layers", "--force-rm"]
+        args += [*(extra or ()), str(context)]
+        proc = run.popen(args)
+        try:
+            log, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise ToolError(f"{what}: buildah timed out after {timeout:.0f}s") from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise run.command_failed(args, proc.returncode, log, what)
+        return iidfile.read_text().strip().removeprefix("sha256:")
 
 
 def add_files(image: str, files: Mapping[str, tuple[bytes, int]], *, created_by: str,

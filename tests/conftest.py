@@ -5,4 +5,7 @@ pytest_plugins = [
     "tests.fixtures.images",
     "tests.fixtures.dockerd",
     "tests.fixtures.cosign",
+    "tests.fixtures.debian",
+    "tests.fixtures.registry",
+    "tests.fixtures.chroot",
 ]
