@@ -114,12 +114,20 @@ def cmd_base_list(args: argparse.Namespace) -> int:
     from nestbuild import baseimage
 
     recipes = baseimage.list_recipes()
+    upstream = baseimage.UPSTREAM_BASES
     if args.format == "json":
-        sys.stdout.write(json.dumps([{"name": r.name, "description": r.description,
-                                      "path": str(r.path)} for r in recipes], indent=2) + "\n")
+        sys.stdout.write(json.dumps(
+            [{"name": r.name, "kind": "recipe", "description": r.description,
+              "path": str(r.path)} for r in recipes]
+            + [{"name": u.name, "kind": "upstream", "reference": u.reference,
+                "checks": u.checks} for u in upstream], indent=2) + "\n")
     else:
+        print("local recipes (nestbuild base build NAME):")
         for r in recipes:
-            print(f"{r.name:12} {r.description}")
+            print(f"  {r.name:14} {r.description}")
+        print("known upstream bases (FROM them; what nestbuild checks):")
+        for u in upstream:
+            print(f"  {u.name:14} {u.reference}\n  {'':14} {u.checks}")
     return EXIT_OK
 
 

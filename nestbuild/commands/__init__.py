@@ -10,4 +10,5 @@ COMMAND_MODULES = (
     "nestbuild.commands.registry",  # login, push, pull, inspect
     "nestbuild.commands.build",     # build, init
     "nestbuild.commands.node",      # node trust, status, rollback
+    "nestbuild.commands.boot",      # boot a deployed sysroot under qemu
 )
