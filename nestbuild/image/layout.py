@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -91,6 +93,22 @@ class LayoutWriter:
         manifests.append(entry)
         index["manifests"] = manifests
         self._write_index(index)
+
+    def blob_path(self, digest: str) -> Path:
+        return self._blob(digest)
+
+    @contextlib.contextmanager
+    def new_blob(self, digest: str) -> Iterator[IO[bytes]]:
+        """Write a blob whose digest is known (and checked by the writer): it appears under
+        its name only if the block finishes, so a failed download leaves no corrupt blob."""
+        fd, tmp = tempfile.mkstemp(dir=self.root / "blobs", prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                yield out
+            os.replace(tmp, self._blob(digest))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def _blob(self, digest: str) -> Path:
         return self.root / "blobs" / "sha256" / digest.split(":", 1)[1]

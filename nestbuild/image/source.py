@@ -84,6 +84,19 @@ class ImageSource:
     def _open_blob(self, desc: Descriptor) -> contextlib.AbstractContextManager[BinaryIO]:
         raise NotImplementedError
 
+    def open_blob(self, desc: Descriptor) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A stored blob as it is (compressed layers stay compressed), for copying it."""
+        return self._open_blob(desc)
+
+    def raw_config(self) -> bytes:
+        """The config's exact bytes (its digest is the manifest's config digest)."""
+        return self.read_blob(self.manifest.config)
+
+    def stored_layers(self) -> bool:
+        """Whether layers exist as the manifest's blobs (False: only as uncompressed diffs,
+        as in containers-storage, so a copy must compress them)."""
+        return True
+
     @contextlib.contextmanager
     def open_layer(self, index: int) -> Iterator[LayerStream]:
         desc = self.manifest.layers[index]
@@ -156,6 +169,19 @@ class OCILayoutSource(ImageSource):
         except json.JSONDecodeError as exc:
             raise ImageError(f"{self.ref}: index.json is not valid JSON ({exc})") from None
         return [Descriptor.parse(d, f"{self.ref} index") for d in obj.get("manifests") or []]
+
+    def top(self) -> tuple[Descriptor, bytes]:
+        """What the reference names (an image or a whole index) and its exact bytes."""
+        desc = Descriptor("", self._want_digest, -1) if self._want_digest else self._select()
+        raw = self._read_verified(desc.digest)
+        if not desc.media_type:
+            media_type = json.loads(raw).get("mediaType") or ""
+            desc = Descriptor(media_type, desc.digest, len(raw))
+        return desc, raw
+
+    def child(self, digest: str) -> OCILayoutSource:
+        """Another manifest in the same layout (a platform image of an index)."""
+        return self._sibling(digest)  # type: ignore[return-value]
 
     @cached_property
     def manifest(self) -> Manifest:
@@ -280,9 +306,15 @@ class StorageSource(ImageSource):
             raise ImageError(f"{self.ref}: is a manifest list; name one platform's image")
         return Manifest.parse(raw, digest, str(self.ref))
 
+    def raw_config(self) -> bytes:
+        return self._direct[1] if self._direct else self._skopeo("--config", "--raw")
+
+    def stored_layers(self) -> bool:
+        return False
+
     @cached_property
     def config(self) -> ImageConfig:
-        raw = self._direct[1] if self._direct else self._skopeo("--config", "--raw")
+        raw = self.raw_config()
         config = ImageConfig.parse(raw, f"{self.ref} config")
         if len(config.diff_ids) != len(self.manifest.layers):
             raise ImageError(f"{self.ref}: config and manifest disagree on the layer count")
@@ -412,4 +444,8 @@ def open_image(ref: str | ImageRef) -> ImageSource:
         return OCIArchiveSource(ref)
     if ref.transport == "containers-storage":
         return StorageSource(ref)
-    raise ImageError(f"{ref}: the {ref.transport} transport needs the registry client (not yet)")
+    if ref.transport == "docker":
+        from nestbuild.pull import RegistrySource
+
+        return RegistrySource(ref)
+    raise ImageError(f"{ref}: the {ref.transport} transport is not supported")

@@ -1,0 +1,694 @@
+"""The OCI distribution client: oras-py's ``Registry``, with what it gets wrong for this job fixed.
+
+oras-py's maintainers advise subclassing ``oras.provider.Registry``; these are the overrides
+(docs/registry-client.md says why each one matters):
+
+- ``do_request``: auth per scope (Basic and Bearer, tokens cached per repository and action,
+  multi-scope tokens for cross-repository mounts), retries with backoff on 5xx, 429 and
+  connection resets, one-line errors that name the registry and the credential file but never
+  the secret. oras keeps one token for everything and knows no Basic challenge.
+- manifests: exact bytes in and out (oras re-serialises JSON, so the digest - and with it every
+  signature - would not be the caller's); digest checked on the way in and out; OCI media types
+  always in ``Accept`` (distribution 2.8 refuses an OCI index otherwise).
+- blobs: streamed, chunked uploads from a seekable file that resume after a broken connection
+  (oras reads a whole blob into memory); HEAD-skip; cross-repository mount; downloads streamed
+  to a file with their digest verified.
+- OCI 1.1 referrers, with the ``sha256-<hex>`` fallback tag when the registry has no API.
+- TLS as containers/image: ``--cert-dir`` (or ``/etc/containers/certs.d/HOST``) CAs on top of
+  the system trust store, client certificates from ``*.cert``/``*.key``; plain HTTP only for
+  loopback registries or ``--tls-verify=false``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import oras.provider
+import requests
+
+from nestbuild.errors import NestbuildError
+from nestbuild.image.model import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nestbuild.registry import auth
+
+ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
+READ_SIZE = 1 << 20
+#: Bytes per PATCH: small enough that a broken connection costs little, big enough to stream.
+CHUNK_SIZE = 64 << 20
+
+Progress = Callable[[int], None]
+
+
+class RegistryError(NestbuildError):
+    """The registry refused or failed a request (after retries)."""
+
+
+class AuthError(RegistryError):
+    """Credentials missing or refused; the message names the registry and where we looked."""
+
+
+class DigestMismatch(RegistryError):
+    """Content that does not hash to the digest it was asked for (corrupt or tampered)."""
+
+    exit_code = 1
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _registry_message(resp: requests.Response) -> str:
+    """The registry's own error text ({"errors": [{"code", "message"}]}) or the status."""
+    try:
+        errors = resp.json().get("errors") or []
+        text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+                         for e in errors if isinstance(e, dict))
+    except (ValueError, AttributeError):
+        text = ""
+    return f"HTTP {resp.status_code}" + (f" ({text})" if text else "")
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params: dict[str, str] = {}
+    i = 0
+    while i < len(rest):
+        eq = rest.find("=", i)
+        if eq == -1:
+            break
+        key = rest[i:eq].strip(" ,")
+        if rest[eq + 1 : eq + 2] == '"':
+            end = rest.find('"', eq + 2)
+            end = len(rest) if end == -1 else end
+            params[key.lower()] = rest[eq + 2 : end]
+            i = end + 1
+        else:
+            end = rest.find(",", eq)
+            end = len(rest) if end == -1 else end
+            params[key.lower()] = rest[eq + 1 : end].strip()
+            i = end + 1
+    return scheme.lower(), params
+
+
+def _scope(repo: str | None, push: bool) -> str:
+    return f"repository:{repo}:{'pull,push' if push else 'pull'}" if repo else ""
+
+
+class _Chunk:
+    """A window of a seekable file as a request body, reporting bytes as they are sent."""
+
+    def __init__(self, f: IO[bytes], offset: int, size: int, progress: Progress | None) -> None:
+        self.f, self.offset, self.size, self.progress = f, offset, size, progress
+
+    def __len__(self) -> int:  # requests sends Content-Length, not chunked encoding
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.f.seek(self.offset)
+        left = self.size
+        while left:
+            data = self.f.read(min(READ_SIZE, left))
+            if not data:
+                raise RegistryError("the blob file shrank while it was being uploaded")
+            left -= len(data)
+            if self.progress:
+                self.progress(len(data))
+            yield data
+
+
+class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
+    """One registry host. Thread-safe: blobs are uploaded from several threads at once."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        authfile: Path | None = None,
+        cert_dir: Path | None = None,
+        tls_verify: bool = True,
+        insecure_http: bool | None = None,
+        retries: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 60.0,
+        chunk_size: int = CHUNK_SIZE,
+        credentials: auth.Credentials | None = None,
+    ) -> None:
+        super().__init__(hostname=host, insecure=bool(insecure_http), tls_verify=tls_verify)
+        self.host = host
+        self.authfile = authfile
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+        self._tls_verify_flag = tls_verify
+        self._insecure_http = insecure_http
+        self._scheme: str | None = "http" if insecure_http else None
+        self._lock = threading.Lock()
+        self._tokens: dict[str, str] = {}
+        self._basic = False
+        self._lookup: auth.Lookup | None = (
+            auth.Lookup(credentials, ("the login command",)) if credentials else None)
+        self._referrers_api: bool | None = None
+        self._bundle: str | None = None
+        self.bytes_uploaded = 0
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.headers["User-Agent"] = "nestbuild"
+        self._verify: bool | str = self._tls_setup(cert_dir) if tls_verify else False
+
+    def __str__(self) -> str:
+        return f"registry {self.host}"
+
+    def close(self) -> None:
+        self.session.close()
+        if self._bundle:
+            with contextlib.suppress(OSError):
+                os.unlink(self._bundle)
+            self._bundle = None
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- TLS ----------------------------------------------------------------------------------
+
+    def _tls_setup(self, cert_dir: Path | None) -> bool | str:
+        dirs = [cert_dir] if cert_dir is not None else [Path(d) / self.host for d in CERT_DIRS]
+        if cert_dir is not None and not cert_dir.is_dir():
+            raise RegistryError(f"--cert-dir {cert_dir}: no such directory")
+        cas: list[Path] = []
+        for d in dirs:
+            if not d.is_dir():
+                continue
+            cas += sorted(d.glob("*.crt"))
+            for cert in sorted(d.glob("*.cert")):
+                key = cert.with_suffix(".key")
+                if not key.is_file():
+                    raise RegistryError(f"{cert}: client certificate without {key.name}")
+                self.session.cert = (str(cert), str(key))
+        if not cas:
+            return True
+        # CAs from the cert dir come on top of the system store, as containers/image does.
+        system = next((p for p in SYSTEM_CA_BUNDLES if os.path.exists(p)), None)
+        parts = [Path(system).read_bytes()] if system else []
+        parts += [p.read_bytes() for p in cas]
+        fd, path = tempfile.mkstemp(prefix="nestbuild-ca-", suffix=".pem")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\n".join(parts))
+        self._bundle = path
+        return path
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def credentials(self, repo: str | None = None) -> auth.Lookup:
+        if self._lookup is None:
+            self._lookup = auth.lookup(self.host, repo, authfile=self.authfile)
+        return self._lookup
+
+    def _base(self) -> str:
+        if self._scheme is None:
+            self._scheme = self._probe()
+        return f"{self._scheme}://{self.host}"
+
+    def _probe(self) -> str:
+        """https, or http for a loopback registry (or --tls-verify=false) that speaks no TLS."""
+        try:
+            resp = self.session.get(f"https://{self.host}/v2/", verify=self._verify,
+                                    timeout=self.timeout)
+            self._note_ping(resp)
+            return "https"
+        except requests.exceptions.SSLError as exc:
+            untrusted = "CERTIFICATE_VERIFY_FAILED" in str(exc)
+            if not untrusted and (is_loopback(self.host) or not self._tls_verify_flag):
+                with contextlib.suppress(requests.RequestException):
+                    self._note_ping(self.session.get(f"http://{self.host}/v2/",
+                                                     timeout=self.timeout))
+                    return "http"
+            if untrusted:
+                raise RegistryError(
+                    f"{self.host}: TLS certificate not trusted; pass --cert-dir DIR with its CA "
+                    "(ca.crt), or --tls-verify=false for a registry you trust"
+                ) from None
+            raise RegistryError(f"{self.host}: TLS handshake failed ({_short(exc)})") from None
+        except requests.ConnectionError as exc:
+            raise RegistryError(f"{self.host}: cannot connect ({_short(exc)})") from None
+
+    def _note_ping(self, resp: requests.Response) -> None:
+        challenge = resp.headers.get("WWW-Authenticate", "")
+        if resp.status_code == 401 and challenge.lower().startswith("basic"):
+            self._basic = self.credentials().credentials is not None
+
+    def _authorize(self, headers: dict[str, str], scope: str) -> None:
+        if self._basic:
+            creds = self.credentials().credentials
+            if creds is not None:
+                headers["Authorization"] = _basic(creds)
+            return
+        with self._lock:
+            token = self._tokens.get(scope)
+            if token is None and scope.endswith(":pull"):
+                token = self._tokens.get(scope + ",push")
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+
+    def _who(self) -> str:
+        lookup = self.credentials()
+        if lookup.credentials is None:
+            return f"anonymously (no credentials for {self.host}; {lookup.describe()})"
+        c = lookup.credentials
+        return f"as {c.username} (credentials from {c.source})"
+
+    def _challenge(self, resp: requests.Response, scope: str, extra: tuple[str, ...]) -> None:
+        scheme, params = _parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+        lookup = self.credentials()
+        creds = lookup.credentials
+        if scheme == "basic":
+            if creds is None:
+                raise AuthError(f"{self.host}: authentication required and no credentials "
+                                f"({lookup.describe()}); run `nestbuild login {self.host}`")
+            if self._basic:
+                raise AuthError(f"{self.host}: credentials for {creds.username} from "
+                                f"{creds.source} were refused (HTTP 401)")
+            self._basic = True
+            return
+        if scheme != "bearer" or "realm" not in params:
+            raise AuthError(f"{self.host}: unsupported authentication challenge {scheme!r}")
+        scopes = {s for s in params.get("scope", "").split(" ") if s}
+        scopes |= {s for s in (scope, *extra) if s}
+        query: list[tuple[str, str]] = [("service", params["service"])] \
+            if "service" in params else []
+        query += [("scope", s) for s in sorted(scopes)]
+        headers: dict[str, str] = {}
+        if creds is not None:
+            query.append(("account", creds.username))
+            headers["Authorization"] = _basic(creds)
+        try:
+            tr = self.session.get(params["realm"], params=query, headers=headers,
+                                  verify=self._verify, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise AuthError(f"{self.host}: token service {params['realm']} unreachable "
+                            f"({_short(exc)})") from None
+        if tr.status_code in (401, 403):
+            raise AuthError(f"{self.host}: token service refused the request {self._who()} "
+                            f"(HTTP {tr.status_code})")
+        if tr.status_code != 200:
+            raise AuthError(f"{self.host}: token service answered HTTP {tr.status_code}")
+        try:
+            doc = tr.json()
+            token = str(doc.get("token") or doc.get("access_token"))
+        except (ValueError, AttributeError):
+            raise AuthError(f"{self.host}: token service answered with no token") from None
+        with self._lock:
+            self._tokens[scope] = token
+
+    def do_request(
+        self,
+        url: str,
+        method: str = "GET",
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,  # oras's signature
+        stream: bool = False,
+        *,
+        repo: str | None = None,
+        push: bool = False,
+        extra_scopes: tuple[str, ...] = (),
+        retry: bool = True,
+    ) -> requests.Response:
+        """One request with auth and retries. ``url`` may be a path (``/v2/...``).
+
+        Retried: connection errors, 429 and 5xx, with exponential backoff (``Retry-After``
+        honoured). A body that is a stream is not retried here: the caller resumes it.
+        """
+        if url.startswith("/"):
+            url = self._base() + url
+        scope = _scope(repo, push)
+        replayable = data is None or isinstance(data, bytes | str)
+        authed = False
+        attempt = 0
+        while True:
+            hdrs = dict(headers or {})
+            self._authorize(hdrs, scope)
+            try:
+                resp: requests.Response = self.session.request(
+                    method, url, data=data, json=json, headers=hdrs, stream=stream,
+                    verify=self._verify, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                if not (retry and replayable) or attempt >= self.retries:
+                    raise RegistryError(f"{self.host}: {method} {_path(url)} failed "
+                                        f"({_short(exc)})") from None
+                attempt += 1
+                time.sleep(self._delay(attempt, None))
+                continue
+            if resp.status_code == 401 and not authed:
+                authed = True
+                resp.close()
+                self._challenge(resp, scope, extra_scopes)
+                continue
+            if resp.status_code == 401:
+                resp.close()
+                raise AuthError(f"{self.host}: {method} {_path(url)} unauthorized {self._who()}")
+            if resp.status_code == 403:
+                resp.close()
+                raise AuthError(f"{self.host}: access to {repo or _path(url)} denied "
+                                f"{self._who()} (HTTP 403)")
+            if resp.status_code in RETRY_STATUS and retry and replayable \
+                    and attempt < self.retries:
+                attempt += 1
+                resp.close()
+                time.sleep(self._delay(attempt, resp.headers.get("Retry-After")))
+                continue
+            return resp
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after and retry_after.isdigit():
+            return min(float(retry_after), 30.0)
+        return float(min(self.backoff * 2 ** (attempt - 1), 8.0))
+
+    def _fail(self, resp: requests.Response, what: str) -> RegistryError:
+        return RegistryError(f"{self.host}: {what}: {_registry_message(resp)}")
+
+    def check_login(self) -> None:
+        """Authenticate against ``/v2/`` (what ``login`` does before it stores anything)."""
+        resp = self.do_request("/v2/")
+        if resp.status_code != 200:
+            raise self._fail(resp, "checking the credentials")
+
+    # -- manifests ----------------------------------------------------------------------------
+
+    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str] | None:
+        """The manifest's exact bytes and media type, or None if there is none under ``ref``."""
+        resp = self.do_request(f"/v2/{repo}/manifests/{ref}", headers={"Accept": ACCEPT},
+                               repo=repo)
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._fail(resp, f"reading manifest {repo}:{ref}")
+        data = resp.content
+        if ref.startswith("sha256:") and sha256(data) != ref:
+            raise DigestMismatch(f"{self.host}/{repo}@{ref}: the manifest served does not match "
+                                 f"its digest (got {sha256(data)})")
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        if media_type in ("", "application/json", "text/plain"):
+            with contextlib.suppress(ValueError, AttributeError):
+                media_type = str(json.loads(data).get("mediaType") or media_type)
+        return data, media_type
+
+    def resolve(self, repo: str, ref: str) -> str | None:
+        """The digest ``ref`` points at (a HEAD, no body), or None."""
+        resp = self.do_request(f"/v2/{repo}/manifests/{ref}", "HEAD",
+                               headers={"Accept": ACCEPT}, repo=repo)
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._fail(resp, f"resolving {repo}:{ref}")
+        digest = resp.headers.get("Docker-Content-Digest")
+        if digest:
+            return digest
+        got = self.get_manifest(repo, ref)
+        return sha256(got[0]) if got else None
+
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        """Store exactly ``data`` under ``ref`` (tag or digest); its digest."""
+        digest = sha256(data)
+        resp = self.do_request(f"/v2/{repo}/manifests/{ref}", "PUT", data=data,
+                               headers={"Content-Type": media_type}, repo=repo, push=True)
+        if resp.status_code not in (200, 201):
+            raise self._fail(resp, f"storing manifest {repo}:{ref}")
+        stored = resp.headers.get("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise DigestMismatch(f"{self.host}/{repo}:{ref}: the registry stored the manifest "
+                                 f"as {stored}, not {digest}")
+        if self._referrers_api is None and resp.headers.get("OCI-Subject"):
+            self._referrers_api = True
+        return digest
+
+    def tags(self, repo: str) -> list[str]:
+        out: list[str] = []
+        url: str | None = f"/v2/{repo}/tags/list?n=1000"
+        while url:
+            resp = self.do_request(url, repo=repo)
+            if resp.status_code == 404:
+                return out
+            if resp.status_code != 200:
+                raise self._fail(resp, f"listing tags of {repo}")
+            out += resp.json().get("tags") or []
+            link = resp.links.get("next", {}).get("url")
+            url = urllib.parse.urljoin(resp.url, link) if link else None
+        return out
+
+    # -- blobs --------------------------------------------------------------------------------
+
+    def has_blob(self, repo: str, digest: str) -> bool:
+        resp = self.do_request(f"/v2/{repo}/blobs/{digest}", "HEAD", repo=repo)
+        if resp.status_code in (200, 307):
+            return True
+        if resp.status_code == 404:
+            return False
+        raise self._fail(resp, f"checking blob {digest[:19]} in {repo}")
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount: True if the registry linked the blob without an upload."""
+        resp = self.do_request(
+            f"/v2/{repo}/blobs/uploads/?mount={digest}&from={urllib.parse.quote(from_repo)}",
+            "POST", repo=repo, push=True, extra_scopes=(_scope(from_repo, False),))
+        if resp.status_code == 201:
+            return True
+        if resp.status_code == 202:  # an upload was started instead: cancel it
+            with contextlib.suppress(RegistryError):
+                self.do_request(self._location(resp), "DELETE", repo=repo, push=True,
+                                retry=False)
+            return False
+        raise self._fail(resp, f"mounting {digest[:19]} from {from_repo}")
+
+    def _location(self, resp: requests.Response) -> str:
+        loc = resp.headers.get("Location")
+        if not loc:
+            raise RegistryError(f"{self.host}: upload started without a Location header")
+        return urllib.parse.urljoin(self._base() + "/", loc)
+
+    def _start_upload(self, repo: str) -> str:
+        resp = self.do_request(f"/v2/{repo}/blobs/uploads/", "POST", repo=repo, push=True)
+        if resp.status_code != 202:
+            raise self._fail(resp, f"starting an upload to {repo}")
+        return self._location(resp)
+
+    @staticmethod
+    def _with_digest(location: str, digest: str) -> str:
+        return f"{location}{'&' if '?' in location else '?'}digest={digest}"
+
+    def put_blob(self, repo: str, data: bytes | BinaryIO, digest: str, size: int,
+                 progress: Progress | None = None) -> None:
+        """Upload one blob: bytes in one request, a (seekable) file in resumable chunks."""
+        if isinstance(data, bytes):
+            if len(data) != size or sha256(data) != digest:
+                raise DigestMismatch(f"blob {digest[:19]}: the data does not match its digest")
+            location = self._start_upload(repo)
+            resp = self.do_request(self._with_digest(location, digest), "PUT", data=data,
+                                   headers={"Content-Type": "application/octet-stream"},
+                                   repo=repo, push=True)
+            if resp.status_code != 201:
+                raise self._fail(resp, f"uploading blob {digest[:19]} to {repo}")
+            if progress:
+                progress(size)
+            self._count(size)
+            return
+        self._put_stream(repo, data, digest, size, progress)
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_uploaded += n
+
+    def _put_stream(self, repo: str, f: BinaryIO, digest: str, size: int,
+                    progress: Progress | None) -> None:
+        location = self._start_upload(repo)
+        offset = 0
+        failures = 0
+        while offset < size:
+            n = min(self.chunk_size, size - offset)
+            body = _Chunk(f, offset, n, progress)
+            headers = {"Content-Type": "application/octet-stream",
+                       "Content-Range": f"{offset}-{offset + n - 1}"}
+            try:
+                resp = self.do_request(location, "PATCH", data=body, headers=headers,
+                                       repo=repo, push=True)
+            except RegistryError as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                resp = None
+                reason = exc.message
+            if resp is not None and resp.status_code == 202:
+                location = self._location(resp)
+                offset += n
+                self._count(n)
+                continue
+            if resp is not None:
+                reason = _registry_message(resp)
+                if resp.status_code not in RETRY_STATUS and resp.status_code != 416:
+                    raise self._fail(resp, f"uploading blob {digest[:19]} to {repo}")
+            failures += 1
+            if failures > self.retries:
+                raise RegistryError(f"{self.host}: uploading blob {digest[:19]} to {repo} "
+                                    f"failed {failures} times (last: {reason})")
+            time.sleep(self._delay(failures, None))
+            location, offset = self._resume(repo, location)
+        resp = self.do_request(self._with_digest(location, digest), "PUT",
+                               headers={"Content-Length": "0"}, repo=repo, push=True)
+        if resp.status_code != 201:
+            raise self._fail(resp, f"finishing blob {digest[:19]} in {repo}")
+
+    def _resume(self, repo: str, location: str) -> tuple[str, int]:
+        """Where a broken upload stands: (location, bytes the registry has); or a new upload."""
+        with contextlib.suppress(RegistryError):
+            resp = self.do_request(location, repo=repo, push=True)
+            if resp.status_code == 204:
+                rng = resp.headers.get("Range", "")
+                loc = self._location(resp) if resp.headers.get("Location") else location
+                start, _, end = rng.partition("-")
+                if start == "0" and end.isdigit() and int(end) > 0:
+                    return loc, int(end) + 1
+                return loc, 0  # "0-0": nothing (or one byte) written; a chunk restarts at 0
+        return self._start_upload(repo), 0
+
+    def get_blob(self, repo: str, digest: str) -> bytes:
+        """A small blob (config, signature), digest-checked."""
+        resp = self.do_request(f"/v2/{repo}/blobs/{digest}", repo=repo)
+        if resp.status_code != 200:
+            raise self._fail(resp, f"reading blob {digest[:19]} from {repo}")
+        data = resp.content
+        if sha256(data) != digest:
+            raise DigestMismatch(f"{self.host}/{repo}: blob {digest[:19]} is corrupt "
+                                 f"(it hashes to {sha256(data)[:19]})")
+        return data
+
+    def download_blob(self, repo: str, digest: str, out: IO[bytes],
+                      size: int | None = None, progress: Progress | None = None) -> int:
+        """Stream a blob into ``out`` (from its current position), verifying the digest.
+
+        A broken download restarts (the file is rewound); a blob whose bytes do not match its
+        digest raises :class:`DigestMismatch` and the caller discards ``out``.
+        """
+        start = out.tell()
+        for attempt in range(self.retries + 1):
+            out.seek(start)
+            out.truncate()
+            h = hashlib.sha256()
+            total = 0
+            try:
+                resp = self.do_request(f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True)
+                if resp.status_code != 200:
+                    raise self._fail(resp, f"downloading blob {digest[:19]} from {repo}")
+                with contextlib.closing(resp):
+                    for chunk in resp.iter_content(READ_SIZE):
+                        h.update(chunk)
+                        out.write(chunk)
+                        total += len(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                    requests.Timeout) as exc:
+                if attempt >= self.retries:
+                    raise RegistryError(f"{self.host}: downloading {digest[:19]} failed "
+                                        f"({_short(exc)})") from None
+                time.sleep(self._delay(attempt + 1, None))
+                continue
+            got = "sha256:" + h.hexdigest()
+            if got != digest or (size is not None and total != size):
+                out.seek(start)
+                out.truncate()
+                raise DigestMismatch(f"{self.host}/{repo}: blob {digest[:19]} is corrupt "
+                                     f"(received {total} bytes hashing to {got[:19]})")
+            return total
+        raise AssertionError("unreachable")
+
+    # -- referrers ----------------------------------------------------------------------------
+
+    def referrers(self, repo: str, digest: str) -> list[dict[str, Any]]:
+        """OCI 1.1 referrers of ``digest``: the API, else the ``sha256-<hex>`` fallback tag."""
+        if self._referrers_api is not False:
+            resp = self.do_request(f"/v2/{repo}/referrers/{digest}",
+                                   headers={"Accept": OCI_INDEX}, repo=repo)
+            ctype = resp.headers.get("Content-Type", "")
+            if resp.status_code == 200 and ctype.startswith(OCI_INDEX):
+                self._referrers_api = True
+                return list(resp.json().get("manifests") or [])
+            self._referrers_api = False
+        got = self.get_manifest(repo, fallback_tag(digest))
+        if got is None:
+            return []
+        return list(json.loads(got[0]).get("manifests") or [])
+
+    def add_referrer(self, repo: str, subject_digest: str, descriptor: Mapping[str, Any]) -> None:
+        """Record a pushed manifest that has a ``subject`` where clients will look for it.
+
+        With the referrers API the registry does it; otherwise the fallback tag's index is
+        read, extended and written back (a client-maintained list, as the spec prescribes).
+        """
+        if self._referrers_api is None:
+            self.referrers(repo, subject_digest)
+        if self._referrers_api:
+            return
+        tag = fallback_tag(subject_digest)
+        got = self.get_manifest(repo, tag)
+        index: dict[str, Any] = json.loads(got[0]) if got else {
+            "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        if any(m.get("digest") == descriptor["digest"] for m in index["manifests"]):
+            return
+        index["manifests"].append(dict(descriptor))
+        self.put_manifest(repo, tag, json.dumps(index, separators=(",", ":")).encode(),
+                          OCI_INDEX)
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema: ``sha256:abc`` -> ``sha256-abc``."""
+    return digest.replace(":", "-", 1)
+
+
+def _basic(creds: auth.Credentials) -> str:
+    return "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+
+
+def _path(url: str) -> str:
+    return urllib.parse.urlsplit(url).path
+
+
+def _short(exc: BaseException) -> str:
+    """A requests/urllib3 error in a few words (they nest the cause several levels deep)."""
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "timed out", "Name or service not",
+                   "CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "RemoteDisconnected",
+                   "IncompleteRead", "Connection aborted"):
+        if marker in text:
+            return marker.lower() if marker[0].isupper() and " " in marker else marker
+    return text.splitlines()[0][:160] if text else type(exc).__name__
