@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nestbuild import bootc, rpmostree
-from nestbuild.errors import EXIT_FAILED, NestbuildError
+from nestbuild.errors import EXIT_FAILED, NestbuildError, UsageError
 from nestbuild.host import Host
 from nestbuild.image.model import host_platform
 from nestbuild.nodestatus import NodeStatus
@@ -117,3 +118,81 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None
     p.host.run(p.command, what=f"{p.via} on {p.host}")
     after = status(p.via, p.host)
     return before, after
+
+
+# -- --via ostree: a local sysroot, for real ---------------------------------------------------
+
+
+@dataclass
+class OstreeRebase:
+    image: str
+    digest: str
+    verdict: Any
+    trust_from: str
+    before: list[Any]
+    after: list[Any]
+    #: Blob bytes fetched: a config-only update fetches only its new layers.
+    bytes_downloaded: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"via": "ostree", "image": self.image, "digest": self.digest,
+                "trust": self.trust_from, "policy": self.verdict.to_json(),
+                "bytesDownloaded": self.bytes_downloaded,
+                "before": [d.to_json() for d in self.before],
+                "after": [d.to_json() for d in self.after]}
+
+
+def deployment_root(sysroot: Path, osname: str, checksum: str, serial: int) -> Path:
+    return sysroot / "ostree" / "deploy" / osname / "deploy" / f"{checksum}.{serial}"
+
+
+def rebase_sysroot(image: str, sysroot: Path, *, osname: str, trust_dir: Path | None,
+                   access: Any = None, progress: Callable[[str], None] | None = None
+                   ) -> OstreeRebase:
+    """Verify ``image`` under the node's policy, then deploy it into ``sysroot`` by digest.
+
+    Trust comes from the default deployment's /etc; a sysroot with no deployment yet takes it
+    from ``trust_dir`` (what ``nestbuild node trust`` writes). Refusals raise
+    :class:`RebaseRefused` before anything in the sysroot is touched.
+    """
+    from nestbuild import deploy, nodepolicy, ostree
+    from nestbuild.image.reference import ImageRef
+    from nestbuild.pull import RegistrySource
+    from nestbuild.push import RegistryAccess
+    from nestbuild.registry import reference
+
+    say = progress or (lambda _m: None)
+    target = reference.parse(image)
+    before = deploy.deployments(sysroot) if (ostree.repo_of(sysroot) / "config").is_file() \
+        else []
+    current = next((d for d in before if d.default), None)
+    if current is not None:
+        root = deployment_root(sysroot, osname, current.checksum, current.serial)
+        trust_from = f"the default deployment's /etc ({current.digest or current.checksum[:12]})"
+    elif trust_dir is not None:
+        root, trust_from = trust_dir, str(trust_dir)
+    else:
+        raise UsageError(f"{sysroot}: no deployment yet, so no trust to check against; pass "
+                         "--trust DIR (written by `nestbuild node trust`)")
+    with (access or RegistryAccess()).client(target.host) as client:
+        digest = target.digest or client.resolve(target.repo, target.ref)
+        if digest is None:
+            raise UsageError(f"{image}: no such image in the registry")
+        pinned = target.with_digest(digest)
+        say(f"checking {pinned} against the policy from {trust_from}")
+        verdict = nodepolicy.check(pinned, root, client)
+        if not verdict.accepted:
+            raise RebaseRefused(f"{pinned}: refused: {verdict.reason}; the sysroot is unchanged")
+        src = RegistrySource(ImageRef("docker", str(pinned)), client=client)
+        if not src.config.bootable:
+            raise RebaseRefused(f"{pinned}: not bootable (no containers.bootc=1 or "
+                                "ostree.bootable=true label); the sysroot is unchanged")
+        arch = host_platform()[1]
+        if src.config.architecture != arch:
+            raise RebaseRefused(f"{pinned}: built for {src.config.architecture}, this node is "
+                                f"{arch}; the sysroot is unchanged")
+        name = str(target) if target.digest is None else str(pinned)
+        deploy.deploy_image(src, sysroot, osname, origin_ref=name, progress=say)
+        fetched = client.bytes_downloaded
+    return OstreeRebase(name, digest, verdict, trust_from, before, deploy.deployments(sysroot),
+                        fetched)

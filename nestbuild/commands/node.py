@@ -62,13 +62,27 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         "and fits, then run bootc switch --enforce-container-sigpolicy (or rpm-ostree rebase\n"
         "ostree-image-signed:docker://...) on the node, and show its status before and after.\n"
         "The node verifies the signature with its own /etc/containers/policy.json.\n\n"
-        "exit codes: 0 staged, 1 refused by a check, 2 unusable input or a failing tool\n\n"
+        "--via ostree --sysroot DIR does it here, for real: the signature is checked first\n"
+        "against the policy in the default deployment's /etc (or --trust DIR, written by\n"
+        "`nestbuild node trust`, for a sysroot with no deployment yet), then the image's\n"
+        "layers are imported into the sysroot's ostree repository (only the new ones) and\n"
+        "deployed with ostree admin deploy; the previous deployment stays for rollback.\n\n"
+        "exit codes: 0 staged, 1 refused by a check (nothing changed), 2 unusable input or\n"
+        "a failing tool\n\n"
         "examples:\n"
         "  nestbuild rebase registry.example.com/nodes/base:v2 --dry-run\n"
-        "  nestbuild rebase registry.example.com/nodes/base:v2 --host ssh://core@node1 --apply",
+        "  nestbuild rebase registry.example.com/nodes/base:v2 --host ssh://core@node1 --apply\n"
+        "  nestbuild rebase reg.example.com/nodes/base:v2 --via ostree --sysroot ./sysroot \\\n"
+        "      --trust ./node-trust",
         epilog="")
-    b.add_argument("image", metavar="IMAGE", help="REGISTRY/REPO[:TAG|@DIGEST]")
-    b.add_argument("--via", choices=("bootc", "rpm-ostree"), default="bootc")
+    b.add_argument("image", metavar="IMAGE", help="[docker://]REGISTRY/REPO[:TAG|@DIGEST]")
+    b.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"), default="bootc")
+    b.add_argument("--sysroot", type=Path, metavar="DIR",
+                   help="the ostree sysroot for --via ostree (created if missing)")
+    b.add_argument("--os", default="nestos", metavar="NAME",
+                   help="stateroot for --via ostree (default nestos)")
+    b.add_argument("--trust", type=Path, metavar="DIR",
+                   help="trust files (policy.json, keys) for a sysroot's first deployment")
     b.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run on a node over ssh")
     b.add_argument("--apply", "--reboot", dest="apply", action="store_true",
                    help="reboot into the new deployment when it is staged")
@@ -77,6 +91,7 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--cert-dir", type=Path, metavar="DIR", help="CA and client certificates")
     b.add_argument("--tls-verify", choices=("true", "false"), default="true")
     b.add_argument("--format", choices=("table", "json"), default="table")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=cmd_rebase)
 
 
@@ -145,9 +160,34 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rebase_ostree(args: argparse.Namespace) -> int:
+    from nestbuild import rebase
+    from nestbuild.errors import UsageError
+    from nestbuild.push import RegistryAccess
+
+    if args.sysroot is None:
+        raise UsageError("--via ostree needs --sysroot DIR")
+    access = RegistryAccess(authfile=args.authfile, cert_dir=args.cert_dir,
+                            tls_verify=args.tls_verify == "true")
+    quiet = args.quiet or args.format == "json"
+    result = rebase.rebase_sysroot(
+        args.image, args.sysroot, osname=args.os, trust_dir=args.trust, access=access,
+        progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        print(f"verified: {result.verdict.reason} (scope {result.verdict.scope}; trust from "
+              f"{result.trust_from})")
+        _print_deployments(result.after, "table")
+    return EXIT_OK
+
+
 def cmd_rebase(args: argparse.Namespace) -> int:
     from nestbuild import rebase, skopeo
     from nestbuild.host import Host
+
+    if args.via == "ostree":
+        return _rebase_ostree(args)
 
     host = Host.parse(args.host)
     image = skopeo.inspect(args.image, authfile=args.authfile, cert_dir=args.cert_dir,

@@ -178,6 +178,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         self._referrers_api: bool | None = None
         self._bundle: str | None = None
         self.bytes_uploaded = 0
+        self.bytes_downloaded = 0
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
@@ -629,6 +630,8 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                 out.truncate()
                 raise DigestMismatch(f"{self.host}/{repo}: blob {digest[:19]} is corrupt "
                                      f"(received {total} bytes hashing to {got[:19]})")
+            with self._lock:
+                self.bytes_downloaded += total
             return total
         raise AssertionError("unreachable")
 
