@@ -7,6 +7,7 @@ cannot run crun ("cgroups in hybrid mode not supported"), and chroot needs no ru
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -125,14 +126,23 @@ def add_files(image: str, files: Mapping[str, tuple[bytes, int]], *, created_by:
               annotations: Mapping[str, str] | None = None) -> str:
     """Add ``files`` (image path -> content, mode; root-owned) as one new layer on ``image``,
     committed under the same name; returns the new image id. ``annotations`` keep the
-    original base record (buildah would otherwise name ``image`` itself as the base)."""
+    original base record (buildah would otherwise name ``image`` itself as the base).
+
+    Timestamps are fixed (``SOURCE_DATE_EPOCH``, else 0) so the same files give the same
+    layer: a rebuild with unchanged trust or kernel files adds a layer nodes already have."""
+    stamp = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
     with working_container(image) as ctr:
         root = mount(ctr)
+        touched: set[Path] = set()
         for path, (data, mode) in sorted(files.items()):
             target = root / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             target.chmod(mode)
+            touched.add(target)
+            touched.update(p for p in target.parents if p != root and root in p.parents)
+        for p in sorted(touched, key=lambda p: len(p.parts), reverse=True):
+            os.utime(p, (stamp, stamp), follow_symlinks=False)
         config(ctr, created_by=created_by, annotations=annotations)
         return commit(ctr, image)
 
