@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nestbuild import __version__
-from nestbuild.commands import COMMAND_MODULES
+from nestbuild.commands import COMMAND_MODULES, COMMAND_OWNERS
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError
 
 FORMATS = ("table", "json")
@@ -143,7 +143,10 @@ EPILOG = textwrap.dedent("""\
     """)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only`` (a command of a module in COMMAND_OWNERS), just
+    that module's commands, which parse and show ``nestbuild ONLY --help`` identically."""
+    owner = COMMAND_OWNERS.get(only) if only is not None else None
     parser = argparse.ArgumentParser(
         prog="nestbuild",
         description="Build, validate, sign and ship custom images of image-based "
@@ -158,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                 ) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    if owner is not None:
+        module = _command_module(owner)
+        if module is not None:
+            module.register(sub, command)
+            return parser
 
     p = command(
         "validate", "check what a derived image changes against the policy",
@@ -225,18 +234,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_base_list)
 
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # a command group not written yet
-        module.register(sub, command)
+        module = _command_module(name)
+        if module is not None:
+            module.register(sub, command)
     return parser
 
 
+def _command_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return None  # a command group not written yet
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)

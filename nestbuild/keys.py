@@ -14,17 +14,11 @@ Signatures are ASN.1 DER ECDSA-P256-SHA256 over the exact bytes, as cosign makes
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
-import getpass
-import hashlib
 import json
 import os
 import secrets
-import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import nacl.exceptions
 import nacl.secret
@@ -32,43 +26,38 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
-from nestbuild.errors import NestbuildError
+from nestbuild.keyfile import BOX_KEY_SIZE as BOX_KEY_SIZE
+from nestbuild.keyfile import COSIGN_PEM_TYPE as COSIGN_PEM_TYPE
+from nestbuild.keyfile import ENCRYPTED_PEM_TYPES as ENCRYPTED_PEM_TYPES
+from nestbuild.keyfile import MAC_SIZE as MAC_SIZE
+from nestbuild.keyfile import NONCE_SIZE as NONCE_SIZE
+from nestbuild.keyfile import PASSPHRASE_ENV as PASSPHRASE_ENV
+from nestbuild.keyfile import SALT_SIZE as SALT_SIZE
+from nestbuild.keyfile import SCRYPT_ACCEPTED as SCRYPT_ACCEPTED
+from nestbuild.keyfile import SCRYPT_N as SCRYPT_N
+from nestbuild.keyfile import SCRYPT_P as SCRYPT_P
+from nestbuild.keyfile import SCRYPT_R as SCRYPT_R
+from nestbuild.keyfile import SIGSTORE_PEM_TYPE as SIGSTORE_PEM_TYPE
+from nestbuild.keyfile import KeyFileError as KeyFileError
+from nestbuild.keyfile import PassphraseError as PassphraseError
+from nestbuild.keyfile import Sealed, parse_sealed
+from nestbuild.keyfile import WrongPassphraseError as WrongPassphraseError
+from nestbuild.keyfile import get_passphrase as get_passphrase
+from nestbuild.keyfile import pem_block as _pem_block
+from nestbuild.keyfile import pem_encode as _pem_encode
+from nestbuild.keyfile import scrypt as _scrypt
+
+# (The formats without the cryptography live in nestbuild.keyfile, cheap to import, so signing
+# can start scrypt before loading cryptography; their names are part of this module's API too.)
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
 
-#: PEM type cosign wrote before 2.0; still read by every cosign and containers/image version.
-COSIGN_PEM_TYPE = "ENCRYPTED COSIGN PRIVATE KEY"
-#: PEM type cosign writes since 2.0; older containers/image versions do not know it.
-SIGSTORE_PEM_TYPE = "ENCRYPTED SIGSTORE PRIVATE KEY"
-ENCRYPTED_PEM_TYPES = (COSIGN_PEM_TYPE, SIGSTORE_PEM_TYPE)
-
-#: go-securesystemslib's "legacy" strength, the only one older readers accept.
-SCRYPT_N = 1 << 15
-SCRYPT_R = 8
-SCRYPT_P = 1
-#: The (N, r, p) triples go-securesystemslib accepts; anything else could be a DoS.
-SCRYPT_ACCEPTED = {(1 << 15, 8, 1), (1 << 16, 8, 1), (1 << 17, 8, 1)}
-SALT_SIZE = 32
-NONCE_SIZE = nacl.secret.SecretBox.NONCE_SIZE
-BOX_KEY_SIZE = nacl.secret.SecretBox.KEY_SIZE
-
-PASSPHRASE_ENV = ("NESTBUILD_PASSWORD", "COSIGN_PASSWORD")
+assert (nacl.secret.SecretBox.NONCE_SIZE, nacl.secret.SecretBox.KEY_SIZE,
+        nacl.secret.SecretBox.MACBYTES) == (NONCE_SIZE, BOX_KEY_SIZE, MAC_SIZE)
 
 _KEY_SUFFIX = ".key"
 _PUB_SUFFIX = ".pub"
-
-
-class KeyFileError(NestbuildError):
-    """A key file that cannot be used: corrupt, truncated, or of an unsupported kind."""
-
-
-class WrongPassphraseError(KeyFileError):
-    """The passphrase does not open the key (or the sealed key was altered)."""
-
-
-class PassphraseError(NestbuildError):
-    """No passphrase could be obtained, or the two typed ones differ."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,65 +92,7 @@ def verify(pub: PublicKey, data: bytes, sig: bytes) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# PEM
-
-
-def _pem_block(data: bytes, source: str) -> tuple[str, dict[str, str], bytes]:
-    """The first PEM block in ``data`` as (type, headers, DER), like Go's ``pem.Decode``.
-
-    Text before the block is ignored, as Go does; a block without its END line is truncated.
-    """
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise KeyFileError(f"{source} is not a PEM file (binary data)") from None
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("-----BEGIN ")), None)
-    if start is None:
-        raise KeyFileError(f"{source} is not a PEM file (no -----BEGIN line)")
-    begin = lines[start].strip()
-    if not begin.endswith("-----") or len(begin) <= len("-----BEGIN ") + len("-----"):
-        raise KeyFileError(f"{source} has a malformed PEM BEGIN line")
-    pem_type = begin[len("-----BEGIN ") : -len("-----")]
-    end_line = f"-----END {pem_type}-----"
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() == end_line), None)
-    if end is None:
-        raise KeyFileError(f"{source} is truncated: no '{end_line}' line")
-    body = [line.strip() for line in lines[start + 1 : end]]
-    headers: dict[str, str] = {}
-    while body and ":" in body[0]:
-        name, _, value = body.pop(0).partition(":")
-        headers[name.strip()] = value.strip()
-    if headers and body and body[0] == "":
-        body.pop(0)
-    try:
-        der = base64.b64decode("".join(body), validate=True)
-    except (binascii.Error, ValueError):
-        raise KeyFileError(f"{source} is corrupt: bad base64 in the PEM body") from None
-    if not der:
-        raise KeyFileError(f"{source} is corrupt: empty PEM body")
-    return pem_type, headers, der
-
-
-def _pem_encode(pem_type: str, der: bytes) -> bytes:
-    """PEM with 64-column lines, as Go's ``pem.EncodeToMemory`` writes it."""
-    b64 = base64.b64encode(der).decode("ascii")
-    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
-    return (
-        f"-----BEGIN {pem_type}-----\n"
-        + "".join(x + "\n" for x in lines)
-        + f"-----END {pem_type}-----\n"
-    ).encode("ascii")
-
-
-# ---------------------------------------------------------------------------------------------
 # the go-securesystemslib "encrypted" document
-
-
-def _scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
-    # OpenSSL refuses unless maxmem covers 128*r*N (+ a little); the default is 32 MiB.
-    maxmem = 128 * r * (n + p + 2) + (1 << 20)
-    return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=BOX_KEY_SIZE)
 
 
 def _b64(data: bytes) -> str:
@@ -196,64 +127,15 @@ def encrypt_private_key(key: PrivateKey, passphrase: bytes) -> bytes:
     return _pem_encode(COSIGN_PEM_TYPE, body)
 
 
-def _field(obj: Mapping[str, Any], name: str, kind: type, source: str) -> Any:
-    value = obj.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise KeyFileError(
-            f"{source} is corrupt: field '{name}' is missing or not a {kind.__name__}"
-        )
-    return value
-
-
-def _b64field(obj: Mapping[str, Any], name: str, source: str) -> bytes:
+def open_sealed(sealed: Sealed, box_key: bytes, source: str) -> PrivateKey:
+    """The private key in a checked envelope, given the key scrypt derived for it."""
     try:
-        return base64.b64decode(_field(obj, name, str, source), validate=True)
-    except (binascii.Error, ValueError):
-        raise KeyFileError(f"{source} is corrupt: field '{name}' is not base64") from None
-
-
-def _decrypt(body: bytes, passphrase: bytes, source: str) -> bytes:
-    """Open a go-securesystemslib ``encrypted`` document, checking its parameters first."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise KeyFileError(f"{source} is corrupt: the encrypted key is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise KeyFileError(f"{source} is corrupt: the encrypted key is not a JSON object")
-    kdf = _field(doc, "kdf", dict, source)
-    cipher = _field(doc, "cipher", dict, source)
-    if kdf.get("name") != "scrypt":
-        raise KeyFileError(
-            f"{source} uses key derivation {kdf.get('name')!r}; only scrypt is known"
-        )
-    if cipher.get("name") != "nacl/secretbox":
-        raise KeyFileError(
-            f"{source} uses cipher {cipher.get('name')!r}; only nacl/secretbox is known"
-        )
-    params = _field(kdf, "params", dict, source)
-    n, r, p = params.get("N"), params.get("r"), params.get("p")
-    if (n, r, p) not in SCRYPT_ACCEPTED or not all(type(v) is int for v in (n, r, p)):
-        raise KeyFileError(
-            f"{source} uses scrypt parameters N={n}, r={r}, p={p}; cosign-compatible keys use "
-            "N=32768, 65536 or 131072 with r=8, p=1"
-        )
-    salt = _b64field(kdf, "salt", source)
-    nonce = _b64field(cipher, "nonce", source)
-    sealed = _b64field(doc, "ciphertext", source)
-    if len(nonce) != NONCE_SIZE:
-        raise KeyFileError(
-            f"{source} is corrupt: the nonce is {len(nonce)} bytes, not {NONCE_SIZE}"
-        )
-    if len(sealed) < nacl.secret.SecretBox.MACBYTES:
-        raise KeyFileError(f"{source} is corrupt: the ciphertext is truncated")
-    assert isinstance(n, int) and isinstance(r, int) and isinstance(p, int)
-    box = nacl.secret.SecretBox(_scrypt(passphrase, salt, n, r, p))
-    try:
-        return box.decrypt(sealed, nonce)
+        plain = nacl.secret.SecretBox(box_key).decrypt(sealed.ciphertext, sealed.nonce)
     except nacl.exceptions.CryptoError:
         # The Poly1305 tag cannot tell a wrong passphrase from altered bytes; the first is
         # by far the likelier, and a file altered in a way that keeps valid JSON is rare.
         raise WrongPassphraseError(f"wrong passphrase for {source}") from None
+    return _as_private(_load_der_private(plain, source, "the decrypted key"), source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,8 +196,8 @@ def load_private_key(data: bytes, passphrase: bytes | None, source: str) -> Priv
                 f"{source} is encrypted: a passphrase is needed (set NESTBUILD_PASSWORD or "
                 "use --passphrase-file)"
             )
-        plain = _decrypt(der, passphrase, source)
-        return _as_private(_load_der_private(plain, source, "the decrypted key"), source)
+        sealed = parse_sealed(der, source)
+        return open_sealed(sealed, sealed.derive(passphrase), source)
     if "Proc-Type" in headers or "DEK-Info" in headers:
         raise KeyFileError(
             f"{source} uses legacy OpenSSL PEM encryption; convert it with "
@@ -449,51 +331,3 @@ def write_key_pair(
     except OSError as exc:
         raise KeyFileError(f"cannot write {exc.filename or key_path}: {exc.strerror}") from None
     return key_path, pub_path
-
-
-# ---------------------------------------------------------------------------------------------
-# passphrases
-
-
-def get_passphrase(
-    *,
-    env: Sequence[str] = PASSPHRASE_ENV,
-    file: Path | None = None,
-    prompt: bool = True,
-    confirm: bool = False,
-    label: str = "the private key",
-) -> bytes:
-    """The key passphrase: from the first set env variable, else ``file``, else a prompt.
-
-    Never from the command line, where other users can read it in the process list. A variable
-    that is set but empty means the empty passphrase, as with cosign's COSIGN_PASSWORD.
-    The file's first line is used, without its line ending. The prompt is only shown when stdin
-    is a terminal, since nothing could answer it in CI.
-    """
-    for name in env:
-        value = os.environ.get(name)
-        if value is not None:
-            return os.fsencode(value)
-    if file is not None:
-        try:
-            content = file.read_bytes()
-        except OSError as exc:
-            raise PassphraseError(f"cannot read passphrase file {file}: {exc.strerror}") from None
-        return content.split(b"\n", 1)[0].removesuffix(b"\r")
-    names = " or ".join(env) if env else "NESTBUILD_PASSWORD"
-    if not prompt or not sys.stdin.isatty():
-        raise PassphraseError(
-            f"no passphrase for {label}: set {names} or use --passphrase-file "
-            "(stdin is not a terminal, so nestbuild cannot ask)"
-            if prompt
-            else f"no passphrase for {label}: set {names} or use --passphrase-file"
-        )
-    try:
-        first = getpass.getpass(f"Enter passphrase for {label}: ")
-        if confirm:
-            second = getpass.getpass(f"Enter passphrase for {label} again: ")
-            if first != second:
-                raise PassphraseError("the two passphrases differ")
-    except (EOFError, KeyboardInterrupt):
-        raise PassphraseError(f"no passphrase for {label}: the prompt was cancelled") from None
-    return first.encode()

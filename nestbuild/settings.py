@@ -8,14 +8,14 @@ from :data:`SETTINGS`, so the two can never disagree (the mkosi way).
 from __future__ import annotations
 
 import argparse
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from nestbuild.errors import UsageError
+
+if TYPE_CHECKING:  # imported where used: registering the CLI's flags must stay cheap
+    import yaml
 
 STR, PATH, BOOL, MAP, LIST, NODE = "str", "path", "bool", "map", "list", "node"
 
@@ -84,6 +84,10 @@ class ProjectSettings:
 
 def load(path: Path) -> ProjectSettings:
     """Read ``nestbuild.yaml``; unknown keys and wrong types are errors naming file and line."""
+    import difflib
+
+    import yaml
+
     try:
         text = path.read_text()
     except OSError as exc:
@@ -118,6 +122,8 @@ def load(path: Path) -> ProjectSettings:
 
 
 def _convert(setting: Setting, node: yaml.Node, base_dir: Path, fail: Any) -> Any:
+    import yaml
+
     kind = setting.kind
     if kind == NODE:
         return node

@@ -22,13 +22,12 @@ import hashlib
 import importlib
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nestbuild import dsse, keys
+from nestbuild import dsse, keyfile, keys
 from nestbuild import payload as payload_mod
 from nestbuild.errors import ImageError, NestbuildError, UsageError
 
@@ -662,37 +661,10 @@ def start_loading_key(
 
     The passphrase is obtained here (a prompt must not come from a thread). scrypt takes
     most of a signing run and releases the GIL, so it can overlap network round trips.
-    Errors (wrong passphrase, corrupt key) are raised by the callable.
+    Errors (wrong passphrase, corrupt key) are raised by the callable or here.
+    See :func:`nestbuild.keyfile.start_loading`, which needs no import of this module.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise keys.KeyFileError(f"cannot read key {path}: {exc.strerror}") from None
-    try:
-        key = keys.load_private_key(data, None, str(path))
-        return lambda: key
-    except keys.PassphraseError:
-        pass  # encrypted: now get the passphrase
-    passphrase = keys.get_passphrase(file=passphrase_file, label=str(path))
-    outcome: list[keys.PrivateKey | BaseException] = []
-
-    def work() -> None:
-        try:
-            outcome.append(keys.load_private_key(data, passphrase, str(path)))
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=work, name="nestbuild-key", daemon=True)
-    thread.start()
-
-    def wait() -> keys.PrivateKey:
-        thread.join()
-        result = outcome[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    return wait
+    return keyfile.start_loading(path, passphrase_file=passphrase_file)
 
 
 def load_public_keys(paths: Sequence[Path]) -> list[tuple[str, keys.PublicKey]]:

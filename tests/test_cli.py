@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from nestbuild.cli import main
+from nestbuild.cli import build_parser, main
+from nestbuild.commands import COMMAND_MODULES, COMMAND_OWNERS
 from tests.ocibuilder import Layer, bootable_base, derived
 
 
@@ -89,3 +94,34 @@ def test_table_output_and_rules_list(images: tuple[str, str, str]) -> None:
     r = run_cli("rules", "--format", "json")
     ids = {row["id"] for row in json.loads(r.stdout)}
     assert {"path-policy", "secret", "var-run", "kernel", "unsafe-path"} <= ids
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    [action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def _plain_command(sub: Any) -> Callable[..., argparse.ArgumentParser]:
+    def command(name: str, *_args: object, **_kwargs: object) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name)
+        return parser
+
+    return command
+
+
+def test_one_command_parser_matches_the_whole_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``nestbuild sign ...`` builds only its module's parsers (COMMAND_OWNERS): every command
+    registered by a command module must be listed there, and show the same help either way."""
+    monkeypatch.setenv("COLUMNS", "100")
+    whole = _subcommands(build_parser())
+    for name in COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(name).register(sub, _plain_command(sub))
+        for command in sub.choices:
+            assert COMMAND_OWNERS.get(command) == name, command
+    for command in COMMAND_OWNERS:
+        alone = _subcommands(build_parser(command))
+        assert command in alone and set(alone) < set(whole), command
+        assert alone[command].format_help() == whole[command].format_help(), command
+    args = build_parser("sign").parse_args(["sign", "docker://r/x:1", "--key", "k"])
+    assert args.func.__module__ == "nestbuild.commands.signing"

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nestbuild import ostree, qemu
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError, UsageError
 
 #: Appended to the BLS options: the disk, the serial console, the report unit's switch, and a
@@ -77,6 +76,8 @@ class BootResult:
 
 def default_entry(sysroot: Path, osname: str | None = None) -> BootEntry:
     """The BLS entry of the default deployment (of ``osname``'s stateroot if given)."""
+    from nestbuild import ostree
+
     if not (ostree.repo_of(sysroot) / "config").is_file():
         raise UsageError(f"{sysroot}: not an ostree sysroot")
     deployments = [d for d in ostree.status(sysroot) if osname in (None, d.osname)]
@@ -115,6 +116,8 @@ def boot_sysroot(sysroot: Path, *, osname: str | None = None, timeout: float = 6
                  memory_mib: int = 1536, progress: Progress | None = None) -> BootResult:
     """Boot the default deployment until its report line; BootError with the console tail
     when it panics, lands in emergency mode or times out."""
+    from nestbuild import qemu
+
     say = progress or (lambda _m: None)
     entry = default_entry(sysroot, osname)
     with tempfile.TemporaryDirectory(prefix="nestbuild-boot-") as tmp:

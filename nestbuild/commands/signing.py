@@ -94,10 +94,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def _local_target(args: argparse.Namespace, *, need_identity: bool = True) -> Any:
     """A layout target opened (and checked) before the passphrase is asked for: a typo
     should not cost a prompt. Registry targets are opened later, while the key decrypts."""
-    from nestbuild import signing
-
     if args.image.startswith("docker://"):
         return None
+    from nestbuild import signing
+
     target = signing.open_target(args.image, identity=args.identity, registry=_registry(args))
     if need_identity:
         signing.signed_identity(target)  # a layout without --identity fails here
@@ -105,12 +105,15 @@ def _local_target(args: argparse.Namespace, *, need_identity: bool = True) -> An
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    from nestbuild import signing
+    from nestbuild import keyfile
 
     annotations = _annotations(args.annotation)
     target = _local_target(args)
-    # Decrypted in a thread while the registry is reached and read: scrypt is most of a run.
-    key = signing.start_loading_key(args.key, passphrase_file=args.passphrase_file)
+    # Decrypted in a thread while the registry is reached and read: scrypt is most of a run,
+    # so it starts before signing's cryptography and the registry client are even imported.
+    key = keyfile.start_loading(args.key, passphrase_file=args.passphrase_file)
+    from nestbuild import signing
+
     if target is None:
         target = signing.open_target(args.image, identity=args.identity,
                                      registry=_registry(args))
@@ -174,7 +177,7 @@ def _print_report(report: Any) -> None:
 # --- attest --------------------------------------------------------------------------------
 
 def cmd_attest(args: argparse.Namespace) -> int:
-    from nestbuild import signing
+    from nestbuild import keyfile, signing
 
     predicate_type = signing.predicate_type_uri(args.type)
     try:
@@ -184,7 +187,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
     except (ValueError, RecursionError):
         raise UsageError(f"{args.predicate} is not a JSON document") from None
     target = _local_target(args, need_identity=False)
-    key = signing.start_loading_key(args.key, passphrase_file=args.passphrase_file)
+    key = keyfile.start_loading(args.key, passphrase_file=args.passphrase_file)
     if target is None:
         target = signing.open_target(args.image, identity=args.identity,
                                      registry=_registry(args))

@@ -1,0 +1,309 @@
+"""Key files without the cryptography: PEM blocks, cosign's encrypted envelope, scrypt, passphrases.
+
+Decrypting a cosign key is mostly scrypt (N=2^15: ~75 ms), which releases the GIL. This module
+needs only the standard library, so ``nestbuild sign`` can start the derivation in a thread
+(:func:`start_loading`) before it imports cryptography, PyNaCl and the registry client, and all
+of that overlaps. :mod:`nestbuild.keys` builds on it and re-exports its names.
+
+The envelope is go-securesystemslib's ``encrypted`` document: the PKCS#8 DER key sealed with
+NaCl secretbox (XSalsa20-Poly1305) under a key derived by scrypt from the passphrase.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nestbuild.errors import NestbuildError
+
+if TYPE_CHECKING:
+    from nestbuild.keys import PrivateKey
+
+#: PEM type cosign wrote before 2.0; still read by every cosign and containers/image version.
+COSIGN_PEM_TYPE = "ENCRYPTED COSIGN PRIVATE KEY"
+#: PEM type cosign writes since 2.0; older containers/image versions do not know it.
+SIGSTORE_PEM_TYPE = "ENCRYPTED SIGSTORE PRIVATE KEY"
+ENCRYPTED_PEM_TYPES = (COSIGN_PEM_TYPE, SIGSTORE_PEM_TYPE)
+
+#: go-securesystemslib's "legacy" strength, the only one older readers accept.
+SCRYPT_N = 1 << 15
+SCRYPT_R = 8
+SCRYPT_P = 1
+#: The (N, r, p) triples go-securesystemslib accepts; anything else could be a DoS.
+SCRYPT_ACCEPTED = {(1 << 15, 8, 1), (1 << 16, 8, 1), (1 << 17, 8, 1)}
+SALT_SIZE = 32
+#: NaCl secretbox's sizes (nacl.secret.SecretBox NONCE_SIZE, KEY_SIZE, MACBYTES).
+NONCE_SIZE = 24
+BOX_KEY_SIZE = 32
+MAC_SIZE = 16
+
+PASSPHRASE_ENV = ("NESTBUILD_PASSWORD", "COSIGN_PASSWORD")
+
+
+class KeyFileError(NestbuildError):
+    """A key file that cannot be used: corrupt, truncated, or of an unsupported kind."""
+
+
+class WrongPassphraseError(KeyFileError):
+    """The passphrase does not open the key (or the sealed key was altered)."""
+
+
+class PassphraseError(NestbuildError):
+    """No passphrase could be obtained, or the two typed ones differ."""
+
+
+# ---------------------------------------------------------------------------------------------
+# PEM
+
+
+def pem_block(data: bytes, source: str) -> tuple[str, dict[str, str], bytes]:
+    """The first PEM block in ``data`` as (type, headers, DER), like Go's ``pem.Decode``.
+
+    Text before the block is ignored, as Go does; a block without its END line is truncated.
+    """
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{source} is not a PEM file (binary data)") from None
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("-----BEGIN ")), None)
+    if start is None:
+        raise KeyFileError(f"{source} is not a PEM file (no -----BEGIN line)")
+    begin = lines[start].strip()
+    if not begin.endswith("-----") or len(begin) <= len("-----BEGIN ") + len("-----"):
+        raise KeyFileError(f"{source} has a malformed PEM BEGIN line")
+    pem_type = begin[len("-----BEGIN ") : -len("-----")]
+    end_line = f"-----END {pem_type}-----"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() == end_line), None)
+    if end is None:
+        raise KeyFileError(f"{source} is truncated: no '{end_line}' line")
+    body = [line.strip() for line in lines[start + 1 : end]]
+    headers: dict[str, str] = {}
+    while body and ":" in body[0]:
+        name, _, value = body.pop(0).partition(":")
+        headers[name.strip()] = value.strip()
+    if headers and body and body[0] == "":
+        body.pop(0)
+    try:
+        der = base64.b64decode("".join(body), validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFileError(f"{source} is corrupt: bad base64 in the PEM body") from None
+    if not der:
+        raise KeyFileError(f"{source} is corrupt: empty PEM body")
+    return pem_type, headers, der
+
+
+def pem_encode(pem_type: str, der: bytes) -> bytes:
+    """PEM with 64-column lines, as Go's ``pem.EncodeToMemory`` writes it."""
+    b64 = base64.b64encode(der).decode("ascii")
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    return (
+        f"-----BEGIN {pem_type}-----\n"
+        + "".join(x + "\n" for x in lines)
+        + f"-----END {pem_type}-----\n"
+    ).encode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------
+# the go-securesystemslib "encrypted" document
+
+
+def scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """The secretbox key; OpenSSL's scrypt, which releases the GIL while it works."""
+    # OpenSSL refuses unless maxmem covers 128*r*N (+ a little); the default is 32 MiB.
+    maxmem = 128 * r * (n + p + 2) + (1 << 20)
+    return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=BOX_KEY_SIZE)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """An encrypted key's envelope, checked: what to derive the key with, and what to open."""
+
+    salt: bytes
+    n: int
+    r: int
+    p: int
+    nonce: bytes
+    ciphertext: bytes
+
+    def derive(self, passphrase: bytes) -> bytes:
+        return scrypt(passphrase, self.salt, self.n, self.r, self.p)
+
+
+def _field(obj: Mapping[str, Any], name: str, kind: type, source: str) -> Any:
+    value = obj.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise KeyFileError(
+            f"{source} is corrupt: field '{name}' is missing or not a {kind.__name__}"
+        )
+    return value
+
+
+def _b64field(obj: Mapping[str, Any], name: str, source: str) -> bytes:
+    try:
+        return base64.b64decode(_field(obj, name, str, source), validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFileError(f"{source} is corrupt: field '{name}' is not base64") from None
+
+
+def parse_sealed(body: bytes, source: str) -> Sealed:
+    """Read a go-securesystemslib ``encrypted`` document, checking its parameters first."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise KeyFileError(f"{source} is corrupt: the encrypted key is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise KeyFileError(f"{source} is corrupt: the encrypted key is not a JSON object")
+    kdf = _field(doc, "kdf", dict, source)
+    cipher = _field(doc, "cipher", dict, source)
+    if kdf.get("name") != "scrypt":
+        raise KeyFileError(
+            f"{source} uses key derivation {kdf.get('name')!r}; only scrypt is known"
+        )
+    if cipher.get("name") != "nacl/secretbox":
+        raise KeyFileError(
+            f"{source} uses cipher {cipher.get('name')!r}; only nacl/secretbox is known"
+        )
+    params = _field(kdf, "params", dict, source)
+    n, r, p = params.get("N"), params.get("r"), params.get("p")
+    if (n, r, p) not in SCRYPT_ACCEPTED or not all(type(v) is int for v in (n, r, p)):
+        raise KeyFileError(
+            f"{source} uses scrypt parameters N={n}, r={r}, p={p}; cosign-compatible keys use "
+            "N=32768, 65536 or 131072 with r=8, p=1"
+        )
+    salt = _b64field(kdf, "salt", source)
+    nonce = _b64field(cipher, "nonce", source)
+    sealed = _b64field(doc, "ciphertext", source)
+    if len(nonce) != NONCE_SIZE:
+        raise KeyFileError(
+            f"{source} is corrupt: the nonce is {len(nonce)} bytes, not {NONCE_SIZE}"
+        )
+    if len(sealed) < MAC_SIZE:
+        raise KeyFileError(f"{source} is corrupt: the ciphertext is truncated")
+    assert isinstance(n, int) and isinstance(r, int) and isinstance(p, int)
+    return Sealed(salt, n, r, p, nonce, sealed)
+
+
+# ---------------------------------------------------------------------------------------------
+# passphrases
+
+
+def get_passphrase(
+    *,
+    env: Sequence[str] = PASSPHRASE_ENV,
+    file: Path | None = None,
+    prompt: bool = True,
+    confirm: bool = False,
+    label: str = "the private key",
+) -> bytes:
+    """The key passphrase: from the first set env variable, else ``file``, else a prompt.
+
+    Never from the command line, where other users can read it in the process list. A variable
+    that is set but empty means the empty passphrase, as with cosign's COSIGN_PASSWORD.
+    The file's first line is used, without its line ending. The prompt is only shown when stdin
+    is a terminal, since nothing could answer it in CI.
+    """
+    for name in env:
+        value = os.environ.get(name)
+        if value is not None:
+            return os.fsencode(value)
+    if file is not None:
+        try:
+            content = file.read_bytes()
+        except OSError as exc:
+            raise PassphraseError(f"cannot read passphrase file {file}: {exc.strerror}") from None
+        return content.split(b"\n", 1)[0].removesuffix(b"\r")
+    names = " or ".join(env) if env else "NESTBUILD_PASSWORD"
+    if not prompt or not sys.stdin.isatty():
+        raise PassphraseError(
+            f"no passphrase for {label}: set {names} or use --passphrase-file "
+            "(stdin is not a terminal, so nestbuild cannot ask)"
+            if prompt
+            else f"no passphrase for {label}: set {names} or use --passphrase-file"
+        )
+    import getpass
+
+    try:
+        first = getpass.getpass(f"Enter passphrase for {label}: ")
+        if confirm:
+            second = getpass.getpass(f"Enter passphrase for {label} again: ")
+            if first != second:
+                raise PassphraseError("the two passphrases differ")
+    except (EOFError, KeyboardInterrupt):
+        raise PassphraseError(f"no passphrase for {label}: the prompt was cancelled") from None
+    return first.encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# loading a signing key in the background
+
+
+def _in_thread(work: Callable[[], Any]) -> Callable[[], Any]:
+    """Run ``work`` in a daemon thread; the returned callable waits and returns (or raises)
+    its outcome."""
+    outcome: list[Any] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="nestbuild-key", daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        if failed:
+            raise failed[0]
+        return outcome[0]
+
+    return wait
+
+
+def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callable[[], PrivateKey]:
+    """Start decrypting a private key file; the returned callable waits for the key.
+
+    The file is read and its envelope checked here, and the passphrase obtained (a prompt
+    must not come from a thread); for a cosign key the scrypt derivation then runs in a thread,
+    and the callable imports cryptography and PyNaCl to open the key once it is derived.
+    Errors found later (wrong passphrase, a key that does not parse) are raised by the callable.
+    """
+    source = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key {path}: {exc.strerror}") from None
+    pem_type, _, der = pem_block(data, source)
+    if pem_type in ENCRYPTED_PEM_TYPES:
+        sealed = parse_sealed(der, source)
+        passphrase = get_passphrase(file=passphrase_file, label=source)
+        derive: Callable[[], bytes] = _in_thread(lambda: sealed.derive(passphrase))
+
+        def opened() -> PrivateKey:
+            from nestbuild import keys
+
+            return keys.open_sealed(sealed, derive(), source)
+
+        return opened
+    from nestbuild import keys
+
+    try:
+        key = keys.load_private_key(data, None, source)
+        return lambda: key
+    except PassphraseError:
+        pass  # an encrypted PKCS#8 key: now get the passphrase
+    passphrase = get_passphrase(file=passphrase_file, label=source)
+    loaded: Callable[[], PrivateKey] = _in_thread(
+        lambda: keys.load_private_key(data, passphrase, source))
+    return loaded
