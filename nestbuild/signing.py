@@ -19,7 +19,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import importlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -150,22 +149,17 @@ def open_target(
     """
     signed = _parse_identity(identity) if identity is not None else None
     if image.startswith("docker://"):
-        text = image[len("docker://") :]
-        try:
-            ref = payload_mod.parse_reference(text)
-        except ValueError as exc:
-            raise UsageError(f"{image}: not a valid image reference ({exc})") from None
-        if ref.tag is not None and ref.digest is not None:
-            raise UsageError(f"{image}: name a tag or a digest, not both")
-        host, _, repo = ref.name.partition("/")
-        if ref.digest is None and ref.tag is None:
-            ref = payload_mod.Reference(ref.name, "latest", None)
+        from nestbuild.registry.reference import parse
+
+        where = parse(image)
+        ref = payload_mod.Reference(where.name, where.tag or (None if where.digest else "latest"),
+                                    where.digest)
         if store is None:
-            store = _registry_store(host, registry or RegistryOptions())
+            store = _registry_store(where.host, registry or RegistryOptions())
         return Target(
             store=store,
-            repo=repo,
-            ref=ref.digest or ref.tag or "latest",
+            repo=where.repo,
+            ref=where.ref,
             display=image,
             identity=signed or ref,
             subject_name=(signed or ref).name,
@@ -212,25 +206,10 @@ def open_target(
 
 
 def _registry_store(host: str, options: RegistryOptions) -> SignatureStore:
-    # Imported by name: the registry client is written in parallel, and this keeps mypy
-    # clean whether or not it is there yet.
-    try:
-        client_module = importlib.import_module("nestbuild.registry.client")
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("nestbuild.registry"):
-            raise
-        raise UsageError(
-            "registry support is not available in this nestbuild (nestbuild.registry is "
-            "missing); sign an OCI layout instead"
-        ) from None
-    client: SignatureStore = client_module.RegistryClient(
-        host,
-        authfile=options.authfile,
-        cert_dir=options.cert_dir,
-        tls_verify=options.tls_verify,
-        insecure_http=options.insecure_http,
-    )
-    return client
+    from nestbuild.registry.client import RegistryClient  # heavy (requests): only when needed
+
+    return RegistryClient(host, authfile=options.authfile, cert_dir=options.cert_dir,
+                          tls_verify=options.tls_verify, insecure_http=options.insecure_http)
 
 
 def _digest_of(data: bytes) -> str:

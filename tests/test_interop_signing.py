@@ -11,11 +11,9 @@ import base64
 import hashlib
 import json
 import shutil
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -142,73 +140,6 @@ def registry_host(registry: Registry) -> str:
     return registry.host
 
 
-class MiniRegistryStore:
-    """The five SignatureStore calls over plain HTTP, for a loopback registry without auth.
-
-    Stands in for ``nestbuild.registry.client.RegistryClient`` only while that module is
-    missing (it is written in parallel); the ``registry_client`` fixture uses the real one as
-    soon as it exists.
-    """
-
-    ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX,
-                        "application/vnd.docker.distribution.manifest.v2+json",
-                        "application/vnd.docker.distribution.manifest.list.v2+json"))
-
-    def __init__(self, host: str) -> None:
-        self.base = f"http://{host}"
-
-    def _call(self, method: str, url: str, data: bytes | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
-        url = url if url.startswith("http") else self.base + url
-        request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                return resp.status, resp.read(), resp.headers
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read(), exc.headers
-
-    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str] | None:
-        status, body, headers = self._call("GET", f"/v2/{repo}/manifests/{ref}",
-                                           headers={"Accept": self.ACCEPT})
-        if status == 404:
-            return None
-        assert status == 200, (status, body)
-        return body, str(headers["Content-Type"])
-
-    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        status, body, headers = self._call("PUT", f"/v2/{repo}/manifests/{ref}", data,
-                                           {"Content-Type": media_type})
-        assert status == 201, (status, body)
-        return str(headers["Docker-Content-Digest"])
-
-    def has_blob(self, repo: str, digest: str) -> bool:
-        return self._call("HEAD", f"/v2/{repo}/blobs/{digest}")[0] == 200
-
-    def put_blob(self, repo: str, data: bytes, digest: str, size: int) -> None:
-        status, body, headers = self._call("POST", f"/v2/{repo}/blobs/uploads/", b"")
-        assert status == 202, (status, body)
-        location = str(headers["Location"])
-        sep = "&" if "?" in location else "?"
-        status, body, _ = self._call("PUT", f"{location}{sep}digest={digest}", data,
-                                     {"Content-Type": "application/octet-stream"})
-        assert status == 201, (status, body)
-
-    def get_blob(self, repo: str, digest: str) -> bytes:
-        status, body, _ = self._call("GET", f"/v2/{repo}/blobs/{digest}")
-        assert status == 200, (status, body)
-        return body
-
-
-@pytest.fixture
-def registry_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    """nestbuild's registry client, or the stand-in while nestbuild.registry is missing."""
-    try:
-        import nestbuild.registry.client  # type: ignore[import-not-found]  # noqa: F401
-    except ModuleNotFoundError:
-        monkeypatch.setattr(signing, "_registry_store",
-                            lambda host, options: MiniRegistryStore(host))
-
-
 def push(layout_ref: str, dest: str) -> None:
     """Copy an OCI layout image (all platforms, exact digests) into the registry."""
     run(["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false",
@@ -216,7 +147,7 @@ def push(layout_ref: str, dest: str) -> None:
 
 
 @pytest.fixture
-def env_pw(monkeypatch: pytest.MonkeyPatch, registry_client: None) -> None:
+def env_pw(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NESTBUILD_PASSWORD", "pw")
     monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nestbuild.commands.common import registry_flags
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 Command = Callable[..., argparse.ArgumentParser]
@@ -26,26 +27,6 @@ IMAGES = textwrap.dedent("""\
     passphrase: NESTBUILD_PASSWORD or COSIGN_PASSWORD, else --passphrase-file, else a prompt
     exit codes: 0 done / verified, 1 not verified, 2 unusable input
     """)
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
-def _registry_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("registry access (as skopeo)")
-    g.add_argument("--authfile", type=Path, metavar="FILE",
-                   help="credentials file (default: REGISTRY_AUTH_FILE, containers' or "
-                        "docker's auth.json)")
-    g.add_argument("--cert-dir", type=Path, metavar="DIR",
-                   help="directory with *.crt, *.cert and *.key for TLS")
-    g.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
-                   help="verify the registry's TLS certificate (default true)")
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -247,7 +228,7 @@ def register(sub: Any, command: Command) -> None:
                    help="add to the payload's optional section, as cosign sign -a")
     p.add_argument("--passphrase-file", type=Path, metavar="FILE")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    _registry_flags(p)
+    registry_flags(p)
     p.set_defaults(func=cmd_sign)
 
     p = command(
@@ -276,7 +257,7 @@ def register(sub: Any, command: Command) -> None:
                    help="the name the node pulls (default: the image's own; for oci: "
                         "the identity is not checked without it)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    _registry_flags(p)
+    registry_flags(p)
     p.set_defaults(func=cmd_verify)
 
     p = command(
@@ -302,5 +283,5 @@ def register(sub: Any, command: Command) -> None:
                    help="the repository to name as the subject (default: the image's)")
     p.add_argument("--passphrase-file", type=Path, metavar="FILE")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    _registry_flags(p)
+    registry_flags(p)
     p.set_defaults(func=cmd_attest)
