@@ -172,7 +172,10 @@ def add_arguments(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> Non
             continue
         help_text = s.help + f" [nestbuild.yaml: {s.key}]"
         if s.kind == BOOL:
-            store = "store_false" if s.flags[0].startswith("--no-") and s.default else "store_true"
+            negated = s.flags[0].startswith("--no-") and s.default
+            store = "store_false" if negated else "store_true"
+            if negated:  # the flag turns the setting off: say so
+                help_text = f"do not {s.help} [nestbuild.yaml: {s.key}: false]"
             parser.add_argument(*s.flags, dest=s.dest, action=store, default=None, help=help_text)
         elif s.kind in (MAP, LIST):
             parser.add_argument(*s.flags, dest=s.dest, action="append", default=None,

@@ -105,6 +105,9 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"{args.image}: failed validation ({report.errors} errors); nothing pushed "
                   "(--no-validate pushes anyway)", file=sys.stderr)
             return EXIT_FAILED
+    if key is not None:
+        private = key()  # a wrong passphrase or a corrupt key stops here, before any upload
+        key = lambda: private  # noqa: E731
     access = registry_access(args)
     with access.client(target.host) as client:
         result = push(args.image, dest, tags=args.tag or (), compression=args.compression,
@@ -182,7 +185,8 @@ def register(sub: Any, command: Any) -> None:
 
                     example:
                       printf %s "$TOKEN" | nestbuild login registry.example.com -u ci \\
-                          --password-stdin"""))
+                          --password-stdin"""),
+                "exit codes: 0 stored, 2 refused credentials or unusable input\n")
     p.add_argument("registry", metavar="REGISTRY")
     p.add_argument("-u", "--username", metavar="USER")
     p.add_argument("--password-stdin", action="store_true",
@@ -191,7 +195,8 @@ def register(sub: Any, command: Any) -> None:
     p.set_defaults(func=cmd_login)
 
     p = command("logout", "remove stored credentials for a registry",
-                "Remove REGISTRY's entry from the auth file login writes.")
+                "Remove REGISTRY's entry from the auth file login writes.",
+                "exit codes: 0 removed, 1 not logged in\n")
     p.add_argument("registry", metavar="REGISTRY")
     p.add_argument("--authfile", type=Path, metavar="FILE")
     p.set_defaults(func=cmd_logout)
@@ -212,7 +217,8 @@ def register(sub: Any, command: Any) -> None:
                     examples:
                       nestbuild push localhost/my-node:v1 registry.example.com/fleet/node:v1
                       NESTBUILD_PASSWORD=... nestbuild push my-node:v1 reg/fleet/node:v1 \\
-                          --sign-key cosign.key --digestfile digest.txt --format json"""))
+                          --sign-key cosign.key --digestfile digest.txt --format json"""),
+                "")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("dest", nargs="?", metavar="DEST",
                    help="[docker://]HOST/REPO[:TAG] (default: IMAGE's name, if it has a host)")
@@ -243,7 +249,9 @@ def register(sub: Any, command: Any) -> None:
                     blob is checked against its digest; a corrupt one fails the pull.
 
                     example:
-                      nestbuild pull docker://registry.example.com/fleet/node:v1 oci:./node:v1"""))
+                      nestbuild pull docker://registry.example.com/fleet/node:v1 oci:./node:v1"""),
+                "exit codes: 0 pulled, 1 a blob or manifest failed its digest, 2 unusable input "
+                "or registry problem\n")
     p.add_argument("image", metavar="IMAGE", help="[docker://]HOST/REPO[:TAG|@DIGEST]")
     p.add_argument("dest", nargs="?", metavar="DEST")
     p.add_argument("--jobs", type=int, default=4, metavar="N")
@@ -259,7 +267,8 @@ def register(sub: Any, command: Any) -> None:
 
                     example:
                       nestbuild inspect docker://registry.example.com/fleet/node:v1 --format json
-                    """))
+                    """),
+                "exit codes: 0 shown, 2 no such image or registry problem\n")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--format", choices=("table", "json"), default="table")
     registry_flags(p)

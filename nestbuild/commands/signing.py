@@ -195,7 +195,8 @@ def register(sub: Any, command: Command) -> None:
 
             example:
               NESTBUILD_PASSWORD=... nestbuild keygen --output-prefix keys/release"""),
-        epilog=IMAGES,
+        epilog="passphrase: NESTBUILD_PASSWORD or COSIGN_PASSWORD, else --passphrase-file, "
+               "else a prompt\nexit codes: 0 written, 2 unusable input or existing files\n",
     )
     p.add_argument("--output-prefix", type=Path, default=Path("cosign"), metavar="PATH",
                    help="write PATH.key and PATH.pub (default: cosign)")
