@@ -264,11 +264,13 @@ def push(
     access: RegistryAccess | None = None,
     quiet: bool = False,
     client: RegistryClient | None = None,
+    before_tags: Callable[[str, list[str]], None] | None = None,
 ) -> PushResult:
     """Push ``source`` (any local transport) to ``dest`` (``[docker://]HOST/REPO[:TAG]``).
 
     The image (or, from an OCI layout, a whole multi-platform index) is stored by digest first
-    and then under ``dest``'s tag and every ``tags`` entry.
+    and then under ``dest``'s tag and every ``tags`` entry. ``before_tags(digest, tags)`` runs
+    in between (signing): if it fails, no tag has moved.
     """
     if compression not in COMPRESSIONS:
         raise UsageError(f"--compression {compression}: use one of {', '.join(COMPRESSIONS)}")
@@ -286,6 +288,8 @@ def push(
                              progress=progress, info=info)
             data, media_type = _push_top(pusher, src)
             digest = client.put_manifest(target.repo, _digest(data), data, media_type)
+            if before_tags is not None:
+                before_tags(digest, all_tags)
             for tag in all_tags:
                 client.put_manifest(target.repo, tag, data, media_type)
             progress.note(f"{target.name}@{digest} tagged {', '.join(all_tags)}")

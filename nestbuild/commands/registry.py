@@ -84,7 +84,6 @@ def _default_dest(image: str) -> str:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from nestbuild import signing
     from nestbuild.push import push
     from nestbuild.registry import reference
 
@@ -92,7 +91,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     target = reference.parse(dest)
     key = None
     if args.sign_key:
-        # The passphrase is asked for now (never from a thread); scrypt overlaps the push.
+        from nestbuild import signing
+
+        # The passphrase is asked for now (never from a thread); scrypt overlaps validation.
         key = signing.start_loading_key(args.sign_key, passphrase_file=args.passphrase_file)
     report = None
     if args.validate:
@@ -105,24 +106,32 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"{args.image}: failed validation ({report.errors} errors); nothing pushed "
                   "(--no-validate pushes anyway)", file=sys.stderr)
             return EXIT_FAILED
+    signatures: list[str] = []
+    attestations: list[str] = []
+    sign_then_tag = None
     if key is not None:
-        private = key()  # a wrong passphrase or a corrupt key stops here, before any upload
-        key = lambda: private  # noqa: E731
+        signing_key = key()  # a wrong passphrase or a corrupt key stops here, before any upload
+
+        def sign_then_tag(digest: str, tags: list[str]) -> None:
+            """Signatures (and the attestation) go up before any tag moves to the image."""
+            for tag in tags:
+                t = signing.open_target(f"docker://{target.name}@{digest}",
+                                        identity=f"{target.name}:{tag}", store=client)
+                for s in signing.sign(t, signing_key):
+                    signatures.append(f"{s.tag} ({s.docker_reference})")
+            if report is not None:
+                att = signing.attest_validation(
+                    f"docker://{target.name}@{digest}", report, signing_key,
+                    identity=f"{target.name}:{tags[0]}", store=client)
+                attestations.append(f"{att.tag} ({att.predicate_type})")
+
     access = registry_access(args)
     with access.client(target.host) as client:
         result = push(args.image, dest, tags=args.tag or (), compression=args.compression,
-                      jobs=args.jobs, quiet=args.quiet or args.format == "json", client=client)
-        if key is not None:
-            for tag in result.tags:
-                t = signing.open_target(f"docker://{target.name}:{tag}", store=client)
-                t.ref = result.digest  # sign exactly what was pushed, even if the tag moved
-                for s in signing.sign(t, key):
-                    result.signatures.append(f"{s.tag} ({s.docker_reference})")
-            if report is not None:
-                att = signing.attest_validation(
-                    f"docker://{target.name}@{result.digest}", report, key(),
-                    identity=f"{target.name}:{result.tags[0]}", store=client)
-                result.attestations.append(f"{att.tag} ({att.predicate_type})")
+                      jobs=args.jobs, quiet=args.quiet or args.format == "json", client=client,
+                      before_tags=sign_then_tag)
+    result.signatures += signatures
+    result.attestations += attestations
     if args.digestfile:
         args.digestfile.write_text(result.digest + "\n")
     if args.format == "json":
