@@ -4,19 +4,23 @@ debian-marker example on it passes the default policy. Booting it: tests/test_bo
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 
-from nestbuild import baseimage, buildah
+from nestbuild import baseimage, buildah, keys, packages
+from nestbuild.cli import main
 from nestbuild.image import open_image
 from nestbuild.policy import preset
 from nestbuild.tree import DIR, SYMLINK
 from nestbuild.validate import analyze, validate
 from tests.fixtures.common import persistent_cache
 from tests.fixtures.debian import DEBIAN_MARKER
+from tests.fixtures.registry import Registry
 
 #: The only finding the base has: Debian 12's ostree (2022.7) cannot mount composefs.
 EXPECTED_BASE_FINDINGS = {("baseimage-composefs", "warning", "/usr/lib/ostree/prepare-root.conf")}
@@ -95,3 +99,22 @@ def test_debian_marker_example_passes_the_default_policy(debian_marker: str) -> 
     assert report.passed is expected["passed"]
     assert report.base is not None and report.base.found_by == "annotation"
     assert [c.path for c in report.changes] == ["/etc/nestbuild-marker"]
+
+
+def test_signed_push_attests_the_package_list(debian_marker: str, registry: Registry,
+                                              tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("NESTBUILD_PASSWORD", "pw")
+    key, pub = keys.write_key_pair(tmp_path / "k", b"pw")
+    dest = f"{registry.host}/debian/marker:v1"
+    assert main(["push", debian_marker, dest, "--sign-key", str(key), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["verify", f"docker://{dest}", "--key", str(pub), "--format", "json"]) == 0
+    found = json.loads(capsys.readouterr().out)["manifests"][0]["attestations"]
+    assert {a["predicate_type"] for a in found if a["verified"]} == {
+        "https://nestbuild.dev/validation/v1", packages.PREDICATE_TYPE}
+    listed = packages.package_list(open_image(debian_marker))
+    assert listed is not None
+    names = {p["name"] for p in listed["packages"]}
+    assert {"systemd", "containerd", "ostree"} <= names

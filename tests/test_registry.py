@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nestbuild.baseimage import BuiltBase
 from nestbuild.cli import main
 from nestbuild.image.layout import LayoutWriter
 from nestbuild.image.model import OCI_INDEX, OCI_MANIFEST
@@ -24,7 +25,6 @@ from nestbuild.validate import validate
 from tests.fixtures.registry import FaultProxy, Registry
 
 LAYER = "application/vnd.oci.image.layer.v1.tar"
-MINI = "localhost/nestbuild/mini:latest"
 
 
 def repo() -> str:
@@ -65,10 +65,10 @@ def client(registry: Registry) -> RegistryClient:
 # -- push and pull ------------------------------------------------------------------------------
 
 
-def test_push_then_pull_gives_the_same_digest(registry: Registry, mini_base: object,
+def test_push_then_pull_gives_the_same_digest(registry: Registry, mini_base: BuiltBase,
                                               tmp_path: Path) -> None:
     name = repo()
-    result = push(MINI, f"{registry.host}/{name}:v1", quiet=True)
+    result = push(mini_base.tag, f"{registry.host}/{name}:v1", quiet=True)
     assert result.reference == f"{registry.host}/{name}@{result.digest}"
     assert [b.status for b in result.blobs] == ["uploaded", "uploaded"]
     pulled = pull(f"docker://{registry.host}/{name}:v1", f"oci:{tmp_path / 'out'}:v1",
@@ -81,13 +81,13 @@ def test_push_then_pull_gives_the_same_digest(registry: Registry, mini_base: obj
 
 
 def test_unchanged_repush_uploads_nothing_and_other_repos_mount(registry: Registry,
-                                                                mini_base: object) -> None:
+                                                                mini_base: BuiltBase) -> None:
     name = repo()
-    first = push(MINI, f"{registry.host}/{name}:v1", quiet=True)
-    again = push(MINI, f"{registry.host}/{name}:v2", quiet=True)
+    first = push(mini_base.tag, f"{registry.host}/{name}:v1", quiet=True)
+    again = push(mini_base.tag, f"{registry.host}/{name}:v2", quiet=True)
     assert again.digest == first.digest and again.bytes_uploaded == 0
     assert {b.status for b in again.blobs} == {"exists"}
-    other = push(MINI, f"{registry.host}/{repo()}:v1", quiet=True)
+    other = push(mini_base.tag, f"{registry.host}/{repo()}:v1", quiet=True)
     assert other.blobs[0].status == "mounted" and other.bytes_uploaded < 1024
 
 

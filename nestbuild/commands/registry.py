@@ -110,6 +110,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     attestations: list[str] = []
     sign_then_tag = None
     if key is not None:
+        from nestbuild import packages
+        from nestbuild.image import open_image
+
+        package_list = packages.package_list(open_image(args.image))
         signing_key = key()  # a wrong passphrase or a corrupt key stops here, before any upload
 
         def sign_then_tag(digest: str, tags: list[str]) -> None:
@@ -123,6 +127,11 @@ def cmd_push(args: argparse.Namespace) -> int:
                 att = signing.attest_validation(
                     f"docker://{target.name}@{digest}", report, signing_key,
                     identity=f"{target.name}:{tags[0]}", store=client)
+                attestations.append(f"{att.tag} ({att.predicate_type})")
+            if package_list is not None:
+                t = signing.open_target(f"docker://{target.name}@{digest}",
+                                        identity=f"{target.name}:{tags[0]}", store=client)
+                att = signing.attest(t, signing_key, package_list, packages.PREDICATE_TYPE)
                 attestations.append(f"{att.tag} ({att.predicate_type})")
 
     access = registry_access(args)
