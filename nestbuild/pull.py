@@ -25,8 +25,8 @@ from nestbuild.image.model import INDEX_TYPES, Descriptor, Manifest, pick_platfo
 from nestbuild.image.reference import ImageRef, parse_reference
 from nestbuild.image.source import ImageSource, StorageSource
 from nestbuild.progress import Transfer
-from nestbuild.push import RegistryAccess
 from nestbuild.registry import reference
+from nestbuild.registry.access import RegistryAccess
 from nestbuild.registry.blobinfo import BlobInfo
 from nestbuild.registry.client import RegistryClient
 from nestbuild.registry.reference import RegistryRef

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from nestbuild.cache import cache_dir
@@ -31,6 +30,7 @@ from nestbuild.image.model import INDEX_TYPES, OCI_CONFIG, OCI_MANIFEST, Descrip
 from nestbuild.image.source import ImageSource, OCILayoutSource
 from nestbuild.progress import Transfer
 from nestbuild.registry import reference
+from nestbuild.registry.access import RegistryAccess
 from nestbuild.registry.blobinfo import BlobInfo
 from nestbuild.registry.client import RegistryClient
 
@@ -40,19 +40,6 @@ COMPRESSIONS = {"gzip": OCI_LAYER + "+gzip", "zstd": OCI_LAYER + "+zstd", "none"
 GZIP_LEVEL = 1
 ZSTD_LEVEL = 3
 READ = 1 << 20
-
-
-@dataclass(frozen=True)
-class RegistryAccess:
-    """How to reach a registry, as skopeo's flags say it."""
-
-    authfile: Path | None = None
-    cert_dir: Path | None = None
-    tls_verify: bool = True
-
-    def client(self, host: str) -> RegistryClient:
-        return RegistryClient(host, authfile=self.authfile, cert_dir=self.cert_dir,
-                              tls_verify=self.tls_verify)
 
 
 @dataclass(frozen=True)

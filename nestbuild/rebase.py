@@ -158,8 +158,8 @@ def rebase_sysroot(image: str, sysroot: Path, *, osname: str, trust_dir: Path | 
     from nestbuild import deploy, nodepolicy, ostree
     from nestbuild.image.reference import ImageRef
     from nestbuild.pull import RegistrySource
-    from nestbuild.push import RegistryAccess
     from nestbuild.registry import reference
+    from nestbuild.registry.access import RegistryAccess
 
     say = progress or (lambda _m: None)
     target = reference.parse(image)

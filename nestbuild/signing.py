@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from nestbuild import dsse, keyfile, keys
 from nestbuild import payload as payload_mod
 from nestbuild.errors import ImageError, NestbuildError, UsageError
+from nestbuild.registry.access import RegistryAccess
 
 # As in nestbuild.image.model, restated: importing that package costs a signing run ~15 ms.
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -88,16 +89,6 @@ class SigningError(NestbuildError):
 
 
 @dataclass
-class RegistryOptions:
-    """How to reach a registry, as skopeo's flags say it."""
-
-    authfile: Path | None = None
-    cert_dir: Path | None = None
-    tls_verify: bool = True
-    insecure_http: bool | None = None
-
-
-@dataclass
 class Target:
     """An image to sign or verify: its store, and the name nodes pull it by."""
 
@@ -139,7 +130,7 @@ def open_target(
     image: str,
     *,
     identity: str | None = None,
-    registry: RegistryOptions | None = None,
+    registry: RegistryAccess | None = None,
     store: SignatureStore | None = None,
 ) -> Target:
     """Where ``image`` (``docker://REG/REPO[:TAG|@DIGEST]`` or ``oci:DIR[:TAG]``) is stored.
@@ -155,7 +146,7 @@ def open_target(
         ref = payload_mod.Reference(where.name, where.tag or (None if where.digest else "latest"),
                                     where.digest)
         if store is None:
-            store = _registry_store(where.host, registry or RegistryOptions())
+            store = (registry or RegistryAccess()).client(where.host)
         return Target(
             store=store,
             repo=where.repo,
@@ -203,13 +194,6 @@ def open_target(
         f"{image}: signatures are stored in a registry (docker://) or an OCI layout (oci:), "
         f"not in {parsed.transport}{hint}"
     )
-
-
-def _registry_store(host: str, options: RegistryOptions) -> SignatureStore:
-    from nestbuild.registry.client import RegistryClient  # heavy (requests): only when needed
-
-    return RegistryClient(host, authfile=options.authfile, cert_dir=options.cert_dir,
-                          tls_verify=options.tls_verify, insecure_http=options.insecure_http)
 
 
 def _digest_of(data: bytes) -> str:
@@ -461,7 +445,7 @@ def sign(
     key: KeySource,
     *,
     annotations: Mapping[str, str] | None = None,
-    registry: RegistryOptions | None = None,
+    registry: RegistryAccess | None = None,
 ) -> list[Signed]:
     """Sign the image (and each platform manifest of an index) with ``key``.
 
@@ -557,7 +541,7 @@ def attest(
     predicate: Any,
     predicate_type: str,
     *,
-    registry: RegistryOptions | None = None,
+    registry: RegistryAccess | None = None,
 ) -> Attested:
     """Attach an in-toto statement about the named image, in a DSSE envelope, under ``.att``.
 
@@ -613,7 +597,7 @@ def attest_validation(
     *,
     identity: str | None = None,
     store: SignatureStore | None = None,
-    registry: RegistryOptions | None = None,
+    registry: RegistryAccess | None = None,
     passphrase_file: Path | None = None,
 ) -> Attested:
     """Attest ``report`` (a validation ``Report``) about ``image_ref``, for ``push --key``.
@@ -773,7 +757,7 @@ def verify(
     public_keys: Sequence[tuple[str, keys.PublicKey]],
     *,
     rule: str = DEFAULT_RULE,
-    registry: RegistryOptions | None = None,
+    registry: RegistryAccess | None = None,
 ) -> VerifyReport:
     """Check every signature of the image (and of each platform manifest of an index).
 
@@ -945,7 +929,7 @@ __all__ = [
     "DEFAULT_RULE",
     "VALIDATION_PREDICATE",
     "Attested",
-    "RegistryOptions",
+    "RegistryAccess",
     "SignatureStore",
     "Signed",
     "Target",

@@ -18,8 +18,9 @@ from nestbuild.cli import main
 from nestbuild.image.layout import LayoutWriter
 from nestbuild.image.model import OCI_INDEX, OCI_MANIFEST
 from nestbuild.pull import pull
-from nestbuild.push import RegistryAccess, push
+from nestbuild.push import push
 from nestbuild.registry import auth
+from nestbuild.registry.access import RegistryAccess
 from nestbuild.registry.client import AuthError, DigestMismatch, RegistryClient, RegistryError
 from nestbuild.validate import validate
 from tests.fixtures.registry import FaultProxy, Registry

@@ -30,7 +30,7 @@ def registry_flags(p: argparse.ArgumentParser) -> None:
 
 
 def registry_access(args: argparse.Namespace) -> Any:
-    from nestbuild.push import RegistryAccess
+    from nestbuild.registry.access import RegistryAccess
 
     return RegistryAccess(authfile=args.authfile, cert_dir=args.cert_dir,
                           tls_verify=args.tls_verify)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nestbuild.commands.common import registry_access, registry_flags
 from nestbuild.errors import EXIT_OK
 
 
@@ -87,11 +88,9 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--apply", "--reboot", dest="apply", action="store_true",
                    help="reboot into the new deployment when it is staged")
     b.add_argument("--dry-run", action="store_true", help="show the plan and the checks only")
-    b.add_argument("--authfile", type=Path, metavar="FILE", help="registry credentials")
-    b.add_argument("--cert-dir", type=Path, metavar="DIR", help="CA and client certificates")
-    b.add_argument("--tls-verify", choices=("true", "false"), default="true")
     b.add_argument("--format", choices=("table", "json"), default="table")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    registry_flags(b)
     b.set_defaults(func=cmd_rebase)
 
 
@@ -163,12 +162,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def _rebase_ostree(args: argparse.Namespace) -> int:
     from nestbuild import rebase
     from nestbuild.errors import UsageError
-    from nestbuild.push import RegistryAccess
 
     if args.sysroot is None:
         raise UsageError("--via ostree needs --sysroot DIR")
-    access = RegistryAccess(authfile=args.authfile, cert_dir=args.cert_dir,
-                            tls_verify=args.tls_verify == "true")
+    access = registry_access(args)
     quiet = args.quiet or args.format == "json"
     result = rebase.rebase_sysroot(
         args.image, args.sysroot, osname=args.os, trust_dir=args.trust, access=access,
@@ -191,7 +188,7 @@ def cmd_rebase(args: argparse.Namespace) -> int:
 
     host = Host.parse(args.host)
     image = skopeo.inspect(args.image, authfile=args.authfile, cert_dir=args.cert_dir,
-                           tls_verify=args.tls_verify == "true")
+                           tls_verify=args.tls_verify)
     arch, free = (None, None) if args.dry_run and host.target is None else rebase.node_facts(host)
     plan = rebase.plan(image, via=args.via, host=host, apply=args.apply, node_arch=arch,
                        node_free=free)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nestbuild.commands.common import registry_flags
+from nestbuild.commands.common import registry_access, registry_flags
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 Command = Callable[..., argparse.ArgumentParser]
@@ -27,13 +27,6 @@ IMAGES = textwrap.dedent("""\
     passphrase: NESTBUILD_PASSWORD or COSIGN_PASSWORD, else --passphrase-file, else a prompt
     exit codes: 0 done / verified, 1 not verified, 2 unusable input
     """)
-
-
-def _registry(args: argparse.Namespace) -> Any:
-    from nestbuild.signing import RegistryOptions
-
-    return RegistryOptions(authfile=args.authfile, cert_dir=args.cert_dir,
-                           tls_verify=args.tls_verify)
 
 
 def _annotations(pairs: list[str] | None) -> dict[str, str]:
@@ -79,7 +72,7 @@ def _local_target(args: argparse.Namespace, *, need_identity: bool = True) -> An
         return None
     from nestbuild import signing
 
-    target = signing.open_target(args.image, identity=args.identity, registry=_registry(args))
+    target = signing.open_target(args.image, identity=args.identity, registry=registry_access(args))
     if need_identity:
         signing.signed_identity(target)  # a layout without --identity fails here
     return target
@@ -97,7 +90,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
     if target is None:
         target = signing.open_target(args.image, identity=args.identity,
-                                     registry=_registry(args))
+                                     registry=registry_access(args))
     results = signing.sign(target, key, annotations=annotations)
     if args.format == "json":
         rows = [{"digest": r.digest, "platform": r.platform, "tag": r.tag,
@@ -117,7 +110,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from nestbuild import signing
 
     public_keys = signing.load_public_keys(args.key)
-    target = signing.open_target(args.image, identity=args.identity, registry=_registry(args))
+    target = signing.open_target(args.image, identity=args.identity, registry=registry_access(args))
     report = signing.verify(target, public_keys, rule=args.signed_identity)
     if args.format == "json":
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -171,7 +164,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
     key = keyfile.start_loading(args.key, passphrase_file=args.passphrase_file)
     if target is None:
         target = signing.open_target(args.image, identity=args.identity,
-                                     registry=_registry(args))
+                                     registry=registry_access(args))
     result = signing.attest(target, key, predicate, predicate_type)
     if args.format == "json":
         sys.stdout.write(json.dumps({"image": args.image, "digest": result.digest,

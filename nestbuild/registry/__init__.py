@@ -1,11 +1,8 @@
 """Talking to OCI registries: references, credentials and the distribution client.
 
-The client (:class:`RegistryClient`) is what push, pull, sign and the ``docker://``
-transport share; credentials are found as skopeo finds them (:mod:`nestbuild.registry.auth`).
+``reference`` (``docker://HOST/REPO[:TAG|@DIGEST]``), ``access`` (how to reach a registry),
+``auth`` (credentials, found as skopeo finds them) and ``client`` (:class:`RegistryClient`,
+which push, pull, sign and the ``docker://`` transport share). Nothing is imported here: the
+client pulls in requests and oras, which commands that never talk to a registry should not
+pay for.
 """
-
-from nestbuild.registry.client import AuthError, DigestMismatch, RegistryClient, RegistryError
-from nestbuild.registry.reference import RegistryRef, parse
-
-__all__ = ["AuthError", "DigestMismatch", "RegistryClient", "RegistryError", "RegistryRef",
-           "parse"]
