@@ -7,7 +7,6 @@ nothing is stored under the destination name.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from nestbuild import run
 from nestbuild.cache import cache_dir
 from nestbuild.errors import ImageError, UsageError
 from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import INDEX_TYPES, Descriptor, Manifest, pick_platform
+from nestbuild.image.model import INDEX_TYPES, Descriptor, Manifest, digest_of, pick_platform
 from nestbuild.image.reference import ImageRef, parse_reference
 from nestbuild.image.source import ImageSource, StorageSource
 from nestbuild.progress import Transfer
@@ -52,7 +51,7 @@ class RegistrySource(ImageSource):
     @cached_property
     def manifest(self) -> Manifest:
         raw, media_type = self.top
-        digest = self.target.digest or _digest(raw)
+        digest = self.target.digest or digest_of(raw)
         if media_type in INDEX_TYPES or b'"manifests"' in raw:
             desc = pick_platform(raw, str(self.ref))
             got = self.client.get_manifest(self.target.repo, desc.digest)
@@ -77,10 +76,6 @@ class RegistrySource(ImageSource):
             return RegistrySource(ImageRef("docker", str(self.target.with_digest(digest))),
                                   client=self.client)
         return None
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -178,7 +173,7 @@ def inspect(image: str, *, access: RegistryAccess | None = None) -> dict[str, An
     if isinstance(src, RegistrySource):
         raw, media_type = src.top
         if media_type in INDEX_TYPES:
-            doc["index"] = {"digest": _digest(raw), "manifests": [
+            doc["index"] = {"digest": digest_of(raw), "manifests": [
                 {"digest": m.get("digest"), "platform": m.get("platform")}
                 for m in json.loads(raw).get("manifests") or []]}
         doc["referrers"] = [

@@ -26,7 +26,7 @@ from typing import IO, Any, BinaryIO
 from nestbuild.cache import cache_dir
 from nestbuild.errors import LayerError, UsageError
 from nestbuild.image import open_image
-from nestbuild.image.model import INDEX_TYPES, OCI_CONFIG, OCI_MANIFEST, Descriptor
+from nestbuild.image.model import INDEX_TYPES, OCI_CONFIG, OCI_MANIFEST, Descriptor, digest_of
 from nestbuild.image.source import ImageSource, OCILayoutSource
 from nestbuild.progress import Transfer
 from nestbuild.registry import reference
@@ -194,7 +194,7 @@ class _Pusher:
             return self._upload(desc, spool)
 
     def blob_bytes(self, data: bytes, media_type: str) -> Descriptor:
-        desc = Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+        desc = Descriptor(media_type, digest_of(data), len(data))
         status = "exists"
         if not self.client.has_blob(self.repo, desc.digest):
             self.client.put_blob(self.repo, data, desc.digest, desc.size)
@@ -274,7 +274,7 @@ def push(
             pusher = _Pusher(client, target.repo, compression=compression, jobs=jobs,
                              progress=progress, info=info)
             data, media_type = _push_top(pusher, src)
-            digest = client.put_manifest(target.repo, _digest(data), data, media_type)
+            digest = client.put_manifest(target.repo, digest_of(data), data, media_type)
             if before_tags is not None:
                 before_tags(digest, all_tags)
             for tag in all_tags:
@@ -296,11 +296,9 @@ def _push_top(pusher: _Pusher, src: ImageSource) -> tuple[bytes, str]:
             for entry in json.loads(raw).get("manifests") or []:
                 child = src.child(str(entry["digest"]))
                 data, media_type = pusher.image(child)
-                pusher.client.put_manifest(pusher.repo, _digest(data), data, media_type)
+                pusher.client.put_manifest(pusher.repo, digest_of(data), data, media_type)
             return raw, desc.media_type or "application/vnd.oci.image.index.v1+json"
     return pusher.image(src)
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 

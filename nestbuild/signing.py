@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,17 +28,15 @@ from typing import Any, Protocol
 from nestbuild import dsse, keyfile, keys
 from nestbuild import payload as payload_mod
 from nestbuild.errors import ImageError, NestbuildError, UsageError
-from nestbuild.registry.access import RegistryAccess
-
-# As in nestbuild.image.model, restated: importing that package costs a signing run ~15 ms.
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MANIFEST_TYPES = (OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json")
-INDEX_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
+from nestbuild.image.model import (
+    ANNOTATION_REF_NAME,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    digest_of,
 )
-ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+from nestbuild.registry.access import RegistryAccess
 
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 PREDICATE_TYPE_ANNOTATION = "predicateType"
@@ -196,10 +193,6 @@ def open_target(
     )
 
 
-def _digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
@@ -215,7 +208,7 @@ def _fetch(target: Target, ref: str, what: str) -> tuple[bytes, str] | None:
     if got is None:
         return None
     data, media_type = got
-    if _DIGEST.fullmatch(ref) and _digest_of(data) != ref:
+    if _DIGEST.fullmatch(ref) and digest_of(data) != ref:
         raise ImageError(f"{what}: the store returned a manifest whose digest is not {ref}")
     return data, media_type
 
@@ -235,7 +228,7 @@ def subjects(target: Target) -> tuple[list[Subject], list[str]]:
     is_index = media_type in INDEX_TYPES or "manifests" in obj
     if not is_index and media_type not in MANIFEST_TYPES:
         raise ImageError(f"{target.display}: is a {media_type}, not an image")
-    out = [Subject(_digest_of(raw), raw, media_type)]
+    out = [Subject(digest_of(raw), raw, media_type)]
     notes: list[str] = []
     if is_index:
         for entry in obj.get("manifests") or []:
@@ -326,7 +319,7 @@ def read_attachment(target: Target, digest: str, suffix: str) -> Attachment | No
     config_digest = str(config_desc["digest"]) if valid and config_desc else ""
     if config_digest and target.store.has_blob(target.repo, config_digest):
         blob = target.store.get_blob(target.repo, config_digest)
-        if _digest_of(blob) != config_digest:
+        if digest_of(blob) != config_digest:
             raise SigningError(f"{where}: its config blob does not match its digest")
         config = _json_object(blob, f"{where} config")
     return Attachment(tag, manifest, config, True)
@@ -362,7 +355,7 @@ def _plan(att: Attachment, new: Sequence[tuple[bytes, str, dict[str, str]]]) -> 
     rootfs.setdefault("type", "layers")
     blobs = []
     for blob, media_type, layer_annotations in new:
-        digest = _digest_of(blob)
+        digest = digest_of(blob)
         att.layers.append(
             {
                 "mediaType": media_type,
@@ -376,7 +369,7 @@ def _plan(att: Attachment, new: Sequence[tuple[bytes, str, dict[str, str]]]) -> 
     config = _compact(att.config)
     att.manifest["config"] = {
         "mediaType": OCI_CONFIG,
-        "digest": _digest_of(config),
+        "digest": digest_of(config),
         "size": len(config),
     }
     return _Write(att.tag, blobs, config, _compact(att.manifest))
@@ -390,7 +383,7 @@ def _commit(target: Target, writes: Sequence[_Write]) -> None:
     """Blobs first, then configs, then the manifests that reference them."""
     for write in writes:
         for blob in [*write.blobs, write.config]:
-            digest = _digest_of(blob)
+            digest = digest_of(blob)
             if not target.store.has_blob(target.repo, digest):
                 target.store.put_blob(target.repo, blob, digest, len(blob))
     for write in writes:
@@ -494,7 +487,7 @@ def _same_signature(layer: dict[str, Any], body: bytes, pub: keys.PublicKey) -> 
     ECDSA signatures differ each time, so comparing annotations (containers/image's rule)
     would add the same claim again on every run.
     """
-    if layer.get("mediaType") != SIMPLESIGNING_TYPE or layer.get("digest") != _digest_of(body):
+    if layer.get("mediaType") != SIMPLESIGNING_TYPE or layer.get("digest") != digest_of(body):
         return False
     annotations = layer.get("annotations") or {}
     sig = _b64(annotations.get(SIGNATURE_ANNOTATION))
@@ -581,7 +574,7 @@ def _statement_of(target: Target, layer: dict[str, Any], pub: keys.PublicKey) ->
     """The statement bytes of a DSSE layer if it verifies with ``pub``, else None."""
     try:
         blob = target.store.get_blob(target.repo, str(layer["digest"]))
-        if _digest_of(blob) != layer["digest"]:
+        if digest_of(blob) != layer["digest"]:
             return None
         env = json.loads(blob)
         dsse.open_envelope(blob, pub)
@@ -833,7 +826,7 @@ def _check_signature(
     except NestbuildError as exc:
         check.reason = f"payload blob cannot be used: {exc.message}"
         return check
-    if _digest_of(body) != digest or len(body) != layer["size"]:
+    if digest_of(body) != digest or len(body) != layer["size"]:
         check.reason = "payload blob does not match its digest (altered in the store)"
         return check
     sig = _b64(annotations[SIGNATURE_ANNOTATION])
@@ -898,7 +891,7 @@ def _check_attestations(
         except NestbuildError as exc:
             check.reason = exc.message
             continue
-        if _digest_of(blob) != layer["digest"]:
+        if digest_of(blob) != layer["digest"]:
             check.reason = "envelope blob does not match its digest"
             continue
         problem = "no key verifies it"

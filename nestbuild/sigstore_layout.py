@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nestbuild.errors import ImageError
-from nestbuild.image.model import ANNOTATION_REF_NAME, INDEX_TYPES, OCI_MANIFEST
+from nestbuild.image.model import ANNOTATION_REF_NAME, INDEX_TYPES, OCI_MANIFEST, digest_of
 
 KIND = "kind"
 KIND_IMAGE = "dev.cosignproject.cosign/image"
@@ -71,7 +70,7 @@ class LayoutStore:
         return None
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = digest_of(data)
         self.put_blob(repo, data, digest, len(data))
         if _DIGEST.fullmatch(ref):
             if ref != digest:
@@ -85,7 +84,7 @@ class LayoutStore:
         return self._blob(digest).is_file()
 
     def put_blob(self, repo: str, data: bytes, digest: str, size: int) -> None:
-        if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if len(data) != size or digest_of(data) != digest:
             raise ValueError(f"blob does not match {digest} ({size} bytes)")
         path = self._blob(digest)
         if not path.is_file():
@@ -97,7 +96,7 @@ class LayoutStore:
             data = self._blob(digest).read_bytes()
         except OSError:
             raise ImageError(f"oci:{self.root}: blob {digest} is missing") from None
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if digest_of(data) != digest:
             raise ImageError(f"oci:{self.root}: blob {digest} does not match its digest")
         return data
 

@@ -3,7 +3,6 @@ it moves: the manifest digest to pin, and the config (architecture, labels)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from nestbuild import run
 from nestbuild.errors import ImageError, ToolError
+from nestbuild.image.model import digest_of
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def inspect(image: str, *, authfile: Path | None = None, tls_verify: bool = True
     except ToolError as exc:
         raise ImageError(f"{image}: {exc.message}") from None
     manifest: dict[str, Any] = json.loads(raw)
-    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    digest = digest_of(raw)
     if "manifests" in manifest:  # an index: skopeo picked this host's platform for the config
         from nestbuild.image.model import pick_platform
 

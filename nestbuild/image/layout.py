@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from nestbuild.image.model import ANNOTATION_REF_NAME, OCI_CONFIG, OCI_MANIFEST, Descriptor
+from nestbuild.image.model import (
+    ANNOTATION_REF_NAME,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Descriptor,
+    digest_of,
+)
 
 CHUNK = 1 << 20
 
@@ -29,7 +35,7 @@ class LayoutWriter:
             self._write_index({"schemaVersion": 2, "manifests": []})
 
     def add_bytes(self, data: bytes, media_type: str) -> Descriptor:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = digest_of(data)
         path = self._blob(digest)
         if not path.exists():
             self._atomic(path, data)

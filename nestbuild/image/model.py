@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,11 @@ LABEL_FINAL_DIFFID = "ostree.final-diffid"
 LABEL_BOOTC = "containers.bootc"
 LABEL_BOOTABLE = "ostree.bootable"
 LABEL_LINUX = "ostree.linux"
+
+
+def digest_of(data: bytes) -> str:
+    """The OCI content digest (``sha256:<hex>``) of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from nestbuild.image.model import (
     Descriptor,
     ImageConfig,
     Manifest,
+    digest_of,
     pick_platform,
 )
 from nestbuild.image.reference import ImageRef, parse_reference
@@ -77,7 +77,7 @@ class ImageSource:
         """A small blob (config), digest-checked."""
         with self._open_blob(desc) as f:
             data = f.read(desc.size + 1)
-        if len(data) != desc.size or "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
+        if len(data) != desc.size or digest_of(data) != desc.digest:
             raise ImageError(f"{self.ref}: blob {desc.digest} is corrupt")
         return data
 
@@ -197,7 +197,7 @@ class OCILayoutSource(ImageSource):
             raise ImageError(f"{self.ref}: manifest {digest} is missing")
         with self._open_blob(Descriptor("", digest, -1)) as f:
             raw = f.read()
-        if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+        if digest_of(raw) != digest:
             raise ImageError(f"{self.ref}: manifest {digest} is corrupt")
         return raw
 
@@ -301,7 +301,7 @@ class StorageSource(ImageSource):
     @cached_property
     def manifest(self) -> Manifest:
         raw = self._direct[0] if self._direct else self._skopeo("--raw")
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        digest = digest_of(raw)
         if b'"manifests"' in raw:
             raise ImageError(f"{self.ref}: is a manifest list; name one platform's image")
         return Manifest.parse(raw, digest, str(self.ref))

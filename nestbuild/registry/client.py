@@ -39,7 +39,13 @@ import oras.provider
 import requests
 
 from nestbuild.errors import NestbuildError
-from nestbuild.image.model import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nestbuild.image.model import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    digest_of,
+)
 from nestbuild.registry import auth
 
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
@@ -67,10 +73,6 @@ class DigestMismatch(RegistryError):
     """Content that does not hash to the digest it was asked for (corrupt or tampered)."""
 
     exit_code = 1
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def is_loopback(host: str) -> bool:
@@ -429,9 +431,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         if resp.status_code != 200:
             raise self._fail(resp, f"reading manifest {repo}:{ref}")
         data = resp.content
-        if ref.startswith("sha256:") and sha256(data) != ref:
+        if ref.startswith("sha256:") and digest_of(data) != ref:
             raise DigestMismatch(f"{self.host}/{repo}@{ref}: the manifest served does not match "
-                                 f"its digest (got {sha256(data)})")
+                                 f"its digest (got {digest_of(data)})")
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         if media_type in ("", "application/json", "text/plain"):
             with contextlib.suppress(ValueError, AttributeError):
@@ -450,11 +452,11 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         if digest:
             return digest
         got = self.get_manifest(repo, ref)
-        return sha256(got[0]) if got else None
+        return digest_of(got[0]) if got else None
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         """Store exactly ``data`` under ``ref`` (tag or digest); its digest."""
-        digest = sha256(data)
+        digest = digest_of(data)
         resp = self.do_request(f"/v2/{repo}/manifests/{ref}", "PUT", data=data,
                                headers={"Content-Type": media_type}, repo=repo, push=True)
         if resp.status_code not in (200, 201):
@@ -525,7 +527,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                  progress: Progress | None = None) -> None:
         """Upload one blob: bytes in one request, a (seekable) file in resumable chunks."""
         if isinstance(data, bytes):
-            if len(data) != size or sha256(data) != digest:
+            if len(data) != size or digest_of(data) != digest:
                 raise DigestMismatch(f"blob {digest[:19]}: the data does not match its digest")
             location = self._start_upload(repo)
             resp = self.do_request(self._with_digest(location, digest), "PUT", data=data,
@@ -600,9 +602,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         if resp.status_code != 200:
             raise self._fail(resp, f"reading blob {digest[:19]} from {repo}")
         data = resp.content
-        if sha256(data) != digest:
+        if digest_of(data) != digest:
             raise DigestMismatch(f"{self.host}/{repo}: blob {digest[:19]} is corrupt "
-                                 f"(it hashes to {sha256(data)[:19]})")
+                                 f"(it hashes to {digest_of(data)[:19]})")
         return data
 
     def download_blob(self, repo: str, digest: str, out: IO[bytes],
