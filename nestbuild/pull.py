@@ -101,8 +101,7 @@ def pull(
     """Fetch ``image`` (one platform: this host's) into ``dest``: ``oci:DIR[:TAG]`` or
     ``containers-storage:NAME`` (default: local storage under the image's own name)."""
     target = reference.parse(image)
-    dest_ref = parse_reference(dest or f"containers-storage:{target.name}:{target.tag or 'latest'}"
-                               if not target.digest else dest or f"containers-storage:{target}")
+    dest_ref = parse_reference(dest or f"containers-storage:{target}")
     if dest_ref.transport not in ("oci", "containers-storage"):
         raise UsageError(f"{dest}: pull into oci:DIR[:TAG] or containers-storage:NAME")
     src = RegistrySource(ImageRef("docker", str(target)), access)
@@ -116,7 +115,6 @@ def pull(
                 root = Path(stack.enter_context(
                     tempfile.TemporaryDirectory(dir=cache_dir("spool"), prefix="pull-")))
             writer = LayoutWriter(root)
-            total = 0
             with Transfer(f"pulling {target}", quiet=quiet) as progress:
                 def fetch(desc: Descriptor) -> int:
                     path = writer.blob_path(desc.digest)

@@ -191,7 +191,7 @@ def rebase_sysroot(image: str, sysroot: Path, *, osname: str, trust_dir: Path | 
         if src.config.architecture != arch:
             raise RebaseRefused(f"{pinned}: built for {src.config.architecture}, this node is "
                                 f"{arch}; the sysroot is unchanged")
-        name = str(target) if target.digest is None else str(pinned)
+        name = str(target)  # the tag as given (or the digest, the same as pinned)
         deploy.deploy_image(src, sysroot, osname, origin_ref=name, progress=say)
         fetched = client.bytes_downloaded
     return OstreeRebase(name, digest, verdict, trust_from, before, deploy.deployments(sysroot),

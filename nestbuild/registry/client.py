@@ -233,9 +233,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
 
     # -- requests -----------------------------------------------------------------------------
 
-    def credentials(self, repo: str | None = None) -> auth.Lookup:
+    def credentials(self) -> auth.Lookup:
         if self._lookup is None:
-            self._lookup = auth.lookup(self.host, repo, authfile=self.authfile)
+            self._lookup = auth.lookup(self.host, authfile=self.authfile)
         return self._lookup
 
     def _base(self) -> str:
