@@ -17,11 +17,11 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nestbuild.atomic import write_atomic
 from nestbuild.errors import ImageError
 from nestbuild.image.model import ANNOTATION_REF_NAME, INDEX_TYPES, OCI_MANIFEST, digest_of
 
@@ -202,12 +202,4 @@ def _media_type(data: bytes, entry: dict[str, Any] | None) -> str:
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, data, 0o644)

@@ -9,13 +9,12 @@ look for cosign's ``.sig`` attachments in the registry.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nestbuild.atomic import write_atomic
 from nestbuild.errors import UsageError
 
 POLICY = "etc/containers/policy.json"
@@ -76,15 +75,7 @@ def write_tree(root: Path, files: dict[str, tuple[bytes, int]]) -> list[Path]:
     for rel, (data, mode) in sorted(files.items()):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".nestbuild-")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, data, mode)
         written.append(path)
     return written
 

@@ -7,10 +7,10 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from nestbuild.atomic import replacing, write_atomic
 from nestbuild.image.model import (
     ANNOTATION_REF_NAME,
     OCI_CONFIG,
@@ -103,18 +103,10 @@ class LayoutWriter:
     def blob_path(self, digest: str) -> Path:
         return self._blob(digest)
 
-    @contextlib.contextmanager
-    def new_blob(self, digest: str) -> Iterator[IO[bytes]]:
+    def new_blob(self, digest: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         """Write a blob whose digest is known (and checked by the writer): it appears under
         its name only if the block finishes, so a failed download leaves no corrupt blob."""
-        fd, tmp = tempfile.mkstemp(dir=self.root / "blobs", prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w+b") as out:
-                yield out
-            os.replace(tmp, self._blob(digest))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        return replacing(self._blob(digest))
 
     def _blob(self, digest: str) -> Path:
         return self.root / "blobs" / "sha256" / digest.split(":", 1)[1]
@@ -123,14 +115,7 @@ class LayoutWriter:
         self._atomic(self.root / "index.json", json.dumps(index, indent=2).encode())
 
     def _atomic(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, data)
 
 
 def _desc_json(d: Descriptor) -> dict[str, Any]:

@@ -14,7 +14,6 @@ secret.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nestbuild.atomic import write_atomic
 from nestbuild.errors import UsageError
 
 
@@ -168,20 +168,7 @@ def lookup(host: str, repo: str | None = None, *, authfile: Path | None = None) 
 def _write_private(path: Path, doc: dict[str, Any]) -> None:
     """Atomically, 0600 from the first byte (a credential file is never briefly readable)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", 0o600, fsync=True)
 
 
 def store(host: str, username: str, password: str, *, authfile: Path | None = None) -> Path:
