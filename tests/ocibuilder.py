@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import Descriptor
+from nestbuild.image.model import OCI_INDEX, OCI_MANIFEST, Descriptor
 
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 BOOTABLE = {"containers.bootc": "1", "ostree.bootable": "true", "ostree.linux": "6.1.0-test"}
@@ -123,6 +124,26 @@ def write_image(root: Path, layers: list[Layer | bytes], *, tag: str = "latest",
         descs.append(w.add_bytes(blob, media_type))
     return w.add_image(descs, diff_ids, labels=BOOTABLE if labels is None else labels,
                        annotations=annotations, tag=tag)
+
+
+def write_platform_index(root: Path, tag: str = "multi",
+                         archs: tuple[str, ...] = ("amd64", "arm64")) -> tuple[str, list[str]]:
+    """A multi-platform OCI index (one one-layer image per architecture) tagged ``tag`` in
+    the layout at ``root``; returns (index digest, platform manifest digests)."""
+    w = LayoutWriter(root)
+    children = []
+    for arch in archs:
+        content = f"layer {arch}".encode()
+        layer = w.add_bytes(content, LAYER_TAR)
+        children.append(w.add_image([layer], ["sha256:" + hashlib.sha256(content).hexdigest()],
+                                    architecture=arch))
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": c.digest, "size": c.size,
+         "platform": {"os": "linux", "architecture": arch}}
+        for c, arch in zip(children, archs, strict=True)]}
+    desc = w.add_bytes(json.dumps(index).encode(), OCI_INDEX)
+    w.tag(desc, tag)
+    return desc.digest, [c.digest for c in children]
 
 
 def derived(root: Path, base_layers: list[Layer], derived_layers: list[Layer], *,

@@ -20,10 +20,11 @@ import pytest
 from nestbuild import keys, payload, signing
 from nestbuild.cli import main
 from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import OCI_INDEX, OCI_MANIFEST, Descriptor
+from nestbuild.image.model import OCI_MANIFEST, Descriptor
 from nestbuild.run import run
 from nestbuild.sigstore_layout import LayoutStore
 from tests.fixtures.cosign import Cosign
+from tests.ocibuilder import write_platform_index
 
 if TYPE_CHECKING:
     from registryfixtures import Registry  # type: ignore[import-not-found]
@@ -89,7 +90,7 @@ def test_cosign_verifies_a_nestbuild_signed_multi_arch_layout(cosign: Cosign,
     key_path, pub_path = keys.write_key_pair(tmp_path / "nb", b"pw")
     key = keys.load_private_key(key_path.read_bytes(), b"pw", "nb.key")
     root = tmp_path / "layout"
-    index, _ = write_index(root, "multi")
+    index, _ = write_platform_index(root, "multi")
     signing.sign(signing.open_target(f"oci:{root}:multi", identity="reg.example/os/m:v1"), key)
     _, out = cosign("verify", "--key", pub_path, "--insecure-ignore-tlog", "--local-image", root)
     claims = json.loads(out[out.index("[") :].splitlines()[0])
@@ -150,22 +151,6 @@ def push(layout_ref: str, dest: str) -> None:
 def env_pw(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NESTBUILD_PASSWORD", "pw")
     monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
-
-
-def write_index(root: Path, tag: str) -> tuple[str, list[str]]:
-    w = LayoutWriter(root)
-    children = []
-    for arch in ("amd64", "arm64"):
-        content = f"layer {arch}".encode()
-        layer = w.add_bytes(content, LAYER)
-        children.append(w.add_image([layer], [sha(content)], architecture=arch))
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": c.digest, "size": c.size,
-         "platform": {"os": "linux", "architecture": arch}}
-        for c, arch in zip(children, ("amd64", "arm64"), strict=True)]}
-    desc = w.add_bytes(json.dumps(index).encode(), OCI_INDEX)
-    w.tag(desc, tag)
-    return desc.digest, [c.digest for c in children]
 
 
 def test_cosign_verifies_what_nestbuild_signs_and_attests_in_a_registry(
@@ -270,7 +255,7 @@ def test_containers_image_pulls_each_platform_of_a_signed_index(
         trixie: Chroot, registry_host: str, tmp_path: Path, env_pw: None,
         capsys: pytest.CaptureFixture[str]) -> None:
     key_path, pub_path = keys.write_key_pair(tmp_path / "nb", b"pw")
-    index, children = write_index(tmp_path / "l", "multi")
+    index, children = write_platform_index(tmp_path / "l", "multi")
     ref = f"{registry_host}/signing/multi:v1"
     push(f"oci:{tmp_path / 'l'}:multi", ref)
     assert main(["sign", f"docker://{ref}", "--key", str(key_path), "--format", "json"]) == 0

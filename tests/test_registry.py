@@ -24,6 +24,7 @@ from nestbuild.registry.access import RegistryAccess
 from nestbuild.registry.client import AuthError, DigestMismatch, RegistryClient, RegistryError
 from nestbuild.validate import validate
 from tests.fixtures.registry import FaultProxy, Registry
+from tests.ocibuilder import write_platform_index
 
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 
@@ -105,20 +106,12 @@ def test_layout_manifest_bytes_are_pushed_exactly(client: RegistryClient, regist
 def test_an_oci_index_is_pushed_with_every_platform(client: RegistryClient, registry: Registry,
                                                    tmp_path: Path) -> None:
     root = tmp_path / "idx"
-    w = LayoutWriter(root)
-    children = []
-    for arch in ("amd64", "arm64"):
-        layer = w.add_bytes(os.urandom(300), LAYER)
-        children.append((arch, w.add_image([layer], [layer.digest], architecture=arch)))
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": d.digest, "size": d.size,
-         "platform": {"os": "linux", "architecture": a}} for a, d in children]}).encode()
-    w.tag(w.add_bytes(index, OCI_INDEX), "multi")
+    index, children = write_platform_index(root)
     name = repo()
     result = push(f"oci:{root}:multi", f"{registry.host}/{name}:multi", quiet=True)
-    assert result.digest == sha(index) and result.media_type == OCI_INDEX
-    for _, d in children:
-        assert client.get_manifest(name, d.digest) is not None
+    assert result.digest == index and result.media_type == OCI_INDEX
+    for digest in children:
+        assert client.get_manifest(name, digest) is not None
 
 
 def test_pull_refuses_a_corrupt_blob(registry: Registry, client: RegistryClient,

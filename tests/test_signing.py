@@ -21,8 +21,9 @@ from nestbuild import dsse, keys, payload, signing
 from nestbuild.cli import main
 from nestbuild.errors import NestbuildError, UsageError
 from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import OCI_INDEX, OCI_MANIFEST, Descriptor
+from nestbuild.image.model import OCI_MANIFEST, Descriptor
 from nestbuild.sigstore_layout import KIND, KIND_IMAGE, KIND_SIGS, LayoutStore
+from tests.ocibuilder import write_platform_index
 
 IDENTITY = "registry.example.com/nodes/web:v1"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -37,20 +38,6 @@ def write_image(root: Path, content: bytes, tag: str | None = "v1",
     w = LayoutWriter(root)
     layer = w.add_bytes(content, LAYER)
     return w.add_image([layer], [sha(content)], tag=tag, architecture=architecture)
-
-
-def write_index(root: Path, tag: str = "multi") -> tuple[str, list[str]]:
-    """A two-platform image index in the layout; returns (index digest, child digests)."""
-    w = LayoutWriter(root)
-    children = [write_image(root, f"layer {arch}".encode(), None, arch)
-                for arch in ("amd64", "arm64")]
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": c.digest, "size": c.size,
-         "platform": {"os": "linux", "architecture": arch}}
-        for c, arch in zip(children, ("amd64", "arm64"), strict=True)]}
-    desc = w.add_bytes(json.dumps(index).encode(), OCI_INDEX)
-    w.tag(desc, tag)
-    return desc.digest, [c.digest for c in children]
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -193,7 +180,7 @@ def test_a_foreign_object_under_the_signature_tag_is_not_overwritten(
 def test_multi_arch_index_signs_the_index_and_every_platform(
         tmp_path: Path, key: keys.PrivateKey) -> None:
     root = tmp_path / "l"
-    index, children = write_index(root)
+    index, children = write_platform_index(root)
     results = signing.sign(target(root, "multi"), key)
     assert [r.digest for r in results] == [index, *children]
     assert [r.platform for r in results] == [None, "linux/amd64", "linux/arm64"]
