@@ -19,9 +19,8 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nestbuild.errors import NestbuildError
 
@@ -124,9 +123,11 @@ def scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=BOX_KEY_SIZE)
 
 
-@dataclass(frozen=True)
-class Sealed:
-    """An encrypted key's envelope, checked: what to derive the key with, and what to open."""
+class Sealed(NamedTuple):
+    """An encrypted key's envelope, checked: what to derive the key with, and what to open.
+
+    A NamedTuple, not a dataclass: ``dataclasses`` (with ``inspect``) costs ~10 ms, and this
+    module runs before the scrypt thread starts."""
 
     salt: bytes
     n: int

@@ -1,7 +1,9 @@
-"""The OCI distribution client: oras-py's ``Registry``, with what it gets wrong for this job fixed.
+"""The OCI distribution client: what oras-py's ``Registry`` does, and what it gets wrong fixed.
 
-oras-py's maintainers advise subclassing ``oras.provider.Registry``; these are the overrides
-(docs/registry-client.md says why each one matters):
+It began as a subclass of ``oras.provider.Registry`` and ended up overriding every method it
+used; importing oras-py (requests, jsonschema) then cost more than a whole ``cosign sign``, so
+it now stands on :mod:`nestbuild.registry.transport` (the standard library's ``http.client``).
+docs/registry-client.md says why each of these matters:
 
 - ``do_request``: auth per scope (Basic and Bearer, tokens cached per repository and action,
   multi-scope tokens for cross-repository mounts), retries with backoff on 5xx, 429 and
@@ -26,17 +28,13 @@ import contextlib
 import hashlib
 import ipaddress
 import json
-import os
-import tempfile
+import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO
-
-import oras.provider
-import requests
 
 from nestbuild.errors import NestbuildError
 from nestbuild.image.model import (
@@ -47,12 +45,12 @@ from nestbuild.image.model import (
     digest_of,
 )
 from nestbuild.registry import auth
+from nestbuild.registry.transport import Response, Session, TLSError, TransportError
 
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 READ_SIZE = 1 << 20
 #: Bytes per PATCH: small enough that a broken connection costs little, big enough to stream.
@@ -86,7 +84,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _registry_message(resp: requests.Response) -> str:
+def _registry_message(resp: Response) -> str:
     """The registry's own error text ({"errors": [{"code", "message"}]}) or the status."""
     try:
         errors = resp.json().get("errors") or []
@@ -129,7 +127,7 @@ class _Chunk:
     def __init__(self, f: IO[bytes], offset: int, size: int, progress: Progress | None) -> None:
         self.f, self.offset, self.size, self.progress = f, offset, size, progress
 
-    def __len__(self) -> int:  # requests sends Content-Length, not chunked encoding
+    def __len__(self) -> int:  # sent with Content-Length: registries refuse chunked PATCH
         return self.size
 
     def __iter__(self) -> Iterator[bytes]:
@@ -145,7 +143,7 @@ class _Chunk:
             yield data
 
 
-class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
+class RegistryClient:
     """One registry host. Thread-safe: blobs are uploaded from several threads at once."""
 
     def __init__(
@@ -162,7 +160,6 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         chunk_size: int = CHUNK_SIZE,
         credentials: auth.Credentials | None = None,
     ) -> None:
-        super().__init__(hostname=host, insecure=bool(insecure_http), tls_verify=tls_verify)
         self.host = host
         self.authfile = authfile
         self.retries = retries
@@ -178,24 +175,16 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         self._lookup: auth.Lookup | None = (
             auth.Lookup(credentials, ("the login command",)) if credentials else None)
         self._referrers_api: bool | None = None
-        self._bundle: str | None = None
         self.bytes_uploaded = 0
         self.bytes_downloaded = 0
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
-        self.session.headers["User-Agent"] = "nestbuild"
-        self._verify: bool | str = self._tls_setup(cert_dir) if tls_verify else False
+        self._cas, self._client_cert = self._cert_dir(cert_dir)
+        self._http = Session(timeout=timeout, tls=self._tls_context, loopback=is_loopback)
 
     def __str__(self) -> str:
         return f"registry {self.host}"
 
     def close(self) -> None:
-        self.session.close()
-        if self._bundle:
-            with contextlib.suppress(OSError):
-                os.unlink(self._bundle)
-            self._bundle = None
+        self._http.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -205,11 +194,13 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
 
     # -- TLS ----------------------------------------------------------------------------------
 
-    def _tls_setup(self, cert_dir: Path | None) -> bool | str:
+    def _cert_dir(self, cert_dir: Path | None) -> tuple[list[Path], tuple[Path, Path] | None]:
+        """The extra CAs and the client certificate containers/image would use for this host."""
         dirs = [cert_dir] if cert_dir is not None else [Path(d) / self.host for d in CERT_DIRS]
         if cert_dir is not None and not cert_dir.is_dir():
             raise RegistryError(f"--cert-dir {cert_dir}: no such directory")
         cas: list[Path] = []
+        client_cert: tuple[Path, Path] | None = None
         for d in dirs:
             if not d.is_dir():
                 continue
@@ -218,20 +209,32 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                 key = cert.with_suffix(".key")
                 if not key.is_file():
                     raise RegistryError(f"{cert}: client certificate without {key.name}")
-                self.session.cert = (str(cert), str(key))
-        if not cas:
-            return True
-        # CAs from the cert dir come on top of the system store, as containers/image does.
-        system = next((p for p in SYSTEM_CA_BUNDLES if os.path.exists(p)), None)
-        parts = [Path(system).read_bytes()] if system else []
-        parts += [p.read_bytes() for p in cas]
-        fd, path = tempfile.mkstemp(prefix="nestbuild-ca-", suffix=".pem")
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\n".join(parts))
-        self._bundle = path
-        return path
+                client_cert = (cert, key)
+        return cas, client_cert
 
-    # -- requests -----------------------------------------------------------------------------
+    def _tls_context(self) -> ssl.SSLContext:
+        """The system trust store plus the cert dir's CAs, as containers/image builds it."""
+        if self._tls_verify_flag:
+            ctx = ssl.create_default_context()
+            try:
+                for ca in self._cas:
+                    ctx.load_verify_locations(cafile=str(ca))
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError(f"{self.host}: cannot load the CA certificates "
+                                    f"{', '.join(map(str, self._cas))} ({exc})") from None
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self._client_cert:
+            cert, key = self._client_cert
+            try:
+                ctx.load_cert_chain(str(cert), str(key))
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError(f"{cert}: unusable client certificate ({exc})") from None
+        return ctx
+
+    # -- requests -------------------------------------------------------------------------------
 
     def credentials(self) -> auth.Lookup:
         if self._lookup is None:
@@ -251,34 +254,30 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         handshake attempt and the CA bundle load (~30 ms of every short command).
         """
         if self._insecure_http is None and is_loopback(self.host):
-            with contextlib.suppress(requests.RequestException):
-                resp = self.session.get(f"http://{self.host}/v2/", timeout=self.timeout)
+            with contextlib.suppress(TransportError):
+                resp = self._http.request("GET", f"http://{self.host}/v2/")
                 if resp.status_code in (200, 401) and \
                         resp.headers.get("Docker-Distribution-Api-Version"):
                     self._note_ping(resp)
                     return "http"
         try:
-            resp = self.session.get(f"https://{self.host}/v2/", verify=self._verify,
-                                    timeout=self.timeout)
-            self._note_ping(resp)
+            self._note_ping(self._http.request("GET", f"https://{self.host}/v2/"))
             return "https"
-        except requests.exceptions.SSLError as exc:
-            untrusted = "CERTIFICATE_VERIFY_FAILED" in str(exc)
-            if not untrusted and (is_loopback(self.host) or not self._tls_verify_flag):
-                with contextlib.suppress(requests.RequestException):
-                    self._note_ping(self.session.get(f"http://{self.host}/v2/",
-                                                     timeout=self.timeout))
+        except TLSError as exc:
+            if not exc.untrusted and (is_loopback(self.host) or not self._tls_verify_flag):
+                with contextlib.suppress(TransportError):
+                    self._note_ping(self._http.request("GET", f"http://{self.host}/v2/"))
                     return "http"
-            if untrusted:
+            if exc.untrusted:
                 raise RegistryError(
-                    f"{self.host}: TLS certificate not trusted; pass --cert-dir DIR with its CA "
-                    "(ca.crt), or --tls-verify=false for a registry you trust"
+                    f"{self.host}: TLS certificate not trusted ({exc}); pass --cert-dir DIR "
+                    "with its CA (ca.crt), or --tls-verify=false for a registry you trust"
                 ) from None
-            raise RegistryError(f"{self.host}: TLS handshake failed ({_short(exc)})") from None
-        except requests.ConnectionError as exc:
-            raise RegistryError(f"{self.host}: cannot connect ({_short(exc)})") from None
+            raise RegistryError(f"{self.host}: TLS handshake failed ({exc})") from None
+        except TransportError as exc:
+            raise RegistryError(f"{self.host}: cannot connect ({exc})") from None
 
-    def _note_ping(self, resp: requests.Response) -> None:
+    def _note_ping(self, resp: Response) -> None:
         challenge = resp.headers.get("WWW-Authenticate", "")
         if resp.status_code == 401 and challenge.lower().startswith("basic"):
             self._basic = self.credentials().credentials is not None
@@ -303,7 +302,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         c = lookup.credentials
         return f"as {c.username} (credentials from {c.source})"
 
-    def _challenge(self, resp: requests.Response, scope: str, extra: tuple[str, ...]) -> None:
+    def _challenge(self, resp: Response, scope: str, extra: tuple[str, ...]) -> None:
         scheme, params = _parse_challenge(resp.headers.get("WWW-Authenticate", ""))
         lookup = self.credentials()
         creds = lookup.credentials
@@ -327,12 +326,12 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         if creds is not None:
             query.append(("account", creds.username))
             headers["Authorization"] = _basic(creds)
+        realm = params["realm"]
+        url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(query)}"
         try:
-            tr = self.session.get(params["realm"], params=query, headers=headers,
-                                  verify=self._verify, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise AuthError(f"{self.host}: token service {params['realm']} unreachable "
-                            f"({_short(exc)})") from None
+            tr = self._http.request("GET", url, headers=headers)
+        except TransportError as exc:
+            raise AuthError(f"{self.host}: token service {realm} unreachable ({exc})") from None
         if tr.status_code in (401, 403):
             raise AuthError(f"{self.host}: token service refused the request {self._who()} "
                             f"(HTTP {tr.status_code})")
@@ -352,14 +351,13 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         method: str = "GET",
         data: Any = None,
         headers: Mapping[str, str] | None = None,
-        json: Any = None,  # oras's signature
         stream: bool = False,
         *,
         repo: str | None = None,
         push: bool = False,
         extra_scopes: tuple[str, ...] = (),
         retry: bool = True,
-    ) -> requests.Response:
+    ) -> Response:
         """One request with auth and retries. ``url`` may be a path (``/v2/...``).
 
         Retried: connection errors, 429 and 5xx, with exponential backoff (``Retry-After``
@@ -375,14 +373,11 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             hdrs = dict(headers or {})
             self._authorize(hdrs, scope)
             try:
-                resp: requests.Response = self.session.request(
-                    method, url, data=data, json=json, headers=hdrs, stream=stream,
-                    verify=self._verify, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as exc:
+                resp = self._http.request(method, url, body=data, headers=hdrs, stream=stream)
+            except TransportError as exc:
                 if not (retry and replayable) or attempt >= self.retries:
                     raise RegistryError(f"{self.host}: {method} {_path(url)} failed "
-                                        f"({_short(exc)})") from None
+                                        f"({exc})") from None
                 attempt += 1
                 time.sleep(self._delay(attempt, None))
                 continue
@@ -411,7 +406,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             return min(float(retry_after), 30.0)
         return float(min(self.backoff * 2 ** (attempt - 1), 8.0))
 
-    def _fail(self, resp: requests.Response, what: str) -> RegistryError:
+    def _fail(self, resp: Response, what: str) -> RegistryError:
         return RegistryError(f"{self.host}: {what}: {_registry_message(resp)}")
 
     def check_login(self) -> None:
@@ -507,7 +502,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             return False
         raise self._fail(resp, f"mounting {digest[:19]} from {from_repo}")
 
-    def _location(self, resp: requests.Response) -> str:
+    def _location(self, resp: Response) -> str:
         loc = resp.headers.get("Location")
         if not loc:
             raise RegistryError(f"{self.host}: upload started without a Location header")
@@ -631,11 +626,10 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                         total += len(chunk)
                         if progress:
                             progress(len(chunk))
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                    requests.Timeout) as exc:
+            except TransportError as exc:
                 if attempt >= self.retries:
                     raise RegistryError(f"{self.host}: downloading {digest[:19]} failed "
-                                        f"({_short(exc)})") from None
+                                        f"({exc})") from None
                 time.sleep(self._delay(attempt + 1, None))
                 continue
             got = "sha256:" + h.hexdigest()
@@ -698,14 +692,3 @@ def _basic(creds: auth.Credentials) -> str:
 
 def _path(url: str) -> str:
     return urllib.parse.urlsplit(url).path
-
-
-def _short(exc: BaseException) -> str:
-    """A requests/urllib3 error in a few words (they nest the cause several levels deep)."""
-    text = str(exc)
-    for marker in ("Connection refused", "Connection reset", "timed out", "Name or service not",
-                   "CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "RemoteDisconnected",
-                   "IncompleteRead", "Connection aborted"):
-        if marker in text:
-            return marker.lower() if marker[0].isupper() and " " in marker else marker
-    return text.splitlines()[0][:160] if text else type(exc).__name__
