@@ -1,5 +1,3 @@
-import sys
+from nestbuild.cli import entry
 
-from nestbuild.cli import main
-
-sys.exit(main())
+entry()

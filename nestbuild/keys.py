@@ -82,6 +82,12 @@ def sign(key: PrivateKey, data: bytes) -> bytes:
     return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
+def warm_up() -> None:
+    """Pay OpenSSL's one-time cost of a first ECDSA signature (~5 ms: providers, the random
+    generator) now, typically while a key decrypts, rather than after it."""
+    ec.generate_private_key(ec.SECP256R1()).sign(b"", ec.ECDSA(hashes.SHA256()))
+
+
 def verify(pub: PublicKey, data: bytes, sig: bytes) -> bool:
     """True if ``sig`` (ASN.1 DER) is ``pub``'s ECDSA-SHA256 signature of exactly ``data``."""
     try:

@@ -17,7 +17,7 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,12 @@ class LayoutStore:
         with self.lock():
             self._tag(ref, digest, media_type, len(data))
         return digest
+
+    def prepare_blobs(self, repo: str, digests: Sequence[str]) -> None:
+        """Nothing to prepare: a layout's blobs are files, written in one step."""
+
+    def cancel_uploads(self) -> None:
+        """Nothing was opened."""
 
     def has_blob(self, repo: str, digest: str) -> bool:
         return self._blob(digest).is_file()

@@ -16,12 +16,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nestbuild.atomic import write_atomic
 from nestbuild.errors import UsageError
 
 
@@ -121,6 +119,8 @@ def _decode(entry: object, source: str) -> Credentials | None:
 
 
 def _helper(name: str, host: str) -> Credentials | None:
+    import subprocess  # here: most lookups never run a helper, and every command looks up
+
     binary = f"docker-credential-{name}"
     try:
         proc = subprocess.run([binary, "get"], input=host.encode(), capture_output=True,
@@ -168,6 +168,8 @@ def lookup(host: str, repo: str | None = None, *, authfile: Path | None = None) 
 def _write_private(path: Path, doc: dict[str, Any]) -> None:
     """Atomically, 0600 from the first byte (a credential file is never briefly readable)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from nestbuild.atomic import write_atomic
+
     write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", 0o600, fsync=True)
 
 
