@@ -18,6 +18,7 @@ from typing import Any
 
 from nestbuild import __version__
 from nestbuild.commands import COMMAND_MODULES, COMMAND_OWNERS
+from nestbuild.commands.common import HelpFormatter
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError
 
 FORMATS = ("table", "json")
@@ -152,7 +153,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="nestbuild",
         description="Build, validate, sign and ship custom images of image-based "
                     "container-host operating systems (bootc, Fedora CoreOS, NestOS).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"nestbuild {__version__}")
@@ -161,7 +162,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     def command(name: str, help: str, description: str, epilog: str = EPILOG
                 ) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description, epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
 
     if owner is not None:
         module = _command_module(owner)
@@ -225,7 +226,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     b = base_sub.add_parser("build", help="build a base image from a recipe",
                             description="Build a base from its recipe into local storage, "
                                         "offline.\n\nexample:\n  nestbuild base build mini",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=HelpFormatter)
     b.add_argument("name", nargs="?", default="mini", help="recipe name (default: mini)")
     b.add_argument("-t", "--tag", help="image name (default: localhost/nestbuild/NAME:latest)")
     b.add_argument("--format", choices=FORMATS, default="table")

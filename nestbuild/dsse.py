@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nestbuild import keys
 from nestbuild.errors import EXIT_FAILED, NestbuildError
+
+if TYPE_CHECKING:  # imported where used: cryptography is ~10 ms that signing defers
+    from nestbuild import keys
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 #: The statement type cosign's classic attestations carry.
@@ -66,6 +68,8 @@ def pae(payload_type: str, body: bytes) -> bytes:
 
 def envelope(key: keys.PrivateKey, statement_bytes: bytes) -> bytes:
     """A DSSE envelope carrying ``statement_bytes``, signed by ``key`` (keyid empty, as cosign)."""
+    from nestbuild import keys
+
     sig = keys.sign(key, pae(PAYLOAD_TYPE, statement_bytes))
     return _json(
         {
@@ -91,6 +95,8 @@ def open_envelope(data: bytes, pub: keys.PublicKey) -> dict[str, Any]:
 
     At least one signature must verify; the payload must be an in-toto statement with subjects.
     """
+    from nestbuild import keys
+
     try:
         env = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -278,7 +278,8 @@ def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callabl
 
     The file is read and its envelope checked here, and the passphrase obtained (a prompt
     must not come from a thread); for a cosign key the scrypt derivation then runs in a thread,
-    which then opens the key (importing PyNaCl and cryptography, if the caller has not yet).
+    which then opens the key (importing PyNaCl and cryptography, if the caller has not yet)
+    and makes OpenSSL's one-time signing set-up, all off the caller's thread.
     Errors found later (wrong passphrase, a key that does not parse) are raised by the callable.
     """
     source = str(path)
@@ -297,7 +298,9 @@ def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callabl
             box_key = sealed.derive(passphrase)
             from nestbuild import keys
 
-            return keys.open_sealed(sealed, box_key, source)
+            key = keys.open_sealed(sealed, box_key, source)
+            keys.warm_up()
+            return key
 
         return _in_thread(opened)
     from nestbuild import keys

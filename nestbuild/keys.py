@@ -84,8 +84,14 @@ def sign(key: PrivateKey, data: bytes) -> bytes:
 
 def warm_up() -> None:
     """Pay OpenSSL's one-time cost of a first ECDSA signature (~5 ms: providers, the random
-    generator) now, typically while a key decrypts, rather than after it."""
-    ec.generate_private_key(ec.SECP256R1()).sign(b"", ec.ECDSA(hashes.SHA256()))
+    generator) early, in whichever thread is idle first, rather than at the real signature."""
+    global _warm
+    if not _warm:
+        _warm = True
+        ec.generate_private_key(ec.SECP256R1()).sign(b"", ec.ECDSA(hashes.SHA256()))
+
+
+_warm = False
 
 
 def verify(pub: PublicKey, data: bytes, sig: bytes) -> bool:

@@ -21,12 +21,13 @@ import contextlib
 import copy
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from nestbuild import dsse, keyfile, keys
+from nestbuild import dsse, keyfile
 from nestbuild import payload as payload_mod
 from nestbuild.errors import ImageError, NestbuildError, UsageError
 from nestbuild.image.model import (
@@ -38,6 +39,11 @@ from nestbuild.image.model import (
     digest_of,
 )
 from nestbuild.registry.access import RegistryAccess
+
+if TYPE_CHECKING:
+    # At run time imported where used: while ``nestbuild sign`` reads the registry, the key
+    # thread imports cryptography for the key it opens; this thread should not wait for it.
+    from nestbuild import keys
 
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 PREDICATE_TYPE_ANNOTATION = "predicateType"
@@ -387,12 +393,28 @@ def _compact(obj: object) -> bytes:
 
 
 def _commit(target: Target, writes: Sequence[_Write]) -> None:
-    """Blobs first, then configs, then the manifests that reference them."""
-    for write in writes:
-        for blob in [*write.blobs, write.config]:
-            digest = digest_of(blob)
+    """Blobs (payloads and configs) first, then the manifests that reference them.
+
+    The blobs are stored in parallel: a registry answers each in a few milliseconds, and
+    these round trips are most of what is left of signing once the key is open.
+    """
+    blobs = {digest_of(b): b for w in writes for b in (*w.blobs, w.config)}
+    failed: list[BaseException] = []
+
+    def store(digest: str, blob: bytes) -> None:
+        try:
             if not target.store.has_blob(target.repo, digest):
                 target.store.put_blob(target.repo, blob, digest, len(blob))
+        except BaseException as exc:  # raised in the calling thread below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=store, args=item) for item in blobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
     for write in writes:
         target.store.put_manifest(target.repo, write.tag, write.manifest, OCI_MANIFEST)
 
@@ -433,7 +455,7 @@ class Signed:
     platform: str | None = None
 
 
-KeySource = keys.PrivateKey | Callable[[], keys.PrivateKey]
+KeySource: TypeAlias = "keys.PrivateKey | Callable[[], keys.PrivateKey]"
 
 
 def _key(source: KeySource) -> keys.PrivateKey:
@@ -442,13 +464,17 @@ def _key(source: KeySource) -> keys.PrivateKey:
 
 def _key_when_ready(target: Target, source: KeySource, likely: Sequence[_Write]) -> keys.PrivateKey:
     """The key; while it decrypts, the store gets ready for the blobs ``likely`` writes and
-    OpenSSL does its one-time signing set-up, so that little is left once scrypt ends.
+    cryptography is loaded, so that little is left once scrypt ends.
 
     Nothing is stored before the key has opened: a wrong passphrase leaves the store as it was.
     """
     if callable(source):
         target.store.prepare_blobs(
             target.repo, [digest_of(b) for w in likely for b in (*w.blobs, w.config)])
+        # Usually still scrypt's time: load what opening and signing need, so that the key
+        # thread finds it done (each thread does it if it gets there first).
+        from nestbuild import keys
+
         keys.warm_up()
     try:
         return _key(source)
@@ -488,6 +514,8 @@ def sign(
         private = _key_when_ready(target, key, [
             _plan(copy.deepcopy(att), [(body, SIMPLESIGNING_TYPE, {})])
             for att, body in zip(existing, bodies, strict=True)])
+        from nestbuild import keys  # loaded by now: the key thread needed it
+
         pub = private.public_key()
         writes: list[_Write] = []
         results: list[Signed] = []
@@ -515,6 +543,8 @@ def _same_signature(layer: dict[str, Any], body: bytes, pub: keys.PublicKey) -> 
     ECDSA signatures differ each time, so comparing annotations (containers/image's rule)
     would add the same claim again on every run.
     """
+    from nestbuild import keys
+
     if layer.get("mediaType") != SIMPLESIGNING_TYPE or layer.get("digest") != digest_of(body):
         return False
     annotations = layer.get("annotations") or {}
@@ -653,6 +683,8 @@ def start_loading_key(
 
 def load_public_keys(paths: Sequence[Path]) -> list[tuple[str, keys.PublicKey]]:
     """(name, key) for each ``--key`` file; any one of them may have signed (keyPaths)."""
+    from nestbuild import keys
+
     out = []
     for path in paths:
         try:
@@ -840,6 +872,8 @@ def _check_signature(
     identity: str | None,
     rule: str,
 ) -> SignatureCheck:
+    from nestbuild import keys
+
     digest = str(layer["digest"])
     check = SignatureCheck(index, digest, False, "")
     annotations = layer.get("annotations") or {}

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nestbuild.commands.common import registry_access, registry_flags
+from nestbuild.commands.common import HelpFormatter, registry_access, registry_flags
 from nestbuild.errors import EXIT_OK
 
 
@@ -21,7 +21,7 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
 
     t = node_sub.add_parser(
         "trust", help="write the files a node needs to verify REPO's signatures",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Write /etc/containers/policy.json (reject by default; sigstoreSigned for\n"
                     "REPO, matchRepository), /etc/containers/registries.d/NAME.yaml\n"
                     "(use-sigstore-attachments) and the key under /etc/pki/containers/, into\n"
