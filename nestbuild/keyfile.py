@@ -17,11 +17,11 @@ import binascii
 import json
 import os
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nestbuild.background import in_thread
 from nestbuild.errors import NestbuildError
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
 class Sealed:
     """An encrypted key's envelope, checked: what to derive the key with, and what to open.
 
-    A plain class, not a dataclass: ``dataclasses`` (with ``inspect``) costs ~10 ms, and this
+    A plain class, not a dataclass: ``dataclasses`` (with ``inspect``) costs ~6 ms, and this
     module runs before the scrypt thread starts."""
 
     __slots__ = ("ciphertext", "n", "nonce", "p", "r", "salt")
@@ -249,30 +249,6 @@ def get_passphrase(
 # loading a signing key in the background
 
 
-def _in_thread(work: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``work`` in a daemon thread; the returned callable waits and returns (or raises)
-    its outcome."""
-    outcome: list[Any] = []
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            outcome.append(work())
-        except BaseException as exc:  # handed to the caller's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="nestbuild-key", daemon=True)
-    thread.start()
-
-    def wait() -> Any:
-        thread.join()
-        if failed:
-            raise failed[0]
-        return outcome[0]
-
-    return wait
-
-
 def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callable[[], PrivateKey]:
     """Start decrypting a private key file; the returned callable waits for the key.
 
@@ -302,7 +278,7 @@ def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callabl
             keys.warm_up()
             return key
 
-        return _in_thread(opened)
+        return in_thread(opened, "nestbuild-key")
     from nestbuild import keys
 
     try:
@@ -311,6 +287,6 @@ def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callabl
     except PassphraseError:
         pass  # an encrypted PKCS#8 key: now get the passphrase
     passphrase = get_passphrase(file=passphrase_file, label=source)
-    loaded: Callable[[], PrivateKey] = _in_thread(
+    loaded: Callable[[], PrivateKey] = in_thread(
         lambda: keys.load_private_key(data, passphrase, source))
     return loaded

@@ -19,9 +19,9 @@ import base64
 import binascii
 import contextlib
 import copy
+import functools
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from nestbuild import dsse, keyfile
 from nestbuild import payload as payload_mod
+from nestbuild.background import run_all
 from nestbuild.errors import ImageError, NestbuildError, UsageError
 from nestbuild.image.model import (
     ANNOTATION_REF_NAME,
@@ -399,22 +400,12 @@ def _commit(target: Target, writes: Sequence[_Write]) -> None:
     these round trips are most of what is left of signing once the key is open.
     """
     blobs = {digest_of(b): b for w in writes for b in (*w.blobs, w.config)}
-    failed: list[BaseException] = []
 
     def store(digest: str, blob: bytes) -> None:
-        try:
-            if not target.store.has_blob(target.repo, digest):
-                target.store.put_blob(target.repo, blob, digest, len(blob))
-        except BaseException as exc:  # raised in the calling thread below
-            failed.append(exc)
+        if not target.store.has_blob(target.repo, digest):
+            target.store.put_blob(target.repo, blob, digest, len(blob))
 
-    threads = [threading.Thread(target=store, args=item) for item in blobs.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failed:
-        raise failed[0]
+    run_all(functools.partial(store, digest, blob) for digest, blob in blobs.items())
     for write in writes:
         target.store.put_manifest(target.repo, write.tag, write.manifest, OCI_MANIFEST)
 
