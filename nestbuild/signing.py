@@ -453,13 +453,19 @@ def _key(source: KeySource) -> keys.PrivateKey:
     return source() if callable(source) else source
 
 
-def _key_when_ready(target: Target, source: KeySource, likely: Sequence[_Write]) -> keys.PrivateKey:
-    """The key; while it decrypts, the store gets ready for the blobs ``likely`` writes and
-    cryptography is loaded, so that little is left once scrypt ends.
+def _key_when_ready(target: Target, source: KeySource, existing: Sequence[Attachment],
+                    bodies: Sequence[bytes]) -> keys.PrivateKey:
+    """The key; while it decrypts, the store gets ready for the blobs that signing ``bodies``
+    would add to the ``existing`` attachments, and cryptography is loaded, so that little is
+    left once scrypt ends. A key that is already open is simply returned.
 
     Nothing is stored before the key has opened: a wrong passphrase leaves the store as it was.
     """
     if callable(source):
+        # Planned on copies: the real plan, whose manifest carries the signature, comes later;
+        # the blobs (payload, config) do not depend on the signature.
+        likely = [_plan(copy.deepcopy(att), [(body, SIMPLESIGNING_TYPE, {})])
+                  for att, body in zip(existing, bodies, strict=True)]
         target.store.prepare_blobs(
             target.repo, [digest_of(b) for w in likely for b in (*w.blobs, w.config)])
         # Usually still scrypt's time: load what opening and signing need, so that the key
@@ -502,9 +508,7 @@ def sign(
         ]
         bodies = [payload_mod.make_payload(reference, subject.digest, annotations=annotations)
                   for subject in found]
-        private = _key_when_ready(target, key, [
-            _plan(copy.deepcopy(att), [(body, SIMPLESIGNING_TYPE, {})])
-            for att, body in zip(existing, bodies, strict=True)])
+        private = _key_when_ready(target, key, existing, bodies)
         from nestbuild import keys  # loaded by now: the key thread needed it
 
         pub = private.public_key()
