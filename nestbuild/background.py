@@ -4,10 +4,13 @@ read, blobs stored side by side. Only the standard library, so the key can start
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from typing import TypeVar
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing is not imported: this runs before a key's scrypt starts
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 
 def in_thread(work: Callable[[], T], name: str = "nestbuild") -> Callable[[], T]:

@@ -7,7 +7,6 @@ Exit codes (stable): 0 success / passed, 1 the image failed policy or verificati
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import sys
@@ -269,22 +268,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
-
-
-def entry() -> None:
-    """The ``nestbuild`` executable: :func:`main` with a garbage-collector policy for a
-    short-lived process (as mypy sets one).
-
-    Imports create tens of thousands of objects and almost no cycles, so the default
-    thresholds spend ~8 ms of every command collecting nothing, and the collection at exit
-    another ~10 ms; those are a tenth of a ``nestbuild sign``. Cycles are still collected,
-    just less often. Not done in :func:`main`, which tests and scripts call in-process.
-    """
-    gc.set_threshold(50_000, 20, 100)
-    code = main()
-    gc.freeze()  # nothing left to collect that exiting does not free anyway
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    entry()

@@ -17,15 +17,18 @@ import binascii
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from nestbuild.background import in_thread
 from nestbuild.errors import NestbuildError
 
+TYPE_CHECKING = False  # not typing's: importing typing (or pathlib) costs scrypt's head start
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, TypeAlias
+
     from nestbuild.keys import PrivateKey
+
+    FilePath: TypeAlias = str | os.PathLike[str]
 
 #: PEM type cosign wrote before 2.0; still read by every cosign and containers/image version.
 COSIGN_PEM_TYPE = "ENCRYPTED COSIGN PRIVATE KEY"
@@ -202,7 +205,7 @@ def parse_sealed(body: bytes, source: str) -> Sealed:
 def get_passphrase(
     *,
     env: Sequence[str] = PASSPHRASE_ENV,
-    file: Path | None = None,
+    file: FilePath | None = None,
     prompt: bool = True,
     confirm: bool = False,
     label: str = "the private key",
@@ -220,7 +223,7 @@ def get_passphrase(
             return os.fsencode(value)
     if file is not None:
         try:
-            content = file.read_bytes()
+            content = _read(file)
         except OSError as exc:
             raise PassphraseError(f"cannot read passphrase file {file}: {exc.strerror}") from None
         return content.split(b"\n", 1)[0].removesuffix(b"\r")
@@ -249,7 +252,31 @@ def get_passphrase(
 # loading a signing key in the background
 
 
-def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callable[[], PrivateKey]:
+def _read(path: FilePath) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+#: A key started by :func:`start_early`: (path, passphrase file, the waiting callable).
+_early: list[tuple[str, str | None, Callable[[], PrivateKey]]] = []
+
+
+def start_early(path: str, passphrase_file: str | None) -> None:
+    """Start decrypting a key before the command line is parsed, if no prompt is needed.
+
+    :func:`start_loading` for the same files then returns it. Nothing is reported here: a
+    key that cannot be read is read again, and its error reported, by the command.
+    """
+    try:
+        loading = start_loading(path, passphrase_file=passphrase_file, prompt=False)
+    except (NestbuildError, OSError):
+        return
+    _early.append((path, passphrase_file, loading))
+
+
+def start_loading(
+    path: FilePath, *, passphrase_file: FilePath | None = None, prompt: bool = True
+) -> Callable[[], PrivateKey]:
     """Start decrypting a private key file; the returned callable waits for the key.
 
     The file is read and its envelope checked here, and the passphrase obtained (a prompt
@@ -258,15 +285,21 @@ def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callabl
     and makes OpenSSL's one-time signing set-up, all off the caller's thread.
     Errors found later (wrong passphrase, a key that does not parse) are raised by the callable.
     """
+    if _early:
+        early_path, early_file, loading = _early.pop()
+        if early_path == os.fspath(path) and early_file == (
+            None if passphrase_file is None else os.fspath(passphrase_file)
+        ):
+            return loading
     source = str(path)
     try:
-        data = path.read_bytes()
+        data = _read(path)
     except OSError as exc:
         raise KeyFileError(f"cannot read key {path}: {exc.strerror}") from None
     pem_type, _, der = pem_block(data, source)
     if pem_type in ENCRYPTED_PEM_TYPES:
         sealed = parse_sealed(der, source)
-        passphrase = get_passphrase(file=passphrase_file, label=source)
+        passphrase = get_passphrase(file=passphrase_file, prompt=prompt, label=source)
         # Imported here, not in the thread: importing holds the GIL, scrypt does not.
         import cryptography.hazmat.primitives.kdf.scrypt  # noqa: F401
 
@@ -286,7 +319,7 @@ def start_loading(path: Path, *, passphrase_file: Path | None = None) -> Callabl
         return lambda: key
     except PassphraseError:
         pass  # an encrypted PKCS#8 key: now get the passphrase
-    passphrase = get_passphrase(file=passphrase_file, label=source)
+    passphrase = get_passphrase(file=passphrase_file, prompt=prompt, label=source)
     loaded: Callable[[], PrivateKey] = in_thread(
         lambda: keys.load_private_key(data, passphrase, source))
     return loaded

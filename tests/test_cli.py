@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +15,13 @@ from typing import Any
 import pytest
 
 from nestbuild.cli import build_parser, main
-from nestbuild.commands import COMMAND_MODULES, COMMAND_OWNERS
+from nestbuild.commands import (
+    COMMAND_MODULES,
+    COMMAND_OWNERS,
+    PASSPHRASE_FILE_OPTION,
+    SIGNING_KEY_OPTIONS,
+    signing_key_argument,
+)
 from tests.ocibuilder import Layer, bootable_base, derived
 
 
@@ -125,3 +132,53 @@ def test_one_command_parser_matches_the_whole_one(monkeypatch: pytest.MonkeyPatc
         assert alone[command].format_help() == whole[command].format_help(), command
     args = build_parser("sign").parse_args(["sign", "docker://r/x:1", "--key", "k"])
     assert args.func.__module__ == "nestbuild.commands.signing"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["sign", "docker://r/x:1", "--key", "k.key"], ("k.key", None)),
+    (["sign", "--key=k.key", "docker://r/x:1", "--passphrase-file", "pw"], ("k.key", "pw")),
+    (["attest", "oci:l:v1", "--key", "k", "--passphrase-file=pw"], ("k", "pw")),
+    (["push", "localhost/n:1", "--sign-key", "k"], ("k", None)),
+    (["push", "localhost/n:1", "--key", "k"], None),  # push names it --sign-key
+    (["verify", "docker://r/x:1", "--key", "k.pub"], None),  # a public key: nothing to start
+    (["sign", "docker://r/x:1", "--key", "a", "--key", "b"], None),  # argparse takes the last
+    (["sign", "docker://r/x:1", "--key", "k", "--passphrase-file", "a",
+      "--passphrase-file", "b"], None),
+    (["sign", "docker://r/x:1", "--key", "k", "--help"], None),
+    (["sign", "docker://r/x:1", "--key"], None),
+    (["sign", "--", "--key", "k"], None),
+    ([], None),
+])
+def test_the_signing_key_is_found_before_argparse(argv: list[str],
+                                                   expected: tuple[str, str | None] | None) -> None:
+    assert signing_key_argument(argv) == expected
+
+
+def test_early_key_options_are_the_parsers_own() -> None:
+    """SIGNING_KEY_OPTIONS must name each command's private-key option; a renamed option would
+    silently lose the early start."""
+    for command, option in SIGNING_KEY_OPTIONS.items():
+        parser = _subcommands(build_parser(command))[command]
+        by_option = {o: a for a in parser._actions for o in a.option_strings}
+        assert option in by_option and PASSPHRASE_FILE_OPTION in by_option, command
+        args = parser.parse_args(_minimal_args(command, option, "k.key"))
+        assert signing_key_argument([command, *_minimal_args(command, option, "k.key")]) == (
+            str(getattr(args, by_option[option].dest)), None)
+
+
+def _minimal_args(command: str, option: str, key: str) -> list[str]:
+    extra = {"attest": ["--predicate", "p.json", "--type", "link"]}.get(command, [])
+    return ["docker://r/x:1" if command != "push" else "localhost/n:1", option, key, *extra]
+
+
+def test_a_reader_that_goes_away_is_not_an_error() -> None:
+    """``nestbuild rules --format json | head -1``: no traceback, no 'Exception ignored', exit
+    0, as with other tools. The pipe is closed before nestbuild writes; its buffered output
+    fails when it is flushed at exit."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    r = subprocess.run([sys.executable, "-m", "nestbuild", "rules", "--format", "json"],
+                       stdout=write_end, stderr=subprocess.PIPE, text=True, check=False, env=env)
+    os.close(write_end)
+    assert (r.returncode, r.stderr) == (0, "")

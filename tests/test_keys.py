@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import os
-import pty
 import stat
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from nestbuild import keys
 from nestbuild.errors import NestbuildError
+from tests.fixtures.common import run_in_pty
 from tests.fixtures.cosign import Cosign
 
 INTEROP = Path(__file__).resolve().parents[1].parent / "shared" / "interop"
@@ -387,7 +387,7 @@ def test_no_passphrase_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def _prompt_in_pty(answers: list[bytes], confirm: bool) -> tuple[int, bytes]:
-    """Run get_passphrase in a child on a real pseudo-terminal, typing ``answers``."""
+    """get_passphrase in a child on a real pseudo-terminal, typing ``answers``."""
     code = (
         "import sys\nfrom nestbuild import keys\n"
         "try:\n"
@@ -396,25 +396,7 @@ def _prompt_in_pty(answers: list[bytes], confirm: bool) -> tuple[int, bytes]:
         "except keys.PassphraseError as e:\n"
         "    print('ERR=' + e.message, flush=True)\n"
     )
-    pid, fd = pty.fork()
-    if pid == 0:  # child: stdin/stdout/controlling tty are the pty
-        os.chdir(Path(__file__).resolve().parents[1])
-        os.execv(sys.executable, [sys.executable, "-c", code])
-    out = b""
-    pending = list(answers)
-    while True:
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-        if pending and out.count(b"passphrase") > len(answers) - len(pending):
-            os.write(fd, pending.pop(0) + b"\n")
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), out
+    return run_in_pty([sys.executable, "-c", code], answers)
 
 
 def test_prompt_on_a_terminal() -> None:

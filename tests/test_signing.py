@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from nestbuild.errors import NestbuildError, UsageError
 from nestbuild.image.layout import LayoutWriter
 from nestbuild.image.model import OCI_MANIFEST, Descriptor
 from nestbuild.sigstore_layout import KIND, KIND_IMAGE, KIND_SIGS, LayoutStore
+from tests.fixtures.common import run_in_pty
 from tests.ocibuilder import write_platform_index
 
 IDENTITY = "registry.example.com/nodes/web:v1"
@@ -491,6 +494,67 @@ def test_cli_bad_keys_write_nothing(tmp_path: Path, keypair: tuple[Path, Path],
                  "--type", "https://example.com/p/v1"]) == 2
     assert "wrong passphrase for" in capsys.readouterr().err
     assert snapshot(root) == before
+
+
+def test_the_executable_signs_with_the_key_it_started_early(tmp_path: Path,
+                                                           keypair: tuple[Path, Path]) -> None:
+    """``nestbuild sign`` starts decrypting its key before parsing its arguments. Through the
+    executable, a wrong or missing passphrase still reads as one line and writes nothing, a
+    passphrase file works in every spelling, and the signature is the key's."""
+    key_path, pub_path = keypair
+    root = tmp_path / "l"
+    image = write_image(root, b"one")
+    ref = f"oci:{root}:v1"
+    before = snapshot(root)
+    env = {k: v for k, v in os.environ.items() if k not in keys.PASSPHRASE_ENV}
+
+    def nestbuild(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nestbuild", *args], env={**env, **extra},
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False)
+
+    r = nestbuild("sign", ref, "--key", str(key_path), "--identity", IDENTITY,
+                  NESTBUILD_PASSWORD="wrong")
+    assert (r.returncode, r.stderr) == (2, f"error: wrong passphrase for {key_path}\n")
+    r = nestbuild("sign", ref, f"--key={key_path}", "--identity", IDENTITY)
+    assert r.returncode == 2 and r.stderr.startswith("error: no passphrase for"), r.stderr
+    assert r.stderr.count("\n") == 1
+    assert snapshot(root) == before
+    pw = tmp_path / "pw"
+    pw.write_text("pw\n")
+    r = nestbuild("sign", ref, f"--key={key_path}", f"--passphrase-file={pw}", "--identity",
+                  IDENTITY, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["signatures"][0]["added"] is True
+    # The early start guessed a passphrase file argparse did not take (an abbreviation): the
+    # key is decrypted again with what the command was given.
+    r = nestbuild("sign", ref, "--key", str(key_path), "--passphrase-f", str(pw),
+                  "--identity", IDENTITY)
+    assert r.returncode == 0 and "already signed by this key" in r.stdout, r.stderr
+    # ...and a key argparse did not take (``--ke`` abbreviates ``--key``; the last one wins).
+    other_key, other_pub = keys.write_key_pair(tmp_path / "other", b"pw")
+    r = nestbuild("sign", ref, "--key", str(key_path), "--ke", str(other_key), "--identity",
+                  IDENTITY, NESTBUILD_PASSWORD="pw")
+    assert r.returncode == 0 and "signed: sha256:" in r.stdout, r.stderr
+    for pub in (pub_path, other_pub):
+        report = signing.verify(target(root), signing.load_public_keys([pub]))
+        assert report.passed and report.manifests[0].digest == image.digest
+        [check] = report.manifests
+        assert sum(sig.verified for sig in check.signatures) == 1
+
+
+def test_the_executable_asks_for_the_passphrase_once(tmp_path: Path,
+                                                     keypair: tuple[Path, Path]) -> None:
+    """With no passphrase in the environment, the early start must not prompt: the command
+    asks, once, after its arguments parsed."""
+    key_path, _ = keypair
+    root = tmp_path / "l"
+    write_image(root, b"one")
+    env = {k: v for k, v in os.environ.items() if k not in keys.PASSPHRASE_ENV}
+    code, out = run_in_pty([sys.executable, "-m", "nestbuild", "sign", f"oci:{root}:v1",
+                            "--key", str(key_path), "--identity", IDENTITY], [b"pw"], env)
+    assert code == 0, out
+    assert out.count(b"Enter passphrase for") == 1 and b"signed: sha256:" in out
 
 
 def test_cli_refusals(tmp_path: Path, keypair: tuple[Path, Path],

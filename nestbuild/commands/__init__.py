@@ -33,3 +33,36 @@ COMMAND_OWNERS = {
     "rebase": "nestbuild.commands.node",
     "boot": "nestbuild.commands.boot",
 }
+
+#: The commands that open a private key, with the option naming it. ``nestbuild`` starts
+#: decrypting that key before the command line is fully parsed (see :mod:`nestbuild.__main__`):
+#: scrypt is most of a signing run. tests/test_cli.py checks these against the parsers.
+SIGNING_KEY_OPTIONS = {"sign": "--key", "attest": "--key", "push": "--sign-key"}
+PASSPHRASE_FILE_OPTION = "--passphrase-file"
+
+
+def signing_key_argument(argv: list[str]) -> tuple[str, str | None] | None:
+    """(key, passphrase file or None) as ``argv`` names them, for a command of
+    SIGNING_KEY_OPTIONS; None when that is not plain without argparse (help, an option given
+    twice, no key).
+
+    A guess, made before argparse runs: the command still parses its arguments and takes the
+    early start only if it names the same files.
+    """
+    option = SIGNING_KEY_OPTIONS.get(argv[0]) if argv else None
+    if option is None:
+        return None
+    found: dict[str, list[str]] = {option: [], PASSPHRASE_FILE_OPTION: []}
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in ("-h", "--help"):
+            return None
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if name in found:
+            found[name].append(value if eq else next(args, ""))
+    keys, files = found[option], found[PASSPHRASE_FILE_OPTION]
+    if len(keys) != 1 or not keys[0] or len(files) > 1 or files == [""]:
+        return None
+    return keys[0], files[0] if files else None
