@@ -463,9 +463,11 @@ def _key_when_ready(target: Target, source: KeySource, existing: Sequence[Attach
     """
     if callable(source):
         # Planned on copies: the real plan, whose manifest carries the signature, comes later;
-        # the blobs (payload, config) do not depend on the signature.
+        # the blobs (payload, config) do not depend on the signature. A payload already in
+        # the attachment is most likely signed by this key already: nothing to prepare.
         likely = [_plan(copy.deepcopy(att), [(body, SIMPLESIGNING_TYPE, {})])
-                  for att, body in zip(existing, bodies, strict=True)]
+                  for att, body in zip(existing, bodies, strict=True)
+                  if all(layer.get("digest") != digest_of(body) for layer in att.layers)]
         target.store.prepare_blobs(
             target.repo, [digest_of(b) for w in likely for b in (*w.blobs, w.config)])
         # Usually still scrypt's time: load what opening and signing need, so that the key

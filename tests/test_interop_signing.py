@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 
     from tests.fixtures.chroot import Chroot
 
-# Until tests/conftest.py lists them: the trixie chroot (trixie, trixie_root) and the
-# registries (registry).
-pytest_plugins = ["tests.fixtures.chroot", "tests.fixtures.registry"]
-
 INTEROP = Path(__file__).resolve().parents[1].parent / "shared" / "interop"
 VECTORS = INTEROP / "containers-image-signatures"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -186,6 +182,43 @@ def test_cosign_verifies_what_nestbuild_signs_and_attests_in_a_registry(
     assert main(["verify", f"docker://{ref}", "--key", str(pub_path), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["manifests"][0]["attestations"][0]["verified"] is True
+
+
+def _content(registry: Registry) -> dict[str, str]:
+    """The registry's content: every stored file (blobs, links, tags) but its upload scratch
+    area, with its digest."""
+    return {str(p.relative_to(registry.storage_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(registry.storage_dir.rglob("*"))
+            if p.is_file() and "_uploads" not in p.parts}
+
+
+def _open_uploads(registry: Registry) -> list[Path]:
+    """Upload sessions still open. (distribution keeps a cancelled session's hash state until
+    its upload purging, a week by default, whoever cancelled it: that is not one.)"""
+    return [p.parent for p in registry.storage_dir.rglob("_uploads/*/startedat")]
+
+
+def test_a_failed_or_repeated_signing_leaves_the_registry_as_it_was(
+        registry: Registry, registry_host: str, tmp_path: Path, env_pw: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Upload sessions are opened while the key decrypts; a wrong passphrase, or a signature
+    that is already there, must store nothing and leave no session open."""
+    key_path, _ = keys.write_key_pair(tmp_path / "nb", b"pw")
+    write_image(tmp_path / "l", b"left as it was")
+    ref = f"docker://{registry_host}/signing/untouched:v1"
+    push(f"oci:{tmp_path / 'l'}:v1", ref.removeprefix("docker://"))
+    before = _content(registry)
+    monkeypatch.setenv("NESTBUILD_PASSWORD", "wrong")
+    assert main(["sign", ref, "--key", str(key_path)]) == 2
+    assert "wrong passphrase" in capsys.readouterr().err
+    assert _content(registry) == before and _open_uploads(registry) == []
+    monkeypatch.setenv("NESTBUILD_PASSWORD", "pw")
+    assert main(["sign", ref, "--key", str(key_path)]) == 0
+    signed = _content(registry)
+    assert len(signed) > len(before) and _open_uploads(registry) == []
+    assert main(["sign", ref, "--key", str(key_path)]) == 0
+    assert "already signed by this key" in capsys.readouterr().out
+    assert _content(registry) == signed and _open_uploads(registry) == []
 
 
 def test_nestbuild_verifies_what_cosign_signs(
