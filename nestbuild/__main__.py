@@ -25,7 +25,13 @@ def entry() -> None:
     _start_signing_key(argv)
     from nestbuild.cli import main
 
-    _exit(main(argv))
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse: --help, --version, a usage error
+        if not isinstance(exc.code, int | None):
+            raise
+        code = exc.code or 0
+    _exit(code)
 
 
 def _start_signing_key(argv: list[str]) -> None:
@@ -43,14 +49,17 @@ def _exit(code: int) -> None:
     import os
 
     atexit._run_exitfuncs()
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # closed by the caller (nestbuild ... >&-)
-                stream.flush()
-    except BrokenPipeError:
-        pass  # a reader that went away (nestbuild ... | head) is not an error
-    except OSError:
-        code = code or 1  # output lost: not a success
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # closed by the caller (nestbuild ... >&-)
+            continue
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            pass  # a reader that went away (nestbuild ... | head) is not an error
+        except OSError as exc:  # a full disk: the output is incomplete
+            code = code or 1
+            if stream is sys.stdout and sys.stderr is not None:
+                sys.stderr.write(f"error: cannot write the output: {exc.strerror}\n")
     os._exit(code)
 
 

@@ -171,14 +171,20 @@ def _minimal_args(command: str, option: str, key: str) -> list[str]:
     return ["docker://r/x:1" if command != "push" else "localhost/n:1", option, key, *extra]
 
 
-def test_a_reader_that_goes_away_is_not_an_error() -> None:
-    """``nestbuild rules --format json | head -1``: no traceback, no 'Exception ignored', exit
-    0, as with other tools. The pipe is closed before nestbuild writes; its buffered output
-    fails when it is flushed at exit."""
+@pytest.mark.parametrize("args", [["rules", "--format", "json"], ["--version"]])
+def test_output_that_cannot_be_written(args: list[str]) -> None:
+    """``nestbuild ... | head -1`` is not an error: exit 0, no traceback, no 'Exception
+    ignored'. Output lost to a full disk is one: exit 1 and one line saying so. The output
+    stays buffered (no PYTHONUNBUFFERED) until nestbuild flushes it as it exits."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     read_end, write_end = os.pipe()
     os.close(read_end)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    r = subprocess.run([sys.executable, "-m", "nestbuild", "rules", "--format", "json"],
-                       stdout=write_end, stderr=subprocess.PIPE, text=True, check=False, env=env)
+    r = subprocess.run([sys.executable, "-m", "nestbuild", *args], stdout=write_end,
+                       stderr=subprocess.PIPE, text=True, check=False, env=env)
     os.close(write_end)
     assert (r.returncode, r.stderr) == (0, "")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "nestbuild", *args], stdout=full,
+                           stderr=subprocess.PIPE, text=True, check=False, env=env)
+    assert (r.returncode, r.stderr) == (1, "error: cannot write the output: No space left on "
+                                           "device\n")
