@@ -40,18 +40,12 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     t.set_defaults(func=cmd_trust)
 
     s = node_sub.add_parser("status", help="a node's deployments (bootc, rpm-ostree or a sysroot)")
-    target = s.add_mutually_exclusive_group(required=True)
-    target.add_argument("--sysroot", type=Path, metavar="DIR", help="a local ostree sysroot")
-    target.add_argument("--via", choices=("bootc", "rpm-ostree"), help="ask the node's tool")
-    s.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run it over ssh")
+    _node_flags(s, via_help="ask the node's tool")
     s.add_argument("--format", choices=("table", "json"), default="table")
     s.set_defaults(func=cmd_status)
 
     r = node_sub.add_parser("rollback", help="make the previous deployment the default")
-    target = r.add_mutually_exclusive_group(required=True)
-    target.add_argument("--sysroot", type=Path, metavar="DIR", help="a local ostree sysroot")
-    target.add_argument("--via", choices=("bootc", "rpm-ostree"), help="use the node's tool")
-    r.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run it over ssh")
+    _node_flags(r, via_help="use the node's tool")
     r.add_argument("--apply", action="store_true", help="reboot into it now")
     r.add_argument("--os", default="nestos", metavar="NAME", help="stateroot (default nestos)")
     r.add_argument("--format", choices=("table", "json"), default="table")
@@ -210,3 +204,12 @@ def cmd_rebase(args: argparse.Namespace) -> int:
         print("after:")
         _print_node_status(after, "table")
     return EXIT_OK
+
+
+def _node_flags(parser: argparse.ArgumentParser, *, via_help: str) -> None:
+    """Which node: a local sysroot, or the node's own tool (bootc, rpm-ostree), over ssh
+    with --host."""
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sysroot", type=Path, metavar="DIR", help="a local ostree sysroot")
+    target.add_argument("--via", choices=("bootc", "rpm-ostree"), help=via_help)
+    parser.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run it over ssh")
