@@ -43,7 +43,10 @@ def run_all(works: Iterable[Callable[[], object]]) -> None:
     The first runs in the caller's thread, which keeps its warm connections (a registry
     client's are per thread): one thread and one connection fewer.
     """
-    first, *rest = [*works] or [lambda: None]
+    todo = list(works)
+    if not todo:
+        return
+    first, *rest = todo
     waits = [in_thread(work) for work in rest]
     failures: list[BaseException] = []
     try:

@@ -23,7 +23,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -708,14 +708,7 @@ class SignatureCheck:
     key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "digest": self.digest,
-            "verified": self.verified,
-            "reason": self.reason,
-            "docker_reference": self.docker_reference,
-            "key": self.key,
-        }
+        return asdict(self)  # the report's keys are the field names, in order
 
 
 @dataclass
@@ -727,13 +720,7 @@ class AttestationCheck:
     reason: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "digest": self.digest,
-            "predicate_type": self.predicate_type,
-            "verified": self.verified,
-            "reason": self.reason,
-        }
+        return asdict(self)  # the report's keys are the field names, in order
 
 
 @dataclass
