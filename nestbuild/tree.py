@@ -187,7 +187,12 @@ def _convert(m: Member, layer: int) -> Item:
         parent = posixpath.dirname(path)
         if base == OPAQUE_MARKER:
             return Whiteout(parent, True, layer)
-        return Whiteout(posixpath.join(parent, base[len(WHITEOUT_PREFIX):]), False, layer)
+        name = base[len(WHITEOUT_PREFIX):]
+        if name in ("", ".", "..") or name.startswith(WHITEOUT_PREFIX):
+            # '.wh...' would delete the parent's parent; other '.wh..wh.' names are aufs
+            # metadata no OCI layer should carry: refuse rather than guess (fail closed)
+            return Unsafe(path, f"malformed whiteout {base!r}", layer)
+        return Whiteout(posixpath.join(parent, name), False, layer)
     kind = _TYPES.get(m.type)
     if kind is None:
         return Unsafe(path, f"unsupported tar entry type {m.type!r}", layer)
