@@ -11,13 +11,13 @@ import importlib
 import json
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nestbuild import __version__
 from nestbuild.commands import COMMAND_MODULES, COMMAND_OWNERS
-from nestbuild.commands.common import HelpFormatter
+from nestbuild.commands.common import HelpFormatter, check_output, write_output
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError
 
 FORMATS = ("table", "json")
@@ -40,7 +40,7 @@ def _write(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text)
+        write_output(output, text, "--output")
 
 
 # --- validate / diff -----------------------------------------------------------------------
@@ -49,6 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from nestbuild import policy as policy_mod
     from nestbuild.validate import validate
 
+    check_output(args.output, "--output")
     pol = policy_mod.resolve(args.policy, args.preset)
     report = validate(args.image, base_ref=args.base, policy=pol, as_base=args.as_base,
                       progress=_progress(args.quiet or args.format != "table"))
@@ -64,6 +65,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from nestbuild.validate import diff
 
+    check_output(args.output, "--output")
     report = diff(args.base, args.image, progress=_progress(args.quiet or args.format != "table"))
     if args.format == "json":
         data = report.to_json()
@@ -144,6 +146,19 @@ EPILOG = textwrap.dedent("""\
     """)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser (and its actions' parsers): it refuses the arguments it does not
+    know itself. argparse leaves them to the top-level parser, whose usage line says nothing
+    about the command's own options."""
+
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None
+                         ) -> tuple[Any, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with ``only`` (a command of a module in COMMAND_OWNERS), just
     that module's commands, which parse and show ``nestbuild ONLY --help`` identically."""
@@ -156,7 +171,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"nestbuild {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=CommandParser)
 
     def command(name: str, help: str, description: str, epilog: str = EPILOG
                 ) -> argparse.ArgumentParser:
@@ -265,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             err.print(exc.detail, markup=False, highlight=False, style="dim")
         return exc.exit_code
     except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
         return 130
     except BrokenPipeError:
         return EXIT_OK

@@ -48,7 +48,12 @@ rules:
 
 def init(directory: Path, *, base: str = DEFAULT_BASE, force: bool = False) -> list[Path]:
     """Write the starter files; refuse to overwrite unless ``force``."""
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory}: not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{directory}: cannot create it ({exc.strerror})") from None
     name = "".join(c if c.isalnum() or c == "-" else "-" for c in directory.resolve().name.lower())
     name = name.strip("-") or "node"
     image = f"localhost/{name}:latest"

@@ -108,7 +108,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from nestbuild import policy as policy_mod
     from nestbuild import project
     from nestbuild.build import BuildOptions, build, result_json
+    from nestbuild.commands.common import check_output, write_output
 
+    check_output(args.digestfile, "--digestfile")
     proj = project.load()
     merged = settings.merge(proj, args, BUILD_KEYS)
     context = args.context or merged["context"] or Path(".")
@@ -127,7 +129,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     finally:
         progress.stop()
     if args.digestfile is not None:
-        args.digestfile.write_text(result.digest)
+        write_output(args.digestfile, result.digest, "--digestfile")
     if args.format == "json":
         sys.stdout.write(result_json(result))
     else:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nestbuild.errors import UsageError
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """argparse's, measuring the terminal without ``shutil``.
@@ -62,3 +64,23 @@ def registry_access(args: argparse.Namespace) -> Any:
 
     return RegistryAccess(authfile=args.authfile, cert_dir=args.cert_dir,
                           tls_verify=args.tls_verify)
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """Refuse, before any work, an output file that could not be written: a push or a build
+    must not succeed and then end in an error about where its digest goes."""
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: no such directory {path.parent}")
+
+
+def write_output(path: Path, text: str, option: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (never a truncated report or digest),
+    with the mode a plain write would give it."""
+    from nestbuild.atomic import write_atomic
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        write_atomic(path, text.encode(), 0o666 & ~umask)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write it ({exc.strerror})") from None

@@ -11,7 +11,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from nestbuild.commands.common import registry_access, registry_flags
+from nestbuild.commands.common import (
+    check_output,
+    registry_access,
+    registry_flags,
+    write_output,
+)
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 PASSWORD_ENV = "NESTBUILD_REGISTRY_PASSWORD"
@@ -87,6 +92,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from nestbuild.push import push
     from nestbuild.registry import reference
 
+    check_output(args.digestfile, "--digestfile")
     dest = args.dest or _default_dest(args.image)
     target = reference.parse(dest)
     key = None
@@ -142,7 +148,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     result.signatures += signatures
     result.attestations += attestations
     if args.digestfile:
-        args.digestfile.write_text(result.digest + "\n")
+        write_output(args.digestfile, result.digest + "\n", "--digestfile")
     if args.format == "json":
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:

@@ -44,7 +44,13 @@ from nestbuild.image.model import (
     digest_of,
 )
 from nestbuild.registry import auth
-from nestbuild.registry.transport import Response, Session, TLSError, TransportError
+from nestbuild.registry.transport import (
+    BodyTooLarge,
+    Response,
+    Session,
+    TLSError,
+    TransportError,
+)
 
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
@@ -54,6 +60,9 @@ CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 READ_SIZE = 1 << 20
 #: Bytes per PATCH: small enough that a broken connection costs little, big enough to stream.
 CHUNK_SIZE = 64 << 20
+#: The largest manifest or index accepted, as containers/image limits it: a registry cannot
+#: make nestbuild read (and hold) an arbitrarily large document.
+MAX_MANIFEST_SIZE = 4 << 20
 
 Progress = Callable[[int], None]
 
@@ -422,12 +431,20 @@ class RegistryClient:
     def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str] | None:
         """The manifest's exact bytes and media type, or None if there is none under ``ref``."""
         resp = self.do_request(f"/v2/{repo}/manifests/{ref}", headers={"Accept": ACCEPT},
-                               repo=repo)
+                               repo=repo, stream=True)
         if resp.status_code == 404:
+            resp.close()
             return None
         if resp.status_code != 200:
             raise self._fail(resp, f"reading manifest {repo}:{ref}")
-        data = resp.content
+        try:
+            data = resp.read_limited(MAX_MANIFEST_SIZE)
+        except BodyTooLarge as exc:
+            raise RegistryError(f"{self.host}/{repo}:{ref}: the manifest is larger than "
+                                f"{MAX_MANIFEST_SIZE >> 20} MiB ({exc}); refused") from None
+        except TransportError as exc:
+            raise RegistryError(f"{self.host}: reading manifest {repo}:{ref} failed "
+                                f"({exc})") from None
         if ref.startswith("sha256:") and digest_of(data) != ref:
             raise DigestMismatch(f"{self.host}/{repo}@{ref}: the manifest served does not match "
                                  f"its digest (got {digest_of(data)})")

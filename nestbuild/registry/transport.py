@@ -43,6 +43,10 @@ class TransportError(Exception):
     """The request got no (complete) HTTP answer: refused, reset, timed out, cut short."""
 
 
+class BodyTooLarge(TransportError):
+    """A response body longer than the caller accepts; the connection is dropped unread."""
+
+
 class TLSError(TransportError):
     """The TLS handshake failed; ``untrusted`` when the certificate did not verify."""
 
@@ -116,6 +120,29 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.content)
+
+    def read_limited(self, limit: int) -> bytes:
+        """The whole body of a streamed response, or :class:`BodyTooLarge` when it is longer
+        than ``limit`` bytes: by its ``Content-Length``, else as it arrives. A server cannot
+        make the client hold more than ``limit`` bytes of it."""
+        if self._content is None:
+            length = self.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > limit:
+                self.close()
+                raise BodyTooLarge(f"{length} bytes")
+            try:
+                data = self._raw.read(limit + 1)
+            except _FAILURES as exc:
+                self._done(False)
+                raise _wrap(exc) from None
+            if len(data) > limit:
+                self.close()
+                raise BodyTooLarge(f"more than {limit} bytes")
+            self._content = data
+            self._done(self._raw.isclosed())
+        if len(self._content) > limit:
+            raise BodyTooLarge(f"{len(self._content)} bytes")
+        return self._content
 
     def iter_content(self, size: int) -> Iterator[bytes]:
         if self._content is not None:
