@@ -280,6 +280,21 @@ def lying_registry() -> Iterator[LyingRegistry]:
         server.server_close()
 
 
+def serve_image(liar: LyingRegistry, image: Path, name: str = "nodes/web"
+                ) -> tuple[str, dict[str, Any]]:
+    """Serve the layout image tagged v1 at ``image`` as NAME:v1 (and by digest), every blob
+    as stored; (manifest digest, manifest)."""
+    digest, manifest = manifest_of(image)
+    data = blob(image, digest).read_bytes()
+    for ref in (digest, "v1"):
+        liar.routes[f"/v2/{name}/manifests/{ref}"] = (
+            200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest}, data)
+    for desc in (manifest["config"], *manifest["layers"]):
+        liar.routes[f"/v2/{name}/blobs/{desc['digest']}"] = (
+            200, {}, blob(image, desc["digest"]).read_bytes())
+    return digest, manifest
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -776,6 +791,21 @@ def case_registry_manifest_too_large(ctx: Ctx) -> Run:
          "annotations": {"padding": pad}}).encode())
     return Run(["inspect", f"docker://{liar.host}/nodes/web:v1"], 2,
                ("the manifest is larger than",))
+
+
+@case
+def case_registry_blob_longer_than_its_descriptor(ctx: Ctx) -> Run:
+    liar = ctx.fixture("lying_registry")
+    _, manifest = serve_image(liar, ctx.layout())
+    layer = manifest["layers"][0]
+    path = f"/v2/nodes/web/blobs/{layer['digest']}"
+    status, headers, data = liar.routes[path]
+    liar.routes[path] = (status, headers, data + bytes(8 << 20))  # an endless blob, nearly
+    out = ctx.path("out")
+    image_layout(out, "keep", extra=Layer().file("/etc/keep", b"keep"))
+    return Run(["pull", f"docker://{liar.host}/nodes/web:v1", f"oci:{out}:v1", "-q"], 1,
+               (f"blob {layer['digest'][:19]} is longer than the {layer['size']} bytes its "
+                "descriptor says",), keep=(out / "index.json", blob(out, layer["digest"])))
 
 
 @case

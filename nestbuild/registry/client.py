@@ -649,7 +649,8 @@ class RegistryClient:
         """Stream a blob into ``out`` (from its current position), verifying the digest.
 
         A broken download restarts (the file is rewound); a blob whose bytes do not match its
-        digest raises :class:`DigestMismatch` and the caller discards ``out``.
+        digest raises :class:`DigestMismatch` and the caller discards ``out``. With ``size``,
+        nothing past it is read: a registry cannot fill the disk with an endless blob.
         """
         start = out.tell()
         for attempt in range(self.retries + 1):
@@ -663,6 +664,9 @@ class RegistryClient:
                     raise self._fail(resp, f"downloading blob {digest[:19]} from {repo}")
                 with contextlib.closing(resp):
                     for chunk in resp.iter_content(READ_SIZE):
+                        if size is not None and total + len(chunk) > size:
+                            total += len(chunk)
+                            break
                         h.update(chunk)
                         out.write(chunk)
                         total += len(chunk)
@@ -678,6 +682,9 @@ class RegistryClient:
             if got != digest or (size is not None and total != size):
                 out.seek(start)
                 out.truncate()
+                if size is not None and total > size:
+                    raise DigestMismatch(f"{self.host}/{repo}: blob {digest[:19]} is longer than "
+                                         f"the {size} bytes its descriptor says; refused")
                 raise DigestMismatch(f"{self.host}/{repo}: blob {digest[:19]} is corrupt "
                                      f"(received {total} bytes hashing to {got[:19]})")
             with self._lock:
