@@ -32,8 +32,12 @@ def _console(stderr: bool = False) -> Any:
 def _progress(quiet: bool) -> Callable[[str], None]:
     if quiet:
         return lambda _msg: None
+    from rich.text import Text
+
+    from nestbuild.terminal import printable
+
     err = _console(stderr=True)
-    return lambda msg: err.print(f"[dim]nestbuild: {msg}[/dim]")
+    return lambda msg: err.print(Text("nestbuild: " + printable(msg), style="dim"))
 
 
 def _write(text: str, output: Path | None) -> None:
@@ -274,11 +278,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except NestbuildError as exc:
+        from rich.text import Text
+
+        from nestbuild.terminal import printable
+
+        # The message often quotes what an image, a registry or a file said: plain text on
+        # one line, so none of it can style, break or rewrite what the terminal shows.
         err = _console(stderr=True)
-        err.print(f"[bold red]error:[/bold red] {exc.message}", markup=True, highlight=False,
-                  soft_wrap=True)
+        err.print(Text.assemble(("error:", "bold red"), " ", printable(exc.message)),
+                  highlight=False, soft_wrap=True)
         if exc.detail:
-            err.print(exc.detail, markup=False, highlight=False, style="dim")
+            err.print(Text("\n".join(map(printable, exc.detail.splitlines())), style="dim"),
+                      highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")

@@ -129,17 +129,19 @@ class Report:
         from rich.table import Table
         from rich.text import Text
 
+        from nestbuild.terminal import printable as p  # paths and names come from the image
+
         base = "none found" if self.base is None else (
             f"{self.base.ref or self.base.digest} ({self.base.layers} "
             f"layer{'s' if self.base.layers != 1 else ''}, found by {self.base.found_by})")
-        console.print(Text.assemble(("image  ", "bold"), self.image_ref, "  ",
+        console.print(Text.assemble(("image  ", "bold"), p(self.image_ref), "  ",
                                     (self.image_digest[:19], "dim")))
-        console.print(Text.assemble(("base   ", "bold"), base))
+        console.print(Text.assemble(("base   ", "bold"), p(base)))
         if self.policy is not None:
-            console.print(Text.assemble(("policy ", "bold"), self.policy.name,
-                                        (f"  ({self.policy.source})", "dim")))
+            console.print(Text.assemble(("policy ", "bold"), p(self.policy.name),
+                                        (f"  ({p(str(self.policy.source))})", "dim")))
         for note in self.notes:
-            console.print(Text(f"note: {note}", style="yellow"))
+            console.print(Text(f"note: {p(note)}", style="yellow"))
 
         groups: dict[str, list[Change]] = defaultdict(list)
         for c in self.changes:
@@ -157,12 +159,12 @@ class Report:
                 counts = Counter(c.kind for c in items)
                 summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
                 table.add_section()
-                table.add_row(Text(top, style="bold"), Text(summary, style="dim"), "", "")
+                table.add_row(Text(p(top), style="bold"), Text(summary, style="dim"), "", "")
                 for c in items[:changes_limit]:
                     detail = f" ({', '.join(c.details)})" if c.details else ""
-                    table.add_row("  " + c.path,
-                                  Text(c.kind + detail, style=style.get(c.kind, "")), c.type,
-                                  str(c.layer))
+                    table.add_row(Text("  " + p(c.path)),
+                                  Text(c.kind + p(detail), style=style.get(c.kind, "")),
+                                  Text(c.type), str(c.layer))
                 if len(items) > changes_limit:
                     table.add_row(Text(f"  ... {len(items) - changes_limit} more "
                                        "(--format json lists all)", style="dim"), "", "", "")
@@ -180,8 +182,8 @@ class Report:
                 table.add_column("path / message", overflow="fold")
                 for f in self.findings:
                     tag = " (from base)" if f.inherited else ""
-                    body = Text.assemble((f.path or "(image)", "bold"), tag, "\n", f.message,
-                                         "\n", ("fix: " + f.remedy, "dim"))
+                    body = Text.assemble((p(f.path or "(image)"), "bold"), tag, "\n",
+                                         p(f.message), "\n", ("fix: " + p(f.remedy), "dim"))
                     table.add_row(Text(f.severity, style=sev_style[f.severity]), f.rule, body)
                 console.print(table)
             verdict = ("PASSED", "bold green") if self.passed else ("FAILED", "bold red")

@@ -534,6 +534,13 @@ def case_key_missing(ctx: Ctx) -> Run:
 
 
 @case
+def case_key_path_with_escapes_and_markup(ctx: Ctx) -> Run:
+    argv, root = _sign(ctx, ctx.path("[/red]\x1b[2J.key"))
+    return Run(argv, 2, ("cannot read key", "[/red]\\x1b[2J.key"), keep=(root,),
+               env={"NESTBUILD_PASSWORD": PASSPHRASE})
+
+
+@case
 def case_key_is_the_public_key(ctx: Ctx) -> Run:
     _, pub = ctx.keypair()
     argv, root = _sign(ctx, pub)
@@ -806,6 +813,18 @@ def case_registry_blob_longer_than_its_descriptor(ctx: Ctx) -> Run:
     return Run(["pull", f"docker://{liar.host}/nodes/web:v1", f"oci:{out}:v1", "-q"], 1,
                (f"blob {layer['digest'][:19]} is longer than the {layer['size']} bytes its "
                 "descriptor says",), keep=(out / "index.json", blob(out, layer["digest"])))
+
+
+@case
+def case_registry_error_text_with_escapes_and_markup(ctx: Ctx) -> Run:
+    liar = ctx.fixture("lying_registry")
+    said = "[/bold red]\x1b[2J\nnestbuild: PASSED"
+    liar.routes["/v2/nodes/web/manifests/v1"] = (400, {"Content-Type": "application/json"},
+                                                 json.dumps({"errors": [
+                                                     {"code": "DENIED", "message": said}]})
+                                                 .encode())
+    return Run(["inspect", f"docker://{liar.host}/nodes/web:v1"], 2,
+               ("HTTP 400 (DENIED: [/bold red]\\x1b[2J\\nnestbuild: PASSED)",))
 
 
 @case
@@ -1219,6 +1238,7 @@ def test_refused(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> N
         assert needle in line, (needle, line)
     for secret in run.secrets:
         assert secret not in r.stdout + r.stderr
+    assert "\x1b" not in r.stdout + r.stderr  # nothing the terminal would act on
     assert ([tree(p) for p in run.keep], [s() for s in run.state]) == before
     leftovers = [p for p in tmp_path.rglob("*.tmp") if p.is_file()]
     assert leftovers == [], leftovers
@@ -1314,6 +1334,24 @@ def test_a_redirect_to_another_host_gets_no_credentials(tmp_path: Path) -> None:
     assert any(h.get("Authorization") == auth for p, h in reg.seen if "/blobs/" in p)
     assert storage.seen and all("Authorization" not in h for _, h in storage.seen)
     assert open_image(f"oci:{out}").digest == manifest_digest
+
+
+def test_what_an_image_says_is_shown_not_obeyed(tmp_path: Path) -> None:
+    """File names and labels are the image's: a name with rich markup and a terminal escape
+    (clear the screen) is listed as the characters it is, by validate and by inspect."""
+    evil = "[/bold red]x\x1b[2J\u202ey"
+    root = tmp_path / "l"
+    image_layout(root, extra=Layer().dir("/usr/local").file(f"/usr/local/{evil}", b"x"),
+                 labels={**BOOTABLE, "note": evil})
+    shown = "[/bold red]x\\x1b[2J\\u202ey"
+    r = nestbuild("validate", f"oci:{root}:v1", "-q", home=tmp_path / "home")
+    assert (r.returncode, r.stderr) == (1, ""), r.stderr
+    assert f"/usr/local/{shown}" in r.stdout and "FAILED" in r.stdout
+    r2 = nestbuild("inspect", f"oci:{root}:v1", home=tmp_path / "home")
+    assert (r2.returncode, r2.stderr) == (0, ""), r2.stderr
+    assert f"label note={shown}" in r2.stdout
+    for out in (r.stdout, r2.stdout):
+        assert "\x1b" not in out and "\u202e" not in out
 
 
 def test_login_makes_a_readable_auth_file_private(tls_registry: Registry, tmp_path: Path) -> None:

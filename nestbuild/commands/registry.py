@@ -176,19 +176,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return EXIT_OK
     from rich.table import Table
+    from rich.text import Text
+
+    from nestbuild.terminal import printable
+
+    def text(value: object, style: str = "") -> Text:
+        """What the image or the registry says, shown as it is (see nestbuild.terminal)."""
+        return Text(printable(str(value)), style=style)
 
     console = _console()
-    console.print(f"[bold]{doc['name']}[/bold]  {doc['digest']}")
-    console.print(f"{doc['os']}/{doc['architecture']}  created {doc['created']}  "
-                  f"bootable: {'yes' if doc['bootable'] else 'NO'}")
+    console.print(Text.assemble(text(doc["name"], "bold"), "  ", doc["digest"]))
+    console.print(text(f"{doc['os']}/{doc['architecture']}  created {doc['created']}  "
+                       f"bootable: {'yes' if doc['bootable'] else 'NO'}"))
     table = Table("layer", "size", "media type")
     for layer in doc["layers"]:
-        table.add_row(layer["digest"][:19], str(layer["size"]), layer["mediaType"])
+        table.add_row(text(layer["digest"][:19]), text(layer["size"]), text(layer["mediaType"]))
     console.print(table)
     for k, v in sorted(doc["labels"].items()):
-        console.print(f"  label {k}={v}")
+        console.print(text(f"  label {k}={v}"))
     for r in doc.get("referrers", []):
-        console.print(f"  referrer {r['digest'][:19]} {r.get('artifactType') or ''}")
+        console.print(text(f"  referrer {str(r['digest'])[:19]} {r.get('artifactType') or ''}"))
     return EXIT_OK
 
 
