@@ -827,6 +827,31 @@ def case_registry_error_text_with_escapes_and_markup(ctx: Ctx) -> Run:
                ("HTTP 400 (DENIED: [/bold red]\\x1b[2J\\nnestbuild: PASSED)",))
 
 
+def _redirect_layer(ctx: Ctx, location: str) -> Run:
+    liar = ctx.fixture("lying_registry")
+    _, manifest = serve_image(liar, ctx.layout())
+    layer = manifest["layers"][0]["digest"]
+    liar.routes[f"/v2/nodes/web/blobs/{layer}"] = (307, {"Location": location}, b"")
+    out = ctx.path("out")
+    image_layout(out, "keep", extra=Layer().file("/etc/keep", b"keep"))
+    return Run(["pull", f"docker://{liar.host}/nodes/web:v1", f"oci:{out}:v1", "-q"], 2, (),
+               keep=(out / "index.json", blob(out, layer)))
+
+
+@case
+def case_registry_redirect_to_a_malformed_host(ctx: Ctx) -> Run:
+    run = _redirect_layer(ctx, "http://storage example/blob")
+    run.says = ("failed (URL can't contain control characters",)
+    return run
+
+
+@case
+def case_registry_redirect_to_a_file_url(ctx: Ctx) -> Run:
+    run = _redirect_layer(ctx, "file:///etc/passwd")
+    run.says = ("redirected to file:///etc/passwd, which is not HTTP",)
+    return run
+
+
 @case
 def case_registry_index_without_this_platform(ctx: Ctx) -> Run:
     reg, name = ctx.registry, repo()
@@ -1005,6 +1030,15 @@ def case_login_without_a_password_source(ctx: Ctx) -> Run:
     run = _login(ctx, ctx.path("auth.json"), "")
     run.says = ("no password: use --password-stdin or set NESTBUILD_REGISTRY_PASSWORD",)
     return run
+
+
+@case
+def case_login_to_a_malformed_registry_name(ctx: Ctx) -> Run:
+    authfile = ctx.path("auth.json")
+    return Run(["login", "registry example.com", "-u", "ci", "--password-stdin", "--authfile",
+                str(authfile)], 2,
+               ("'registry example.com': not a registry name (HOST[:PORT])",),
+               keep=(authfile,), stdin="s3cret\n", secrets=("s3cret",))
 
 
 @case

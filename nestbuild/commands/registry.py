@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -37,11 +38,21 @@ def _password(args: argparse.Namespace) -> str:
     return text
 
 
+def _registry_host(text: str) -> str:
+    """``HOST[:PORT]`` of ``login REGISTRY`` and ``logout REGISTRY`` (``docker://`` and a
+    repository path dropped, as podman does): the key its credentials are stored under."""
+    host = text.removeprefix("docker://").split("/")[0]
+    if not re.fullmatch(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+                        r"(?::[0-9]{1,5})?", host):
+        raise UsageError(f"{text!r}: not a registry name (HOST[:PORT])")
+    return host
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     from nestbuild.registry import auth
     from nestbuild.registry.client import RegistryClient
 
-    host = args.registry.removeprefix("docker://").split("/")[0]
+    host = _registry_host(args.registry)
     if not args.username:
         raise UsageError("--username is required (the password comes from stdin or a prompt)")
     creds = auth.Credentials(args.username, _password(args), "the login command")
@@ -56,7 +67,7 @@ def cmd_login(args: argparse.Namespace) -> int:
 def cmd_logout(args: argparse.Namespace) -> int:
     from nestbuild.registry import auth
 
-    host = args.registry.removeprefix("docker://").split("/")[0]
+    host = _registry_host(args.registry)
     path = auth.remove(host, authfile=args.authfile)
     if path is None:
         print(f"not logged in to {host}", file=sys.stderr)

@@ -45,6 +45,7 @@ from nestbuild.image.model import (
 )
 from nestbuild.registry import auth
 from nestbuild.registry.transport import (
+    BadURL,
     BodyTooLarge,
     Response,
     Session,
@@ -386,7 +387,8 @@ class RegistryClient:
             try:
                 resp = self._http.request(method, url, body=data, headers=hdrs, stream=stream)
             except TransportError as exc:
-                if not (retry and replayable) or attempt >= self.retries:
+                if not (retry and replayable) or attempt >= self.retries or \
+                        isinstance(exc, BadURL):
                     raise RegistryError(f"{self.host}: {method} {_path(url)} failed "
                                         f"({exc})") from None
                 attempt += 1

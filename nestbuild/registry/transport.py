@@ -47,6 +47,11 @@ class BodyTooLarge(TransportError):
     """A response body longer than the caller accepts; the connection is dropped unread."""
 
 
+class BadURL(TransportError):
+    """A URL no request can be made to (a host name with spaces, a redirect to ``file:``):
+    asking again cannot help."""
+
+
 class TLSError(TransportError):
     """The TLS handshake failed; ``untrusted`` when the certificate did not verify."""
 
@@ -305,6 +310,8 @@ class Session:
             if not follow or location is None:
                 return resp
             target = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+                raise BadURL(f"redirected to {target[:200]}, which is not HTTP")
             if urllib.parse.urlsplit(target).netloc != urllib.parse.urlsplit(url).netloc:
                 hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
             url = target
@@ -318,7 +325,10 @@ class Session:
             headers = {**headers, "Content-Length": str(len(body))}  # type: ignore[arg-type]
         replayable = body is None or isinstance(body, bytes)
         while True:
-            conn, reused = self._checkout(*key)
+            try:
+                conn, reused = self._checkout(*key)
+            except http.client.InvalidURL as exc:  # a host http.client will not even try
+                raise BadURL(describe(exc)) from None
             if isinstance(conn, _ProxiedHTTPConnection):
                 target = url
             try:
