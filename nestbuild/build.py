@@ -1,9 +1,15 @@
 """``nestbuild build``: a Containerfile to a bootable derived image, then validated.
 
 Before building, the OS base is resolved from FROM (ARGs substituted, stages followed), refused
-if it is not bootable, and pinned by digest; after building, the base the engine recorded must
-be that digest, and the image is validated with the project's policy. The result keeps the
-base's layers (never squashed), so nodes can tell where the OS ends and the changes begin.
+if it is not bootable, and pinned by digest; after building, the image must start with that
+base's layers and record that base (name and digest), and it is validated with the project's
+policy. The result keeps the base's layers (never squashed), so nodes can tell where the OS
+ends and the changes begin.
+
+With ``--layers`` buildah records the last cached step's intermediate image as the base, not
+the FROM image; the build passes the real record itself (``--annotation``), and when the layer
+cache hands back an image recorded otherwise, records it again in an empty layer: validate
+(and push) take a base only from a record whose name resolves to its digest.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 from nestbuild import buildah, containerfile, isolation, run
 from nestbuild.errors import EXIT_FAILED, ImageError, NestbuildError, ToolError, UsageError
-from nestbuild.image import open_image
+from nestbuild.image import ImageSource, open_image
 from nestbuild.image.model import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME
 from nestbuild.policy import Policy
 from nestbuild.report import Report
@@ -102,6 +108,13 @@ def find_containerfile(context: Path, explicit: Path | None) -> Path:
 class ResolvedBase:
     name: str
     digest: str
+    #: Its layers: the built image must start with them.
+    diff_ids: tuple[str, ...] = ()
+
+    @property
+    def record(self) -> dict[str, str]:
+        """The manifest annotations that name this base (as buildah writes them)."""
+        return {ANNOTATION_BASE_DIGEST: self.digest, ANNOTATION_BASE_NAME: self.name}
 
 
 def resolve_base(cf: containerfile.Containerfile, *, pull: bool,
@@ -122,7 +135,7 @@ def resolve_base(cf: containerfile.Containerfile, *, pull: bool,
     if not src.config.bootable:
         raise ImageError(f"{cf.path}:{stage.line}: base {name} is not a bootable OS image "
                          "(no containers.bootc=1 or ostree.bootable=true label)")
-    return ResolvedBase(name, digest)
+    return ResolvedBase(name, digest, tuple(src.config.diff_ids))
 
 
 def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | None = None,
@@ -149,21 +162,26 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
         iso_mode = isolation.detect()
         if iso_mode.reason:
             say(f"RUN steps use {iso_mode.mode} isolation: {iso_mode.reason}")
-        image_id = _buildah_bud(opts, path, tag, iso_mode.mode, logfile, log)
+        image_id = _buildah_bud(opts, path, tag, iso_mode.mode, logfile, log, base)
         iso = iso_mode.mode
 
     image = open_image(f"containers-storage:{tag}")
-    recorded = image.manifest.annotations.get(ANNOTATION_BASE_DIGEST)
-    if recorded is not None and recorded != base.digest:
-        raise ImageError(f"{tag}: built on {recorded}, but {base.name} was {base.digest} when "
-                         "the build started (the base tag moved during the build); build again")
+    layered = opts.layers and opts.engine != "docker"
+    _check_built_on(image, tag, base, layered=layered)
+    rerecord = image.manifest.annotations.get(ANNOTATION_BASE_DIGEST) != base.digest
     if opts.extra_files:
         say(f"adding {len(opts.extra_files)} file(s): "
             + ", ".join(sorted(opts.extra_files)[:4]) + (" ..." if len(opts.extra_files) > 4
                                                           else ""))
         image_id = buildah.add_files(
             tag, opts.extra_files, created_by="nestbuild: kernel profiles and node trust",
-            annotations={ANNOTATION_BASE_DIGEST: base.digest, ANNOTATION_BASE_NAME: base.name})
+            annotations=base.record)
+        image = open_image(f"containers-storage:{tag}")
+    elif rerecord:
+        say(f"the layer cache gave back an image that records another base; recording "
+            f"{base.name} (an empty layer)")
+        image_id = buildah.add_files(tag, {}, created_by=f"nestbuild: built on {base.name}",
+                                     annotations=base.record)
         image = open_image(f"containers-storage:{tag}")
     result = BuildResult(tag, image_id, image.digest, base.name, base.digest, opts.engine, iso,
                          time.monotonic() - start, logfile)
@@ -176,7 +194,24 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
     return result
 
 
-def _buildah_args(opts: BuildOptions, path: Path, tag: str, iso: str, iidfile: Path) -> list[str]:
+def _check_built_on(image: ImageSource, tag: str, base: ResolvedBase, *, layered: bool) -> None:
+    """The engine must have built on the pinned base: the image starts with its layers.
+
+    Without ``--layers`` buildah's own record must name it as well; with ``--layers`` the
+    record names the last cached step's image (an intermediate), so the layers are the proof.
+    """
+    moved = (f"{base.name} was {base.digest} when the build started (the base tag moved "
+             "during the build); build again")
+    diff_ids = image.config.diff_ids
+    if list(base.diff_ids) != diff_ids[: len(base.diff_ids)]:
+        raise ImageError(f"{tag}: does not start with the base's layers, but {moved}")
+    recorded = image.manifest.annotations.get(ANNOTATION_BASE_DIGEST)
+    if not layered and recorded is not None and recorded != base.digest:
+        raise ImageError(f"{tag}: built on {recorded}, but {moved}")
+
+
+def _buildah_args(opts: BuildOptions, path: Path, tag: str, iso: str, iidfile: Path,
+                  base: ResolvedBase) -> list[str]:
     args = ["buildah", "bud", "--isolation", iso, "-f", str(path), "-t", tag,
             "--iidfile", str(iidfile)]
     for k, v in opts.build_args.items():
@@ -186,7 +221,10 @@ def _buildah_args(opts: BuildOptions, path: Path, tag: str, iso: str, iidfile: P
     for secret in opts.secrets:
         args += ["--secret", secret]
     if opts.layers:
+        # buildah would record the last cached step's image as the base: record the real one
         args.append("--layers")
+        for k, v in base.record.items():
+            args += ["--annotation", f"{k}={v}"]
     if opts.no_cache:
         args.append("--no-cache")
     args.append("--pull-never" if not opts.pull else "--pull")
@@ -197,9 +235,9 @@ def _buildah_args(opts: BuildOptions, path: Path, tag: str, iso: str, iidfile: P
 
 
 def _buildah_bud(opts: BuildOptions, path: Path, tag: str, iso: str, logfile: Path,
-                 log: LogSink | None) -> str:
+                 log: LogSink | None, base: ResolvedBase) -> str:
     iidfile = logfile.with_name("iid")
-    argv = _buildah_args(opts, path, tag, iso, iidfile)
+    argv = _buildah_args(opts, path, tag, iso, iidfile, base)
     proc = run.popen(argv)
     assert proc.stdout is not None
     with open(logfile, "wb") as out:

@@ -126,7 +126,8 @@ def add_files(image: str, files: Mapping[str, tuple[bytes, int]], *, created_by:
               annotations: Mapping[str, str] | None = None) -> str:
     """Add ``files`` (image path -> content, mode; root-owned) as one new layer on ``image``,
     committed under the same name; returns the new image id. ``annotations`` keep the
-    original base record (buildah would otherwise name ``image`` itself as the base).
+    original base record (buildah would otherwise name ``image`` itself as the base); with no
+    files the layer is empty and only the record changes.
 
     Timestamps are fixed (``SOURCE_DATE_EPOCH``, else 0) so the same files give the same
     layer: a rebuild with unchanged trust or kernel files adds a layer nodes already have."""
