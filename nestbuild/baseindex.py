@@ -4,6 +4,10 @@ Validating a derived image compares each derived path with the base; the base ca
 (gigabytes, tens of thousands of files) and rarely changes, so its merged tree (with content
 hashes) lives in an SQLite file keyed by the base layers' chain. Lookups touch only the paths
 the derived layers name, so validate's cost does not grow with the base.
+
+The index also keeps what a node would refuse in the base layers (a node applies them all) and
+the symlinks a node's unpacker has met by the end of the base, so a cached base is reported,
+and guarded against, exactly as a freshly read one.
 """
 
 from __future__ import annotations
@@ -15,16 +19,18 @@ import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from nestbuild import paths
+from nestbuild import nodetree, paths
+from nestbuild.atomic import write_atomic
 from nestbuild.cache import cache_dir
 from nestbuild.errors import LayerError
 from nestbuild.image.source import ImageSource
 from nestbuild.tree import FILE, HARDLINK, Entry, Unsafe, Whiteout, read_layer
 
-FORMAT = 2
+FORMAT = 3
 _COLUMNS = "path, type, mode, uid, gid, size, digest, link, xattrs, devmajor, devminor, layer"
 
 
@@ -63,6 +69,15 @@ def _row_entry(row: tuple[object, ...]) -> Entry:
     )
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """An entry of a base layer that makes a node refuse the image."""
+
+    layer: int
+    path: str
+    reason: str
+
+
 class BaseIndex:
     """Read access to an indexed base tree."""
 
@@ -73,6 +88,11 @@ class BaseIndex:
         #: Paths known not to be in the base: nothing below them is either. Derived layers
         #: add whole new trees, so this saves most lookups.
         self._absent: set[str] = set()
+        #: What a node refuses in the base layers, in layer order.
+        self.refusals = [Refusal(int(layer), _unp(path), str(reason)) for layer, path, reason
+                         in db.execute("SELECT layer, path, reason FROM refusals ORDER BY rowid")]
+        #: The symlinks a node's unpacker has met by the end of the base (SymlinkGuard's).
+        self.links = frozenset(_unp(row[0]) for row in db.execute("SELECT path FROM links"))
 
     @classmethod
     def empty(cls) -> BaseIndex:
@@ -124,6 +144,8 @@ def _create(db: sqlite3.Connection) -> None:
         ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS content (path BLOB PRIMARY KEY, data BLOB) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+        CREATE TABLE IF NOT EXISTS refusals (layer INT, path BLOB, reason TEXT);
+        CREATE TABLE IF NOT EXISTS links (path BLOB PRIMARY KEY) WITHOUT ROWID;
         """
     )
 
@@ -134,20 +156,34 @@ Progress = Callable[[str], None]
 def load_or_build(
     source: ImageSource, layers: int, progress: Progress | None = None
 ) -> BaseIndex:
-    """The index of the first ``layers`` layers of ``source``, from the cache when possible."""
+    """The index of the first ``layers`` layers of ``source``, from the cache when possible.
+
+    A cached index describes the layers by their diff_ids; ``source``'s own blobs for them
+    are proven to hold those diff_ids before it is used (see :func:`_prove_layers`).
+    """
     if layers == 0:
         return BaseIndex.empty()
     key = chain_key(source.config.diff_ids[:layers])
     path = cache_dir("base-index") / f"{key}.sqlite"
     if path.is_file():
+        db = None
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             ok = db.execute("SELECT value FROM meta WHERE key = 'complete'").fetchone()
             if ok and ok[0] == "1":
-                return BaseIndex(db, key, layers)
-            db.close()
+                cached = BaseIndex(db, key, layers)
+                db = None
+                try:
+                    _prove_layers(source, layers, progress)
+                except BaseException:
+                    cached.close()
+                    raise
+                return cached
         except sqlite3.Error:
             pass
+        finally:
+            if db is not None:
+                db.close()
     if progress:
         progress(f"indexing the base ({layers} layers); this is done once per base")
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".sqlite", dir=path.parent)
@@ -157,10 +193,14 @@ def load_or_build(
             db.execute("PRAGMA journal_mode = OFF")
             db.execute("PRAGMA synchronous = OFF")
             _create(db)
+            guard = nodetree.SymlinkGuard()
             for index in range(layers):
                 with source.open_layer(index) as stream:
-                    _apply_layer(db, source, index, stream.fileobj, stream.seekable)
+                    _apply_layer(db, source, index, stream.fileobj, stream.seekable, guard)
                     stream.finish()
+                _remember(source, index)
+            db.executemany("INSERT OR IGNORE INTO links VALUES (?)",
+                           [(_p(link),) for link in sorted(guard.links)])
             db.execute("INSERT INTO meta VALUES ('complete', '1')")
             db.commit()
         os.replace(tmp, path)
@@ -171,8 +211,45 @@ def load_or_build(
     return BaseIndex(db, key, layers)
 
 
+def _proof_path(blob_digest: str) -> Path:
+    return cache_dir("layer-proofs") / blob_digest.removeprefix("sha256:")
+
+
+def _remember(source: ImageSource, index: int) -> None:
+    """Record that this blob digest holds this diff_id (it was just read and proven)."""
+    desc = source.manifest.layers[index]
+    write_atomic(_proof_path(desc.digest), source.config.diff_ids[index].encode())
+
+
+def _prove_layers(source: ImageSource, layers: int, progress: Progress | None) -> None:
+    """Refuse a source whose base blobs do not hold the diff_ids its config claims.
+
+    The cached index was built from blobs proven to hold these diff_ids; ``source`` may name
+    other blobs for them (recompressed, or lying). A blob digest seen proven before holds the
+    same bytes, so only a new one is read (once, then remembered). containers-storage
+    computed its diff_ids itself (ImageSource.layers_trusted).
+    """
+    if source.layers_trusted:
+        return
+    for index in range(layers):
+        desc = source.manifest.layers[index]
+        diff_id = source.config.diff_ids[index]
+        try:
+            proven = _proof_path(desc.digest).read_bytes().decode()
+        except (OSError, UnicodeDecodeError):
+            proven = None
+        if proven == diff_id:
+            continue
+        if progress:
+            progress(f"checking base layer {index + 1}/{layers} against its diff_id")
+        with source.open_layer(index) as stream:
+            stream.finish()
+        _remember(source, index)
+
+
 def _apply_layer(
-    db: sqlite3.Connection, source: ImageSource, index: int, fileobj: IO[bytes], seekable: bool
+    db: sqlite3.Connection, source: ImageSource, index: int, fileobj: IO[bytes], seekable: bool,
+    guard: nodetree.SymlinkGuard,
 ) -> None:
     what = f"{source.ref} layer {index}"
     insert = f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -186,8 +263,11 @@ def _apply_layer(
     for item in read_layer(
         fileobj, index, seekable=seekable, want_digest=lambda e: True, inspect=keep, what=what
     ):
+        why = nodetree.refusal(item, guard)
+        if why is not None:  # the base vendor's to fix, but every node refuses the image
+            db.execute("INSERT INTO refusals VALUES (?, ?, ?)", (index, _p(item.path), why))
         if isinstance(item, Unsafe):
-            continue  # the base's own problems are the base vendor's; it cannot be applied
+            continue  # it cannot be applied
         if isinstance(item, Whiteout):
             _flush(db, insert, batch)
             lo, hi = _range(item.path)

@@ -2,8 +2,9 @@
 
 Three kinds of check, by what they need to see:
 
-* layer checks watch every entry of the derived layers as it streams by (unsafe entries,
-  secrets): a secret deleted by a later layer is still in the earlier layer's blob;
+* layer checks watch every entry of the derived layers as it streams by (what a node refuses,
+  by nodetree's verdict; secrets): a secret deleted by a later layer is still in the earlier
+  layer's blob. What a node refuses in the base's layers comes from the base index;
 * change checks look at the changeset (path policy, setuid, ownership, /var content, ...);
 * image checks look at the final tree through targeted lookups (bootc's structural lints).
   They run on the base as well, so a finding the base already has is marked inherited.
@@ -22,10 +23,10 @@ from typing import Protocol
 from nestbuild import paths
 from nestbuild.changeset import ADDED, DELETED, Change
 from nestbuild.findings import Finding
+from nestbuild.nodetree import SymlinkGuard, dropped_by, refusal
+from nestbuild.nodetree import keeps_toplevels as node_keeps_toplevels
 from nestbuild.policy import Policy
 from nestbuild.tree import (
-    BLOCK,
-    CHAR,
     DIR,
     FILE,
     HARDLINK,
@@ -39,10 +40,6 @@ from nestbuild.tree import (
 )
 
 API_DIRS = ("dev", "proc", "sys", "run", "tmp", "var")
-#: Top-level names a bootable root may have; anything else needs composefs/root.transient.
-ROOT_NAMES = {"usr", "etc", "var", "bin", "sbin", "lib", "lib64", "lib32", "sysroot", "ostree",
-              "boot", "dev", "proc", "sys", "run", "tmp"}
-DROPPED_CHILDREN = ("/run", "/tmp", "/proc", "/sys", "/dev", "/boot")
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
@@ -62,6 +59,10 @@ class Raw:
     path: str | None
     message: str
     layer: int | None = None
+    #: A node refuses the image for it: an error whatever the policy says.
+    refused: bool = False
+    #: It comes from the base's layers: the derived layers did not cause it.
+    inherited: bool = False
 
 
 # --- layer checks -----------------------------------------------------------------------
@@ -75,35 +76,46 @@ _SSH_HOST_KEY = re.compile(r"/etc/ssh/ssh_host_[a-z0-9]+_key\Z")
 _USER_KEY = re.compile(r"/\.ssh/id_(?:rsa|dsa|ecdsa|ed25519)(?:_sk)?\Z")
 
 
+def shown(path: str) -> str:
+    """A path as a report can print it (a non-UTF-8 byte as ``\\xff``)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def refusal_raw(layer: int, path: str, reason: str, *, inherited: bool = False) -> Raw:
+    """A node refusal (nodetree's REFUSE verdict) as an unsafe-path finding."""
+    return Raw("unsafe-path", shown(path), f"{reason}; the node refuses the image", layer,
+               refused=True, inherited=inherited)
+
+
 @dataclass
 class LayerScanner:
-    """Watches derived-layer entries as they stream (see read_layer's inspector hook)."""
+    """Watches layer entries as they stream (see read_layer's inspector hook).
+
+    Every item goes through the node's own verdict (nodetree): what a node refuses is an
+    error here. ``guard`` has seen the base's layers already (the base index keeps where it
+    stopped), so an entry reached through a base symlink is refused too.
+    """
 
     raws: list[Raw] = field(default_factory=list)
+    guard: SymlinkGuard = field(default_factory=SymlinkGuard)
     _secret_paths: set[tuple[str, int]] = field(default_factory=set)
 
     def item(self, item: Item) -> None:
-        if isinstance(item, Unsafe):
-            self.raws.append(Raw("unsafe-path", item.path, item.reason, item.layer))
-            return
-        if isinstance(item, Whiteout):
+        why = refusal(item, self.guard)
+        if why is not None:
+            self.raws.append(refusal_raw(item.layer, item.path, why))
+        if isinstance(item, (Unsafe, Whiteout)):
             return
         e = item
         if not is_utf8(e.path):
-            shown = e.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            self.raws.append(Raw("unsafe-path", shown, "non-UTF-8 file name", e.layer))
-            self.raws.append(Raw("utf8", shown, "non-UTF-8 file name", e.layer))
+            self.raws.append(Raw("utf8", shown(e.path), "non-UTF-8 file name", e.layer))
             return
         if e.type == SYMLINK:
             if not is_utf8(e.link):
-                self.raws.append(Raw("unsafe-path", e.path, "non-UTF-8 symlink target", e.layer))
                 self.raws.append(Raw("utf8", e.path, "non-UTF-8 symlink target", e.layer))
             elif link_escapes(e.path, e.link):
                 self.raws.append(Raw("unsafe-path", e.path,
                                      f"symlink to {e.link!r} climbs out of the root", e.layer))
-        elif e.type in (CHAR, BLOCK):
-            self.raws.append(Raw("unsafe-path", e.path,
-                                 f"{e.type} device node {e.devmajor}:{e.devminor}", e.layer))
         if e.type == FILE and e.size and _SSH_HOST_KEY.search(e.path):
             self._secret(e, "an SSH host private key: every node would share it")
         elif e.type == FILE and e.size and _USER_KEY.search(e.path):
@@ -293,27 +305,14 @@ def modules_load(changes: list[Change], merged: View, kernels: list[str]) -> lis
     return out
 
 
-def composefs_or_transient(view: View) -> bool:
-    """Whether the node keeps top-level directories other than /usr, /etc, /var."""
-    conf = _prepare_root(view)
-    transient = conf.get("root", "transient", fallback="no") if conf else "no"
-    return composefs_enabled(view) or transient.strip().lower() in _TRUE
-
-
 def dropped(changes: list[Change], keeps_toplevels: bool) -> list[Raw]:
-    def is_dropped(path: str) -> str | None:
-        for d in DROPPED_CHILDREN:
-            if path.startswith(d + "/"):
-                return f"the node drops everything below {d}"
-        top = paths.top_level(path)
-        if top[1:] not in ROOT_NAMES and not keeps_toplevels:
-            return f"{top} is not kept: the base enables neither composefs nor root.transient"
-        return None
-
-    live = [c for c in changes if c.after is not None and is_dropped(c.path)]
+    """What the node drops (nodetree's DROP verdict), once per top-most added directory."""
+    live = [c for c in changes
+            if c.after is not None and dropped_by(c.path, keeps_toplevels) is not None]
     out = []
     for top, group in _topmost(live, {ADDED}).items():
-        out.append(Raw("dropped-path", top, f"{_describe(group)}; {is_dropped(top)}",
+        out.append(Raw("dropped-path", top,
+                       f"{_describe(group)}; {dropped_by(top, keeps_toplevels)}",
                        group[0].layer))
     return out
 
@@ -531,7 +530,7 @@ def evaluate(
     kernels = kernel_dirs(merged)
     raws += kmod_mismatch(changes, kernels)
     raws += modules_load(changes, merged, kernels)
-    raws += dropped(changes, composefs_or_transient(merged))
+    raws += dropped(changes, node_keeps_toplevels(merged.content(paths.PREPARE_ROOT_CONF)))
     raws += var_content(changes)
 
     image = [r for r in image_checks(merged) if not _derived_content(r, changed)]
@@ -543,9 +542,9 @@ def evaluate(
 
     findings = []
     for r in raws:
-        sev = policy.severity(r.rule)
+        sev = policy.severity(r.rule, refused=r.refused)
         if sev != "off":
-            findings.append(Finding(r.rule, sev, r.path, r.message, r.layer))
+            findings.append(Finding(r.rule, sev, r.path, r.message, r.layer, r.inherited))
     for r in image:
         sev = policy.severity(r.rule)
         if sev != "off":

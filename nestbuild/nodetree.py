@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import configparser
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nestbuild.tree import BLOCK, CHAR, FIFO, SYMLINK, Entry, Item, Unsafe, Whiteout, is_utf8
@@ -108,8 +109,14 @@ class SymlinkGuard:
     a directory (an entry at the same path) is allowed, as containers/storage does.
     """
 
-    def __init__(self) -> None:
-        self._links: set[str] = set()
+    def __init__(self, links: Iterable[str] = ()) -> None:
+        #: ``links``: where an earlier guard stopped (validate keeps a base's in its index).
+        self._links: set[str] = set(links)
+
+    @property
+    def links(self) -> frozenset[str]:
+        """The symlinks it has recorded, to resume from (see ``__init__``)."""
+        return frozenset(self._links)
 
     def through(self, item: Item) -> str | None:
         """The symlink ``item`` would pass through, or None; then records the item."""
@@ -151,6 +158,22 @@ class SymlinkGuard:
         stale = [p for p in self._links if p.startswith(prefix)]
         for p in stale:
             self._links.discard(p)
+
+
+def refusal(item: Item, guard: SymlinkGuard) -> str | None:
+    """Why a node refuses the image at ``item`` (None if it does not): the item's own
+    verdict, else the symlink it would be reached through. Feeds ``guard`` either way.
+
+    Top-level directories are treated as kept: dropping is not refusing, and which ones are
+    dropped is known only from the final prepare-root.conf (see :func:`dropped_by`).
+    """
+    link = guard.through(item)
+    v = verdict(item)
+    if v.action == REFUSE:
+        return v.reason
+    if link is not None:
+        return f"reached through the symlink {link}; unpacking it would write outside the tree"
+    return None
 
 
 def describe(entry: Entry | Whiteout) -> str:

@@ -6,7 +6,7 @@ A policy file is YAML::
     allow: [/opt/myapp/**]   # paths that may change, added to the preset's
     deny: [/etc/shadow]      # paths that must not change, even if allowed
     rules:                   # severity per rule id: error, warning, info or off
-      var-content: error
+      var-content: error     # (what a node refuses stays an error: see severity())
 
 Errors name the file, line and problem, because a CI log is all a user may have.
 """
@@ -22,7 +22,7 @@ import yaml
 
 from nestbuild.errors import PolicyFileError
 from nestbuild.rules import RULES
-from nestbuild.severity import LEVELS
+from nestbuild.severity import ERROR, LEVELS
 
 PROTECTED_OS = [
     "/usr/lib/modules/**",
@@ -96,7 +96,12 @@ class Policy:
         self._allow_re = [_glob_regex(p) for p in self.allow]
         self._deny_re = [_glob_regex(p) for p in self.deny]
 
-    def severity(self, rule: str) -> str:
+    def severity(self, rule: str, *, refused: bool = False) -> str:
+        """The rule's severity under this policy. A finding a node refuses the image for is
+        an error whatever the policy says: a policy decides what an image may change, not
+        what a node accepts, and no policy can make a refused image pass."""
+        if refused:
+            return ERROR
         return self.severities.get(rule, RULES[rule].severity)
 
     def path_allowed(self, path: str) -> tuple[bool, str | None]:

@@ -18,11 +18,11 @@ from typing import Any, BinaryIO
 
 from nestbuild import run
 from nestbuild.cache import cache_dir
-from nestbuild.errors import ImageError, UsageError
+from nestbuild.errors import ImageError, ToolError, UsageError
 from nestbuild.image.layout import LayoutWriter
 from nestbuild.image.model import INDEX_TYPES, Descriptor, Manifest, digest_of, pick_platform
 from nestbuild.image.reference import ImageRef, parse_reference
-from nestbuild.image.source import ImageSource, StorageSource
+from nestbuild.image.source import BaseLookup, ImageSource, StorageSource, index_children
 from nestbuild.progress import Transfer
 from nestbuild.registry import reference
 from nestbuild.registry.access import RegistryAccess
@@ -60,6 +60,10 @@ class RegistrySource(ImageSource):
             raw, digest = got[0], desc.digest
         return Manifest.parse(raw, digest, str(self.ref))
 
+    #: download_blob hashes every blob as it arrives and refuses a mismatch; open_layer
+    #: still proves each layer's diff_id.
+    _blobs_verified = True
+
     @contextlib.contextmanager
     def _open_blob(self, desc: Descriptor) -> Iterator[BinaryIO]:
         with tempfile.TemporaryFile(dir=cache_dir("spool")) as f:
@@ -67,15 +71,33 @@ class RegistrySource(ImageSource):
             f.seek(0)
             yield f
 
-    def related(self, name: str | None, digest: str | None) -> ImageSource | None:
-        """The base: local storage first (where builds leave it), then this registry."""
-        local = StorageSource(ImageRef("containers-storage", name or "")).related(name, digest)
-        if local is not None:
-            return local
-        if digest and self.client.get_manifest(self.target.repo, digest) is not None:
-            return RegistrySource(ImageRef("docker", str(self.target.with_digest(digest))),
-                                  client=self.client)
-        return None
+    def recorded_base(self, name: str | None, digest: str | None) -> BaseLookup:
+        """Local storage first (where builds leave the base), then this registry: the
+        recorded name must resolve to the recorded digest (see ImageSource.recorded_base)."""
+        why = "local storage cannot be read"
+        with contextlib.suppress(ToolError):
+            local, why = StorageSource(ImageRef("containers-storage", name or "")
+                                       ).recorded_base(name, digest)
+            if local is not None:
+                return local, ""
+        if not name or not digest:
+            return None, why
+        try:
+            named = reference.parse(name)
+        except UsageError:
+            return None, why
+        if named.host != self.target.host or named.digest is not None:
+            return None, why
+        got = self.client.get_manifest(named.repo, named.ref)
+        if got is None:
+            return None, f"{why}; {name} is not in {self.target.host} either"
+        raw, media_type = got
+        if digest_of(raw) == digest or (media_type in INDEX_TYPES
+                                        and digest in index_children(raw)):
+            return RegistrySource(ImageRef("docker", str(named.with_digest(digest))),
+                                  client=self.client), ""
+        return None, (f"{name} is {digest_of(raw)[:19]} in {self.target.host}, not the "
+                      f"recorded {digest[:19]}")
 
 
 @dataclass

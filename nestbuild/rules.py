@@ -101,8 +101,10 @@ _RULES = [
          "the node refuses it",
          "never squash a derived image; rebuild without --squash"),
     Rule("unsafe-path", ERROR,
-         "a layer entry the node refuses or that is dangerous to unpack",
-         "remove the entry ('..' paths, escaping links, device nodes, non-UTF-8 names)"),
+         "a layer entry the node refuses (always an error, whatever the policy says: in the "
+         "base's layers too) or that is dangerous to unpack",
+         "remove the entry ('..' paths, malformed whiteouts, device nodes, fifos, /usr/etc, "
+         "non-UTF-8 names, entries below a symlink, escaping links)"),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

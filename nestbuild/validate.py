@@ -22,6 +22,7 @@ from nestbuild.image.model import (
     ANNOTATION_BASE_NAME,
     LABEL_FINAL_DIFFID,
 )
+from nestbuild.nodetree import SymlinkGuard
 from nestbuild.policy import Policy, preset
 from nestbuild.report import BaseInfo, Report
 from nestbuild.tree import read_layer
@@ -55,10 +56,36 @@ def _is_prefix(short: list[str], long: list[str]) -> bool:
     return len(short) <= len(long) and long[: len(short)] == short
 
 
+def _final_diffid(image: ImageSource, raws: list[lints.Raw]) -> int | None:
+    """How many layers ``ostree.final-diffid`` says are the base's (None without the label).
+
+    A label naming no layer of the image is a node refusal ('Missing ostree.final-diffid').
+    """
+    final = image.config.labels.get(LABEL_FINAL_DIFFID)
+    if not final:
+        return None
+    diff_ids = image.config.diff_ids
+    if final in diff_ids:
+        return diff_ids.index(final) + 1
+    raws.append(lints.Raw("final-diffid", None,
+                          f"ostree.final-diffid {final[:19]}... is not among the image's "
+                          "layers; import fails with 'Missing ostree.final-diffid'",
+                          refused=True))
+    return None
+
+
 def locate_base(
     image: ImageSource, base_ref: str | None
 ) -> tuple[BaseInfo | None, ImageSource | None, list[str], list[lints.Raw]]:
     """Find the base: --base, then the base annotations, then ostree.final-diffid.
+
+    The base decides which layers are not held to the policy, so it is taken only when it is
+    certain: ``--base``; the annotations when their name resolves to their digest (see
+    ImageSource.recorded_base); or ``ostree.final-diffid``, where the node itself splits the
+    layers. Where the annotations and the label disagree, the fewer base layers win: derived
+    content checked twice is harmless, unchecked content is not. Annotations that cannot be
+    confirmed, with no label to fall back on, are unusable input (ImageError, exit 2): a guess
+    could hide a layered build's own steps in the base.
 
     Returns the base description, a separate base source when the image's layers do not
     start with the base's (a squashed image: compare full trees), notes, and early findings.
@@ -66,6 +93,7 @@ def locate_base(
     diff_ids = image.config.diff_ids
     notes: list[str] = []
     raws: list[lints.Raw] = []
+    final_k = _final_diffid(image, raws)
     if base_ref is not None:
         base = open_image(base_ref)
         _require_bootable(base, "the base")
@@ -79,26 +107,32 @@ def locate_base(
     name = image.manifest.annotations.get(ANNOTATION_BASE_NAME)
     digest = image.manifest.annotations.get(ANNOTATION_BASE_DIGEST)
     if name or digest:
-        recorded = image.related(name, digest)
+        recorded, why = image.recorded_base(name, digest)
         if recorded is not None:
-            info = BaseInfo(name or str(recorded.ref), recorded.digest,
-                            len(recorded.config.diff_ids), "annotation")
-            if _is_prefix(recorded.config.diff_ids, diff_ids):
-                return info, None, notes, raws
-            notes.append(f"the image's layers do not start with its recorded base {name}'s: "
-                         "comparing full trees")
-            return info, recorded, notes, raws
-        notes.append(f"recorded base {name or digest} is not available here; "
-                     "trying ostree.final-diffid")
+            info = BaseInfo(name, recorded.digest, len(recorded.config.diff_ids), "annotation")
+            if not _is_prefix(recorded.config.diff_ids, diff_ids):
+                notes.append(f"the image's layers do not start with its recorded base {name}'s:"
+                             " comparing full trees")
+                return info, recorded, notes, raws
+            label = image.config.labels.get(LABEL_FINAL_DIFFID)
+            if final_k is not None and final_k < info.layers and (
+                    recorded.config.labels.get(LABEL_FINAL_DIFFID) != label):
+                # a label the base does not carry itself, ending the base sooner: stricter
+                notes.append(f"ostree.final-diffid ends the base after layer {final_k}, before "
+                             f"its recorded base {name}'s {info.layers} layers: the later ones "
+                             "count as derived")
+                info = BaseInfo(name, recorded.digest, final_k, "ostree.final-diffid")
+            return info, None, notes, raws
+        shown = f"{name or '?'}@{(digest or '?')[:19]}"
+        if final_k is None:
+            raise ImageError(f"{image.ref}: cannot confirm its recorded base {shown}: {why}; "
+                             "name the image it was built FROM with --base REF")
+        notes.append(f"recorded base {shown} cannot be confirmed ({why}); the base ends at "
+                     "ostree.final-diffid")
+        return BaseInfo(None, None, final_k, "ostree.final-diffid"), None, notes, raws
 
-    final = image.config.labels.get(LABEL_FINAL_DIFFID)
-    if final:
-        if final in diff_ids:
-            k = diff_ids.index(final) + 1
-            return BaseInfo(name, digest, k, "ostree.final-diffid"), None, notes, raws
-        raws.append(lints.Raw("final-diffid", None,
-                              f"ostree.final-diffid {final[:19]}... is not among the image's "
-                              "layers; import fails with 'Missing ostree.final-diffid'"))
+    if final_k is not None:
+        return BaseInfo(None, None, final_k, "ostree.final-diffid"), None, notes, raws
     notes.append("no base found: every layer counts as derived (pass --base to compare)")
     return None, None, notes, raws
 
@@ -108,28 +142,35 @@ def analyze(image_ref: str, base_ref: str | None = None,
     """Open the image, find its base, read only the derived layers, compute the changeset.
 
     ``as_base`` checks the image as a base: all its layers are the base, nothing is derived.
+    Every layer a node applies is checked for what the node refuses: the derived ones as they
+    are read, the base's from its (cached) index.
     """
     say = progress or (lambda _msg: None)
     image = open_image(image_ref)
     _require_bootable(image, "the image")
     if as_base:
+        early: list[lints.Raw] = []
+        _final_diffid(image, early)  # a label that names no layer is refused in a base too
         info: BaseInfo | None = BaseInfo(str(image.ref), image.digest,
                                          len(image.config.diff_ids), "--as-base")
         other_base = None
         notes: list[str] = []
-        early: list[lints.Raw] = []
     else:
         info, other_base, notes, early = locate_base(image, base_ref)
 
     if other_base is not None:
+        # the image's own layers are all read below; the other base is only compared with
         index = baseindex.load_or_build(other_base, len(other_base.config.diff_ids), say)
         first_derived = 0
+        scanner = lints.LayerScanner()
     else:
         k = info.layers if info is not None else 0
         index = baseindex.load_or_build(image, k, say)
         first_derived = k
+        scanner = lints.LayerScanner(guard=SymlinkGuard(index.links))
+        early += [lints.refusal_raw(r.layer, r.path, r.reason, inherited=not as_base)
+                  for r in index.refusals]
     overlay = Overlay(index, full_compare=other_base is not None)
-    scanner = lints.LayerScanner()
 
     def want(entry: object) -> bool:
         return overlay.want_digest(entry)  # type: ignore[arg-type]

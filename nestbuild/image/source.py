@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from nestbuild import run
 from nestbuild.errors import ImageError, LayerError, ToolError
-from nestbuild.image.blob import HashingReader, Window, compression_of, decompressor
+from nestbuild.image.blob import (
+    CHUNK,
+    HashingReader,
+    Window,
+    check_whole,
+    compression_of,
+    decompressor,
+)
 from nestbuild.image.model import (
     ANNOTATION_REF_NAME,
     INDEX_TYPES,
@@ -28,6 +36,7 @@ from nestbuild.image.model import (
 )
 from nestbuild.image.reference import ImageRef, parse_reference
 from nestbuild.image.tarsplit import TarSplitStream
+from nestbuild.tree import READ_ERRORS
 
 
 @dataclass
@@ -35,18 +44,18 @@ class LayerStream:
     """An uncompressed tar stream of one layer.
 
     ``seekable`` streams let the tar reader skip file bodies; others are read through.
-    ``finish()`` checks what can only be checked at the end (the digest of a streamed blob).
+    ``finish()`` checks what can only be checked at the end: that the blob's bytes are the
+    digest the manifest names, and that the tar they hold is the diff_id the config names.
+    Every caller calls it once it has read what it needs (it reads the rest itself).
     """
 
     fileobj: IO[bytes]
     seekable: bool
-    _hasher: HashingReader | None = None
-    _descriptor: Descriptor | None = None
-    _what: str = ""
+    _checks: tuple[Callable[[], None], ...] = ()
 
     def finish(self) -> None:
-        if self._hasher is not None and self._descriptor is not None:
-            self._hasher.finish(self._descriptor.digest, self._descriptor.size, self._what)
+        for check in self._checks:
+            check()
 
 
 class ImageSource:
@@ -97,9 +106,17 @@ class ImageSource:
         as in containers-storage, so a copy must compress them)."""
         return True
 
+    #: Whether ``_open_blob`` already proved each blob's digest (a registry download does).
+    _blobs_verified = False
+    #: Whether the store itself computed every layer's diff_id (containers-storage), so the
+    #: layers need no rehashing here.
+    layers_trusted = False
+
     @contextlib.contextmanager
     def open_layer(self, index: int) -> Iterator[LayerStream]:
+        """One layer's tar; the stream's ``finish()`` proves its blob digest and diff_id."""
         desc = self.manifest.layers[index]
+        diff_id = self.config.diff_ids[index]
         what = f"{self.ref} layer {index} ({desc.digest[:19]})"
         with self._open_blob(desc) as raw:
             head = raw.read(4)
@@ -113,15 +130,38 @@ class ImageSource:
                         f"{what}: blob is {size} bytes, the manifest says {desc.size} "
                         "(truncated or corrupt)"
                     )
-                yield LayerStream(raw, True)
+                if desc.digest != diff_id:
+                    # an uncompressed blob is its own tar: both digests hash the same bytes
+                    raise LayerError(f"{what}: uncompressed, so its diff_id must be its digest, "
+                                     f"but the config says {diff_id}")
+                checks: tuple[Callable[[], None], ...] = () if self._blobs_verified else (
+                    partial(check_whole, raw, desc.digest, desc.size, what),)
+                yield LayerStream(raw, True, checks)
                 return
-            hasher = HashingReader(raw)
-            stream = decompressor(hasher, compression)  # type: ignore[arg-type]
-            yield LayerStream(stream, False, hasher, desc, what)
+            blob = HashingReader(raw)
+            tar = HashingReader(decompressor(blob, compression))  # type: ignore[arg-type]
 
-    def related(self, name: str | None, digest: str | None) -> ImageSource | None:
-        """Another image in the same store (the base), by digest or name, if it is there."""
-        return None
+            def check() -> None:
+                try:
+                    tar.drain()
+                except READ_ERRORS as exc:
+                    raise LayerError(f"{what}: corrupt {compression} data ({exc})") from None
+                blob.drain()
+                blob.check(desc.digest, desc.size, what)
+                tar.check(diff_id, None, what, "uncompressed content (diff_id)")
+
+            yield LayerStream(io.BufferedReader(tar, CHUNK), False, (check,))
+
+    def recorded_base(self, name: str | None, digest: str | None) -> BaseLookup:
+        """The base the manifest's annotations record, only if the record holds here.
+
+        ``name`` must resolve, in this image's own store, to an image whose digest is
+        ``digest``. A digest alone proves nothing: a layered build (``podman build``,
+        ``buildah bud --layers``) records its last intermediate image there, which has the
+        base's labels and a prefix of the image's layers, but also the earlier steps' layers.
+        The name is the anchor: it is what FROM named. Returns the base, or None and why.
+        """
+        return None, f"{self.ref.transport}: holds no other image to compare with"
 
 
 class OCILayoutSource(ImageSource):
@@ -215,10 +255,28 @@ class OCILayoutSource(ImageSource):
                 return desc
         raise ImageError(f"{self.ref}: no image tagged {self.ref.tag!r}")
 
-    def related(self, name: str | None, digest: str | None) -> ImageSource | None:
-        if digest and self._has_blob(digest):
-            return self._sibling(digest)
-        return None
+    def recorded_base(self, name: str | None, digest: str | None) -> BaseLookup:
+        """In a layout, a name resolves to the image tagged with it, or with its tag (a
+        layout's ref.name is usually the tag alone)."""
+        if not name or not digest:
+            return None, _incomplete(name, digest)
+        wanted = {name, _tag_of(name)}
+        found: list[str] = []
+        for desc in self._index():
+            if desc.annotations.get(ANNOTATION_REF_NAME) not in wanted:
+                continue
+            if desc.digest == digest or (desc.media_type in INDEX_TYPES
+                                         and digest in self._children(desc.digest)):
+                return self._sibling(digest), ""
+            found.append(desc.digest)
+        where = self.ref.name
+        if found:
+            return None, (f"{name} is {found[0][:19]} in {where}, not the recorded "
+                          f"{digest[:19]}")
+        return None, f"{where} holds no image named {name}"
+
+    def _children(self, index_digest: str) -> set[str]:
+        return index_children(self._read_verified(index_digest))
 
     def _sibling(self, digest: str) -> ImageSource:
         return OCILayoutSource(self.ref, digest)
@@ -320,6 +378,12 @@ class StorageSource(ImageSource):
             raise ImageError(f"{self.ref}: config and manifest disagree on the layer count")
         return config
 
+    #: containers-storage computed each layer's diff-digest itself when it committed or
+    #: pulled the layer (c/image checks it against the config then), and a layer is looked up
+    #: here by that digest: rehashing the replayed tar would read every file body of the layer
+    #: for no new proof, so its stream has nothing to check at the end.
+    layers_trusted = True
+
     @contextlib.contextmanager
     def open_layer(self, index: int) -> Iterator[LayerStream]:
         diff_id = self.config.diff_ids[index]
@@ -331,21 +395,64 @@ class StorageSource(ImageSource):
         with contextlib.closing(stream):
             yield LayerStream(stream, True)  # type: ignore[arg-type]
 
-    def related(self, name: str | None, digest: str | None) -> ImageSource | None:
-        """The recorded base: by digest first (the tag may have moved since), then by name."""
-        if digest:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                image_id = _store().find_by_digest(digest)
-                if image_id is not None:
-                    return StorageSource(ImageRef("containers-storage", image_id))
-        if name:
-            src = StorageSource(ImageRef("containers-storage", name))
-            try:
-                src.manifest  # noqa: B018 - resolve now: a missing image is "not found"
-            except ImageError:
-                return None
-            return src
-        return None
+    def recorded_base(self, name: str | None, digest: str | None) -> BaseLookup:
+        """The image with the recorded digest, if the store says the recorded name was ever
+        its name (names-history: its tag may have moved since); else the name as it resolves
+        now, if that is the recorded digest. A layered build's intermediate image is never
+        given the FROM name, so it is never confirmed."""
+        if not name or not digest:
+            return None, _incomplete(name, digest)
+        record = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            record = _store().image_by_digest(digest)
+        known = set(record.get("names") or []) | set(record.get("names-history") or []) if (
+            record is not None) else set()
+        if record is not None and _store_names(name) & known:
+            return StorageSource(ImageRef("containers-storage", str(record["id"]))), ""
+        try:
+            now = StorageSource(ImageRef("containers-storage", name)).digest
+        except ImageError:
+            return None, f"{name} is not in local storage"
+        if now == digest:
+            return StorageSource(ImageRef("containers-storage", name)), ""
+        why = f"{name} is {now[:19]} in local storage, not the recorded {digest[:19]}"
+        if record is not None:
+            why += ", an image never named so (a layered build's intermediate image?)"
+        return None, why
+
+
+BaseLookup = tuple[ImageSource | None, str]
+
+
+def index_children(raw: bytes) -> set[str]:
+    """The manifest digests an image index lists (none if it is not one)."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return set()
+    manifests = obj.get("manifests") if isinstance(obj, dict) else None
+    if not isinstance(manifests, list):
+        return set()
+    return {str(m.get("digest")) for m in manifests if isinstance(m, dict)}
+
+
+def _incomplete(name: str | None, digest: str | None) -> str:
+    missing = "name" if not name else "digest"
+    return f"the record has no base {missing}"
+
+
+def _tag_of(name: str) -> str:
+    """The tag part of an image name (``latest`` when it has none)."""
+    last = name.split("@", 1)[0].rsplit("/", 1)[-1]
+    return last.partition(":")[2] or "latest"
+
+
+def _store_names(name: str) -> set[str]:
+    """How containers-storage may list ``name`` (with the default tag when it has none)."""
+    names = {name}
+    if "@" not in name and ":" not in name.rsplit("/", 1)[-1]:
+        names.add(name + ":latest")
+    return names
 
 
 class _Store:
@@ -383,11 +490,11 @@ class _Store:
         data = json.loads((self.graphroot / f"{self.driver}-images" / "images.json").read_text())
         return data if isinstance(data, list) else []
 
-    def find_by_digest(self, digest: str) -> str | None:
-        """The id of an image whose manifest has ``digest`` (tagged or not)."""
+    def image_by_digest(self, digest: str) -> dict[str, Any] | None:
+        """The store's record of an image whose manifest has ``digest`` (tagged or not)."""
         for image in self._images():
             if digest == image.get("digest") or digest in (image.get("digests") or []):
-                return str(image["id"])
+                return image
         return None
 
     def find_image(self, name: str) -> tuple[bytes, bytes] | None:
