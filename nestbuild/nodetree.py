@@ -126,6 +126,8 @@ class SymlinkGuard:
         if found is not None:
             return found
         if isinstance(item, Whiteout):
+            if item.opaque and item.path in self._links:
+                return item.path  # emptying "the directory" would empty the link's target
             self._forget_below(item.path, include_self=not item.opaque)
             return None
         if item.type == "hardlink":
@@ -135,13 +137,17 @@ class SymlinkGuard:
         # An entry replaces what was at its path (a symlink included). Links below a replaced
         # directory are forgotten only by whiteouts: a stale one can only refuse, never pass.
         self._links.discard(item.path)
-        if item.type == SYMLINK:
-            self._links.add(item.path)
+        if item.type == SYMLINK or (item.type == "hardlink" and item.link in self._links):
+            self._links.add(item.path)  # a hard link to a symlink is that symlink
         return None
 
     def _ancestor_link(self, path: str) -> str | None:
         if not self._links:
             return None
+        if path == "/etc" or path.startswith("/etc/"):  # stored as /usr/etc: reached via /usr
+            found = self._ancestor_link("/usr" + path)
+            if found is not None:
+                return found
         parent = posixpath.dirname(path)
         while parent not in ("/", ""):
             if parent in self._links:

@@ -5,9 +5,13 @@ Everything goes through nestbuild.run with argument lists; nothing here knows ab
 
 from __future__ import annotations
 
+import contextlib
 import re
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from nestbuild import run
 
@@ -48,10 +52,75 @@ def commit(repo: Path, branch: str, tree: Path, *, subject: str,
     return run.run(argv, what=f"committing {branch}").stdout.decode().strip()
 
 
-def checkout_union(repo: Path, ref: str, dest: Path) -> None:
-    """Hard-link checkout of ``ref`` over ``dest`` (later layers win)."""
-    run.run(["ostree", f"--repo={repo}", "checkout", "--union", "-H", ref, str(dest)],
-            what=f"checking out {ref}")
+def checkout(repo: Path, rev: str, dest: Path, *, subpath: str = "/") -> None:
+    """Hard-link checkout of ``rev`` (its ``subpath``) as the new directory ``dest``.
+
+    Only ever into a directory that does not exist yet: over an existing tree ostree's
+    ``--union`` opens each existing directory following symlinks, so a symlink a lower layer
+    left where a later one has a directory would take the checkout out of the tree.
+    """
+    run.run(["ostree", f"--repo={repo}", "checkout", "--require-hardlinks",
+             f"--subpath={subpath}", rev, str(dest)], what=f"checking out {rev[:12]}")
+
+
+def cat(repo: Path, rev: str, path: str) -> bytes | None:
+    """A file of a commit; None if the commit or the file is missing."""
+    proc = run.run(["ostree", f"--repo={repo}", "cat", rev, path], check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def set_ref(repo: Path, ref: str, rev: str) -> None:
+    run.run(["ostree", f"--repo={repo}", "refs", "--force", f"--create={ref}", rev],
+            what=f"setting {ref}")
+
+
+class TarCommit:
+    """``ostree commit --orphan --tree=tar=/dev/stdin``: ostree writes each file of the tar
+    stream the caller feeds it straight into the repository's objects; no ref is made.
+
+    If the caller stops before the tar's end (``abort``), ostree is killed before it writes
+    a commit; objects it wrote stay unreferenced until the next prune.
+    """
+
+    def __init__(self, repo: Path, subject: str) -> None:
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finish/failure
+        self._proc = run.popen(
+            ["ostree", f"--repo={repo}", "commit", "--orphan", "--tree=tar=/dev/stdin",
+             f"--subject={subject}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors.fileno())
+        assert self._proc.stdin is not None
+        self.stdin: IO[bytes] = self._proc.stdin
+
+    def finish(self) -> str:
+        """End the stream and wait; the commit's checksum."""
+        with contextlib.suppress(BrokenPipeError):
+            self.stdin.close()
+        assert self._proc.stdout is not None
+        out = self._proc.stdout.read()
+        code = self._proc.wait()
+        if code != 0:
+            raise self.failure()
+        self._errors.close()
+        return out.decode().strip()
+
+    def failure(self) -> Exception:
+        """What ostree said when it stopped reading (the stream broke off)."""
+        if self._proc.poll() is None:
+            self.abort()
+        self._errors.seek(0)
+        text = self._errors.read().decode(errors="replace")
+        self._errors.close()
+        return run.command_failed(["ostree"], self._proc.returncode or 1, text,
+                                  "committing a layer")
+
+    def abort(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for f in (self._proc.stdin, self._proc.stdout):
+            if f is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    f.close()
 
 
 def metadata(repo: Path, rev: str, key: str) -> str | None:
@@ -60,9 +129,9 @@ def metadata(repo: Path, rev: str, key: str) -> str | None:
     if proc.returncode != 0:
         return None
     text = proc.stdout.decode().strip()
-    # GVariant text: 'value' for strings
-    if len(text) >= 2 and text[0] == text[-1] == "'":
-        return text[1:-1].replace("\\'", "'")
+    # GVariant text: 'value' (or "value" when it holds a quote), backslash-escaped
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return re.sub(r"\\(.)", r"\1", text[1:-1])
     return text
 
 

@@ -163,36 +163,41 @@ def rebase_sysroot(image: str, sysroot: Path, *, osname: str, trust_dir: Path | 
 
     say = progress or (lambda _m: None)
     target = reference.parse(image)
-    before = deploy.deployments(sysroot) if (ostree.repo_of(sysroot) / "config").is_file() \
-        else []
-    current = next((d for d in before if d.default), None)
-    if current is not None:
-        root = deployment_root(sysroot, osname, current.checksum, current.serial)
-        trust_from = f"the default deployment's /etc ({current.digest or current.checksum[:12]})"
-    elif trust_dir is not None:
-        root, trust_from = trust_dir, str(trust_dir)
-    else:
-        raise UsageError(f"{sysroot}: no deployment yet, so no trust to check against; pass "
-                         "--trust DIR (written by `nestbuild node trust`)")
-    with (access or RegistryAccess()).client(target.host) as client:
-        digest = target.digest or client.resolve(target.repo, target.ref)
-        if digest is None:
-            raise UsageError(f"{image}: no such image in the registry")
-        pinned = target.with_digest(digest)
-        say(f"checking {pinned} against the policy from {trust_from}")
-        verdict = nodepolicy.check(pinned, root, client)
-        if not verdict.accepted:
-            raise RebaseRefused(f"{pinned}: refused: {verdict.reason}; the sysroot is unchanged")
-        src = RegistrySource(ImageRef("docker", str(pinned)), client=client)
-        if not src.config.bootable:
-            raise RebaseRefused(f"{pinned}: not bootable (no containers.bootc=1 or "
-                                "ostree.bootable=true label); the sysroot is unchanged")
-        arch = host_platform()[1]
-        if src.config.architecture != arch:
-            raise RebaseRefused(f"{pinned}: built for {src.config.architecture}, this node is "
-                                f"{arch}; the sysroot is unchanged")
-        name = str(target)  # the tag as given (or the digest, the same as pinned)
-        deploy.deploy_image(src, sysroot, osname, origin_ref=name, progress=say)
-        fetched = client.bytes_downloaded
-    return OstreeRebase(name, digest, verdict, trust_from, before, deploy.deployments(sysroot),
-                        fetched)
+    # one deploy at a time: the trust read from the default deployment must still be the
+    # default's when the new deployment is made
+    with deploy.sysroot_lock(sysroot, say):
+        before = deploy.deployments(sysroot) if (ostree.repo_of(sysroot) / "config").is_file() \
+            else []
+        current = next((d for d in before if d.default), None)
+        if current is not None:
+            root = deployment_root(sysroot, osname, current.checksum, current.serial)
+            which = current.digest or current.checksum[:12]
+            trust_from = f"the default deployment's /etc ({which})"
+        elif trust_dir is not None:
+            root, trust_from = trust_dir, str(trust_dir)
+        else:
+            raise UsageError(f"{sysroot}: no deployment yet, so no trust to check against; pass "
+                             "--trust DIR (written by `nestbuild node trust`)")
+        with (access or RegistryAccess()).client(target.host) as client:
+            digest = target.digest or client.resolve(target.repo, target.ref)
+            if digest is None:
+                raise UsageError(f"{image}: no such image in the registry")
+            pinned = target.with_digest(digest)
+            say(f"checking {pinned} against the policy from {trust_from}")
+            verdict = nodepolicy.check(pinned, root, client)
+            if not verdict.accepted:
+                raise RebaseRefused(f"{pinned}: refused: {verdict.reason}; the sysroot is "
+                                    "unchanged")
+            src = RegistrySource(ImageRef("docker", str(pinned)), client=client)
+            if not src.config.bootable:
+                raise RebaseRefused(f"{pinned}: not bootable (no containers.bootc=1 or "
+                                    "ostree.bootable=true label); the sysroot is unchanged")
+            arch = host_platform()[1]
+            if src.config.architecture != arch:
+                raise RebaseRefused(f"{pinned}: built for {src.config.architecture}, this node is "
+                                    f"{arch}; the sysroot is unchanged")
+            name = str(target)  # the tag as given (or the digest, the same as pinned)
+            deploy.deploy_image(src, sysroot, osname, origin_ref=name, progress=say)
+            fetched = client.bytes_downloaded
+        after = deploy.deployments(sysroot)
+    return OstreeRebase(name, digest, verdict, trust_from, before, after, fetched)

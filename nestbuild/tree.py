@@ -215,3 +215,7 @@ def _convert(m: Member, layer: int) -> Item:
                     "utf-8", "surrogateescape"
                 )
     return entry
+
+
+#: The item a tar member is, for readers that stream members themselves (deploy).
+item_of = _convert
