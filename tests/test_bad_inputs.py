@@ -1147,24 +1147,32 @@ def case_node_first_rebase_without_trust(ctx: Ctx) -> Run:
                keep=(sysroot,))
 
 
+def _empty(path: Path) -> Callable[[], object]:
+    """What is inside ``path``: a refused first deploy may leave the sysroot directory it
+    was given (it locks it), never anything in it."""
+    return lambda: sorted(os.listdir(path)) if path.exists() else []
+
+
 @case
 def case_node_rebase_trust_without_policy_json(ctx: Ctx) -> Run:
+    node: Node = ctx.fixture("node")
     trust = ctx.path("trust")
     trust.mkdir()
     sysroot = ctx.path("sysroot")
-    return Run(["rebase", f"docker://{ctx.registry.host}/accept/arm:v1", "--via", "ostree",
+    return Run(["rebase", f"docker://{node.host}/accept/arm:v1", "--via", "ostree",
                 "--sysroot", str(sysroot), "--trust", str(trust), "-q"], 2,
-               ("no policy.json",), keep=(sysroot, trust))
+               ("no policy.json",), keep=(trust,), state=(_empty(sysroot),))
 
 
 @case
 def case_node_rebase_malformed_policy_json(ctx: Ctx) -> Run:
+    node: Node = ctx.fixture("node")
     ctx.write("trust/etc/containers/policy.json", json.dumps({"default": [{"type": "reject"}],
                                                               "transports": ["docker"]}))
     sysroot = ctx.path("sysroot")
-    return Run(["rebase", f"docker://{ctx.registry.host}/accept/arm:v1", "--via", "ostree",
+    return Run(["rebase", f"docker://{node.host}/accept/arm:v1", "--via", "ostree",
                 "--sysroot", str(sysroot), "--trust", str(ctx.path("trust")), "-q"], 2,
-               ("policy.json",), keep=(sysroot, ctx.path("trust")))
+               ("policy.json",), keep=(ctx.path("trust"),), state=(_empty(sysroot),))
 
 
 @case
