@@ -22,6 +22,7 @@ import copy
 import functools
 import json
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from nestbuild import dsse, keyfile
 from nestbuild import payload as payload_mod
 from nestbuild.background import run_all
-from nestbuild.errors import ImageError, NestbuildError, UsageError
+from nestbuild.errors import EXIT_FAILED, ImageError, NestbuildError, UsageError
 from nestbuild.image.model import (
     ANNOTATION_REF_NAME,
     INDEX_TYPES,
@@ -282,6 +283,9 @@ class Attachment:
     manifest: dict[str, Any]
     config: dict[str, Any]
     exists: bool
+    #: The digest of the manifest as read (None: the tag did not exist), which a writer checks
+    #: again just before it replaces the tag.
+    digest: str | None = None
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -336,7 +340,7 @@ def read_attachment(target: Target, digest: str, suffix: str) -> Attachment | No
         if digest_of(blob) != config_digest:
             raise SigningError(f"{where}: its config blob does not match its digest")
         config = _json_object(blob, f"{where} config")
-    return Attachment(tag, manifest, config, True)
+    return Attachment(tag, manifest, config, True, digest_of(raw))
 
 
 def _valid_descriptor(obj: object) -> bool:
@@ -350,6 +354,10 @@ def _valid_descriptor(obj: object) -> bool:
     )
 
 
+#: One layer to add to an attachment: its blob, media type and annotations.
+_NewLayer: TypeAlias = "tuple[bytes, str, dict[str, str]]"
+
+
 @dataclass
 class _Write:
     """Everything one attachment update writes, in order: blobs, config, then the manifest."""
@@ -360,7 +368,16 @@ class _Write:
     manifest: bytes
 
 
-def _plan(att: Attachment, new: Sequence[tuple[bytes, str, dict[str, str]]]) -> _Write:
+def _descriptor(blob: bytes, media_type: str, annotations: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "mediaType": media_type,
+        "digest": digest_of(blob),
+        "size": len(blob),
+        "annotations": dict(sorted(annotations.items())),
+    }
+
+
+def _plan(att: Attachment, new: Sequence[_NewLayer]) -> _Write:
     """Append layers (blob, media type, annotations) to ``att``; config lists their digests."""
     rootfs = att.config.setdefault("rootfs", {})
     diff_ids = rootfs.setdefault("diff_ids", []) if isinstance(rootfs, dict) else None
@@ -369,16 +386,9 @@ def _plan(att: Attachment, new: Sequence[tuple[bytes, str, dict[str, str]]]) -> 
     rootfs.setdefault("type", "layers")
     blobs = []
     for blob, media_type, layer_annotations in new:
-        digest = digest_of(blob)
-        att.layers.append(
-            {
-                "mediaType": media_type,
-                "digest": digest,
-                "size": len(blob),
-                "annotations": dict(sorted(layer_annotations.items())),
-            }
-        )
-        diff_ids.append(digest)
+        descriptor = _descriptor(blob, media_type, layer_annotations)
+        att.layers.append(descriptor)
+        diff_ids.append(descriptor["digest"])
         blobs.append(blob)
     config = _compact(att.config)
     att.manifest["config"] = {
@@ -393,21 +403,190 @@ def _compact(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _commit(target: Target, writes: Sequence[_Write]) -> None:
-    """Blobs (payloads and configs) first, then the manifests that reference them.
+# ---------------------------------------------------------------------------------------------
+# storing an attachment next to other writers
+#
+# A registry has no compare-and-swap for tags (distribution ignores If-Match), so two signers
+# that read the same ``.sig`` manifest and each store it with their own layer added would
+# leave only the later one. Each writer therefore (1) reads the tag again just before it
+# stores it, and stores only onto what it planned on; (2) after storing, waits a settle
+# interval and reads the tag again, and counts its layers as kept only when the tag has not
+# changed over a whole interval; (3) when it finds its layers gone, stores the union again,
+# after a short random pause. docs/signing.md ("Concurrent signers") states what this
+# guarantees and under which timing assumption.
+
+#: The settle interval is at least this long (seconds)...
+SETTLE_MIN = 0.005
+#: ...and this many times the writer's own longest read-to-stored time: the assumption is
+#: that no other writer takes longer from its last read of the tag to the registry storing
+#: its manifest.
+SETTLE_FACTOR = 2
+#: Once the writer has seen another one store the tag, other writers are known to be at work,
+#: and on a loaded machine or registry theirs can take many times ours: a longer interval.
+CONTENDED_MIN = 0.25
+CONTENDED_FACTOR = 8
+#: Manifests stored for one tag, and settle checks, before the writer gives up saying so.
+MAX_WRITES = 6
+MAX_CHECKS = 12
+
+
+class UnconfirmedError(SigningError):
+    """Other writers kept replacing the attachment: ours may not be in it."""
+
+    exit_code = EXIT_FAILED
+
+
+@dataclass
+class _Update:
+    """One attachment tag being changed: the layers we add, and where that stands."""
+
+    subject: str
+    suffix: str
+    new: list[_NewLayer]
+    #: The digest of the content the planned manifest extends (None: the tag was absent).
+    base: str | None
+    write: _Write
+    #: The digest of the last content seen to hold all our layers.
+    seen: str | None = None
+    writes: int = 0
+    #: Our longest time from reading the tag to the registry answering the manifest's PUT.
+    slowest: float = 0.0
+    #: Whether we have seen another writer store the tag.
+    contended: bool = False
+
+    @property
+    def tag(self) -> str:
+        return self.write.tag
+
+    def settle(self) -> float:
+        if self.contended:
+            return max(CONTENDED_MIN, CONTENDED_FACTOR * self.slowest)
+        return max(SETTLE_MIN, SETTLE_FACTOR * self.slowest)
+
+
+def _update(att: Attachment, subject: str, suffix: str, new: Sequence[_NewLayer]) -> _Update:
+    return _Update(subject, suffix, list(new), att.digest, _plan(att, new))
+
+
+def _commit(target: Target, updates: Sequence[_Update]) -> None:
+    """Blobs (payloads and configs) first, then the manifests that reference them; returns
+    once a read of each tag, a settle interval after it last changed, holds our layers.
 
     The blobs are stored in parallel: a registry answers each in a few milliseconds, and
-    these round trips are most of what is left of signing once the key is open.
+    these round trips are most of what is left of signing once the key is open. Several
+    tags (an index and its platforms) settle together, in one interval.
     """
+    if not updates:
+        return
+    stored: set[str] = set()
+    _store_blobs(target, [u.write for u in updates], stored)
+    for update in updates:
+        _write(target, update, stored)
+    # A layout is written under its lock: no other nestbuild writer can come in between.
+    locked = getattr(target.store, "lock", None) is not None
+    pending = list(updates)
+    for _ in range(MAX_CHECKS):
+        if not locked:
+            time.sleep(max(u.settle() for u in pending))
+        pending = [u for u in pending if not _kept(target, u, stored)]
+        if not pending:
+            return
+    raise _unconfirmed(target, pending[0])
+
+
+def _store_blobs(target: Target, writes: Sequence[_Write], stored: set[str]) -> None:
     blobs = {digest_of(b): b for w in writes for b in (*w.blobs, w.config)}
+    todo = {digest: blob for digest, blob in blobs.items() if digest not in stored}
 
     def store(digest: str, blob: bytes) -> None:
         if not target.store.has_blob(target.repo, digest):
             target.store.put_blob(target.repo, blob, digest, len(blob))
 
-    run_all(functools.partial(store, digest, blob) for digest, blob in blobs.items())
-    for write in writes:
-        target.store.put_manifest(target.repo, write.tag, write.manifest, OCI_MANIFEST)
+    run_all(functools.partial(store, digest, blob) for digest, blob in todo.items())
+    stored.update(todo)
+
+
+def _write(target: Target, update: _Update, stored: set[str]) -> None:
+    """Store the planned manifest if the tag still holds what it was planned on; otherwise
+    plan again on what the tag holds now (nothing to store if it holds our layers already).
+
+    Nothing but a digest comparison lies between the read and the PUT: that read-to-stored
+    time is what other writers' settle intervals must cover.
+    """
+    for _ in range(MAX_WRITES):
+        start = time.monotonic()
+        got = target.store.get_manifest(target.repo, update.tag)
+        if (digest_of(got[0]) if got is not None else None) == update.base:
+            if update.writes >= MAX_WRITES:
+                break
+            target.store.put_manifest(target.repo, update.tag, update.write.manifest,
+                                      OCI_MANIFEST)
+            update.slowest = max(update.slowest, time.monotonic() - start)
+            update.writes += 1
+            update.seen = digest_of(update.write.manifest)
+            return
+        update.contended = True
+        if not _replan(target, update):
+            return
+        _store_blobs(target, [update.write], stored)
+    raise _unconfirmed(target, update)
+
+
+def _kept(target: Target, update: _Update, stored: set[str]) -> bool:
+    """Whether the tag still holds what we last saw in it (our layers), a settle interval
+    later. If another writer stored it since: watch the new content for an interval when it
+    holds our layers, or store the union again when it does not."""
+    got = target.store.get_manifest(target.repo, update.tag)
+    if got is not None and digest_of(got[0]) == update.seen:
+        return True
+    update.contended = True
+    if _replan(target, update):  # our layers were replaced
+        _store_blobs(target, [update.write], stored)
+        _back_off(update)
+        _write(target, update, stored)
+    return False
+
+
+def _replan(target: Target, update: _Update) -> bool:
+    """Plan our layers onto the tag's current content (theirs first, in their order, then
+    ours that are missing); False if it holds all of ours already."""
+    att = read_attachment(target, update.subject, update.suffix) or _empty_attachment(
+        update.tag
+    )
+    missing = [new for new in update.new if not _holds(att, new)]
+    if not missing:
+        update.seen = att.digest
+        return False
+    update.base = att.digest
+    update.write = _plan(att, missing)
+    return True
+
+
+def _holds(att: Attachment, new: _NewLayer) -> bool:
+    want = _descriptor(*new)
+    return any(
+        layer.get("mediaType") == want["mediaType"]
+        and layer.get("digest") == want["digest"]
+        and (layer.get("annotations") or {}) == want["annotations"]
+        for layer in att.layers
+    )
+
+
+def _back_off(update: _Update) -> None:
+    """A short random pause before storing again: writers that keep replacing each other's
+    layers in step fall out of step."""
+    import random
+
+    time.sleep(random.uniform(0, max(SETTLE_MIN, update.slowest)))
+
+
+def _unconfirmed(target: Target, update: _Update) -> UnconfirmedError:
+    what = "signature" if update.suffix == "sig" else "attestation"
+    return UnconfirmedError(
+        f"{target.display}: could not confirm the new {what} in {update.tag}: other writers "
+        f"kept replacing the tag ({update.writes} writes); it may be missing: run the "
+        "command again"
+    )
 
 
 @contextlib.contextmanager
@@ -514,7 +693,7 @@ def sign(
         from nestbuild import keys  # loaded by now: the key thread needed it
 
         pub = private.public_key()
-        writes: list[_Write] = []
+        updates: list[_Update] = []
         results: list[Signed] = []
         for subject, att, body in zip(found, existing, bodies, strict=True):
             sig = keys.sign(private, body)
@@ -525,11 +704,12 @@ def sign(
             duplicate = any(_same_signature(layer, body, pub) for layer in att.layers)
             if not duplicate:
                 layer_annotations = {SIGNATURE_ANNOTATION: base64.b64encode(sig).decode()}
-                writes.append(_plan(att, [(body, SIMPLESIGNING_TYPE, layer_annotations)]))
+                new = [(body, SIMPLESIGNING_TYPE, layer_annotations)]
+                updates.append(_update(att, subject.digest, "sig", new))
             results.append(
                 Signed(subject.digest, att.tag, reference, not duplicate, subject.platform)
             )
-        _commit(target, writes)
+        _commit(target, updates)
         target.store.cancel_uploads()  # those prepared for signatures that were already there
     return results
 
@@ -621,7 +801,8 @@ def attest(
                 break
         if not duplicate:
             annotations = {SIGNATURE_ANNOTATION: "", PREDICATE_TYPE_ANNOTATION: predicate_type}
-            _commit(target, [_plan(att, [(envelope, DSSE_TYPE, annotations)])])
+            new = [(envelope, DSSE_TYPE, annotations)]
+            _commit(target, [_update(att, subject.digest, "att", new)])
     return Attested(subject.digest, att.tag, predicate_type, not duplicate)
 
 
