@@ -25,15 +25,24 @@ def _find(src: ImageSource, paths: tuple[str, ...]) -> bytes | None:
     dirs = {p.rsplit("/", 1)[0] for p in paths}
     for i in reversed(range(len(src.manifest.layers))):
         with src.open_layer(i) as layer:
-            tar = TarStream(layer.fileobj, seekable=layer.seekable, what=f"{src.ref} layer {i}")
-            for m in tar:
-                name = m.name.lstrip("./").rstrip("/")
-                if name in wanted and m.type in (b"0", b"\0"):
-                    return b"".join(tar.body(m))
-                head, _, base = name.rpartition("/")
-                if head in dirs and base.startswith(WHITEOUT) and \
-                        f"{head}/{base[len(WHITEOUT):]}" in wanted:
-                    return None  # deleted by a later layer
+            found = _in_layer(TarStream(layer.fileobj, seekable=layer.seekable,
+                                    what=f"{src.ref} layer {i}"), wanted, dirs)
+            if found is not None:
+                layer.finish()  # what the attestation states must come from proven bytes
+                return found[0]
+    return None
+
+
+def _in_layer(tar: TarStream, wanted: set[str], dirs: set[str]) -> tuple[bytes | None] | None:
+    """(content,) of the first wanted file in the layer, (None,) if the layer deletes it."""
+    for m in tar:
+        name = m.name.lstrip("./").rstrip("/")
+        if name in wanted and m.type in (b"0", b"\0"):
+            return (b"".join(tar.body(m)),)
+        head, _, base = name.rpartition("/")
+        if head in dirs and base.startswith(WHITEOUT) and \
+                f"{head}/{base[len(WHITEOUT):]}" in wanted:
+            return (None,)  # deleted by a later layer
     return None
 
 

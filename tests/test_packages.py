@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
+import pytest
+
 from nestbuild import packages
 from nestbuild.baseimage import BuiltBase
+from nestbuild.errors import LayerError
 from nestbuild.image import open_image
+from nestbuild.image.layout import LayoutWriter
+from tests.ocibuilder import BOOTABLE, Layer, bootable_base, compress
 
 STATUS = """\
 Package: openssl
@@ -34,3 +42,15 @@ def test_only_installed_packages_are_listed_in_name_order() -> None:
 
 def test_an_image_without_a_package_database_has_no_list(mini_base: BuiltBase) -> None:
     assert packages.package_list(open_image(mini_base.tag)) is None
+
+
+def test_the_package_list_comes_only_from_proven_layer_bytes(tmp_path: Path) -> None:
+    """A config that lies about the layer holding the dpkg database: the attested package
+    list would state what the registry's bytes never proved, so reading it fails."""
+    layer = bootable_base(Layer().file("/usr/lib/sysimage/dpkg/status", STATUS.encode()))
+    blob, media_type = compress(layer.tar(), "gzip")
+    writer = LayoutWriter(tmp_path / "lying")
+    other = "sha256:" + hashlib.sha256(b"another image's layer").hexdigest()
+    writer.add_image([writer.add_bytes(blob, media_type)], [other], labels=BOOTABLE, tag="v1")
+    with pytest.raises(LayerError, match="diff"):
+        packages.package_list(open_image(f"oci:{tmp_path / 'lying'}:v1"))
