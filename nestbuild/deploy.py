@@ -677,12 +677,16 @@ def _deploy(source: ImageSource, sysroot: Path, osname: str, origin_ref: str,
         ostree.deploy(sysroot, osname, rev, origin)
         if first_install and var_seed is not None:
             groups = _var_groups(layers, composer.var_origin)
-            with beneath.Root(sysroot / "ostree" / "deploy" / osname / "var") as dest:
-                fd = os.open(var_seed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    _seed_var(fd, dest, groups)
-                finally:
-                    os.close(fd)
+            try:
+                with beneath.Root(sysroot / "ostree" / "deploy" / osname / "var") as dest:
+                    fd = os.open(var_seed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        _seed_var(fd, dest, groups)
+                    finally:
+                        os.close(fd)
+            except (OSError, SymlinkInPath) as exc:
+                raise DeployError(f"{source.ref}: deployed, but seeding the stateroot's /var "
+                                  f"stopped: {exc}") from None
     return deployments(sysroot)[0]
 
 

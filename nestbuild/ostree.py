@@ -6,6 +6,8 @@ Everything goes through nestbuild.run with argument lists; nothing here knows ab
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import io
 import re
 import subprocess
 import tempfile
@@ -41,12 +43,20 @@ def rev_parse(repo: Path, ref: str) -> str:
 
 
 def commit(repo: Path, branch: str, tree: Path, *, subject: str,
-           metadata: dict[str, str] | None = None, link_speedup: bool = True) -> str:
-    """Commit a directory tree; returns the commit checksum."""
+           metadata: dict[str, str] | None = None, link_speedup: bool = True,
+           consume: bool = False) -> str:
+    """Commit a directory tree; returns the commit checksum.
+
+    ``link_speedup``: the tree's files are hard links into the repository that nothing
+    modified (a checkout), so their objects are known by inode. ``consume``: the tree is
+    deleted as it is committed (cheaper than deleting it afterwards).
+    """
     argv = ["ostree", f"--repo={repo}", "commit", f"--branch={branch}", f"--tree=dir={tree}",
             f"--subject={subject}"]
     if link_speedup:
-        argv.append("--link-checkout-speedup")
+        argv.append("--devino-canonical")
+    if consume:
+        argv.append("--consume")
     for k, v in (metadata or {}).items():
         argv.append(f"--add-metadata-string={k}={v}")
     return run.run(argv, what=f"committing {branch}").stdout.decode().strip()
@@ -74,6 +84,10 @@ def set_ref(repo: Path, ref: str, rev: str) -> None:
             what=f"setting {ref}")
 
 
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20
+
+
 class TarCommit:
     """``ostree commit --orphan --tree=tar=/dev/stdin``: ostree writes each file of the tar
     stream the caller feeds it straight into the repository's objects; no ref is made.
@@ -89,7 +103,9 @@ class TarCommit:
              f"--subject={subject}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors.fileno())
         assert self._proc.stdin is not None
-        self.stdin: IO[bytes] = self._proc.stdin
+        with contextlib.suppress(OSError):  # fewer, larger writes: ostree reads in parallel
+            fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+        self.stdin: IO[bytes] = io.BufferedWriter(self._proc.stdin, _PIPE_SIZE)
 
     def finish(self) -> str:
         """End the stream and wait; the commit's checksum."""
