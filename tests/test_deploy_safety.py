@@ -415,3 +415,39 @@ def test_facts_of_a_cached_layer_are_read_back(node: Node) -> None:
     facts = json.loads(ostree.cat(ostree.repo_of(node.sysroot), deploy.LAYER_REF.format(
         hashlib.sha256(upper.tar()).hexdigest()), "/nestbuild-layer.json") or b"{}")
     assert facts["whiteouts"] == [["/usr/etc/motd", False]]
+
+
+@pytest.mark.parametrize("openat2", [True, False])
+def test_beneath_never_follows_a_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         openat2: bool) -> None:
+    """The same answers through openat2 and through the component-by-component walk (for
+    kernels without it)."""
+    from nestbuild import beneath
+
+    if not openat2:
+        monkeypatch.setattr(beneath._openat2, "_syscall", None)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "f").write_bytes(b"host\n")
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "l").symlink_to(host)
+    (tree / "a" / "r").symlink_to("../" * 10 + str(host).lstrip("/"))
+    with beneath.Root(tree) as root:
+        for link in ("/a/l", "/a/r"):
+            for call in (lambda p: os.close(root.open_dir(p)), root.lstat, root.remove,
+                         lambda p: root.read_file(p, 100),
+                         lambda p: os.close(root.open_dir(p + "/new", create=True))):
+                with pytest.raises(beneath.SymlinkInPath) as caught:
+                    call(link + "/f")
+                assert caught.value.link == link
+            with pytest.raises(beneath.SymlinkInPath):
+                root.link(link + "/f", "/a/b/stolen")
+            with pytest.raises(beneath.SymlinkInPath):
+                root.link("/a/b", link + "/planted")
+        assert root.read_file("/a/l", 100) is None  # the link itself is not a file
+        root.remove("/a/l")  # removes the link, not what it points to
+        fd = root.open_dir("/a/b/c/d", create=True)
+        os.close(fd)
+    assert (host / "f").read_bytes() == b"host\n" and sorted(os.listdir(host)) == ["f"]
+    assert not (tree / "a" / "l").exists() and (tree / "a" / "b" / "c" / "d").is_dir()
