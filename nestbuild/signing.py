@@ -415,16 +415,17 @@ def _compact(obj: object) -> bytes:
 # after a short random pause. docs/signing.md ("Concurrent signers") states what this
 # guarantees and under which timing assumption.
 
-#: The settle interval is at least this long (seconds)...
+#: The settle interval of a writer that creates the tag is at least this long (seconds)...
 SETTLE_MIN = 0.005
 #: ...and this many times the writer's own longest read-to-stored time: the assumption is
 #: that no other writer takes longer from its last read of the tag to the registry storing
-#: its manifest.
+#: its manifest. Twice, because a PUT that reaches the registry with ours may wait for ours.
 SETTLE_FACTOR = 2
-#: Once the writer has seen another one store the tag, other writers are known to be at work,
-#: and on a loaded machine or registry theirs can take many times ours: a longer interval.
-CONTENDED_MIN = 0.25
-CONTENDED_FACTOR = 8
+#: A tag that other writers have stored (it held their layers, or changed under us) is one
+#: they may be storing right now, and on a loaded machine or registry their read-to-stored
+#: time can be many times ours: a longer interval.
+SHARED_MIN = 0.25
+SHARED_FACTOR = 8
 #: Manifests stored for one tag, and settle checks, before the writer gives up saying so.
 MAX_WRITES = 6
 MAX_CHECKS = 12
@@ -451,21 +452,22 @@ class _Update:
     writes: int = 0
     #: Our longest time from reading the tag to the registry answering the manifest's PUT.
     slowest: float = 0.0
-    #: Whether we have seen another writer store the tag.
-    contended: bool = False
+    #: Whether another writer has stored the tag (it held layers, or changed under us).
+    shared: bool = False
 
     @property
     def tag(self) -> str:
         return self.write.tag
 
     def settle(self) -> float:
-        if self.contended:
-            return max(CONTENDED_MIN, CONTENDED_FACTOR * self.slowest)
+        if self.shared:
+            return max(SHARED_MIN, SHARED_FACTOR * self.slowest)
         return max(SETTLE_MIN, SETTLE_FACTOR * self.slowest)
 
 
 def _update(att: Attachment, subject: str, suffix: str, new: Sequence[_NewLayer]) -> _Update:
-    return _Update(subject, suffix, list(new), att.digest, _plan(att, new))
+    return _Update(subject, suffix, list(new), att.digest, _plan(att, new),
+                   shared=att.digest is not None)
 
 
 def _commit(target: Target, updates: Sequence[_Update]) -> None:
@@ -525,7 +527,7 @@ def _write(target: Target, update: _Update, stored: set[str]) -> None:
             update.writes += 1
             update.seen = digest_of(update.write.manifest)
             return
-        update.contended = True
+        update.shared = True
         if not _replan(target, update):
             return
         _store_blobs(target, [update.write], stored)
@@ -539,7 +541,7 @@ def _kept(target: Target, update: _Update, stored: set[str]) -> bool:
     got = target.store.get_manifest(target.repo, update.tag)
     if got is not None and digest_of(got[0]) == update.seen:
         return True
-    update.contended = True
+    update.shared = True
     if _replan(target, update):  # our layers were replaced
         _store_blobs(target, [update.write], stored)
         _back_off(update)
