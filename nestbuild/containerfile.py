@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nestbuild import userfile
 from nestbuild.errors import UsageError
 
 _VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?(?P<op>[-+])(?P<word>[^}]*))?\}"
@@ -90,11 +91,12 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
 
 def parse(path: Path, build_args: Mapping[str, str] | None = None) -> Containerfile:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such Containerfile") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    text = userfile.decode(data, str(path), UsageError)  # as buildah reads it, any locale
     build_args = dict(build_args or {})
     global_args: dict[str, str | None] = {}
     stages: list[Stage] = []

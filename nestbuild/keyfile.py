@@ -160,11 +160,19 @@ def _b64field(obj: Mapping[str, Any], name: str, source: str) -> bytes:
         raise KeyFileError(f"{source} is corrupt: field '{name}' is not base64") from None
 
 
+def _short(value: object) -> str:
+    """A value from the file, for a message: JSON-like, one line, never a page long."""
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "an array"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def parse_sealed(body: bytes, source: str) -> Sealed:
     """Read a go-securesystemslib ``encrypted`` document, checking its parameters first."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise KeyFileError(f"{source} is corrupt: the encrypted key is not valid JSON") from None
     if not isinstance(doc, dict):
         raise KeyFileError(f"{source} is corrupt: the encrypted key is not a JSON object")
@@ -172,18 +180,19 @@ def parse_sealed(body: bytes, source: str) -> Sealed:
     cipher = _field(doc, "cipher", dict, source)
     if kdf.get("name") != "scrypt":
         raise KeyFileError(
-            f"{source} uses key derivation {kdf.get('name')!r}; only scrypt is known"
+            f"{source} uses key derivation {_short(kdf.get('name'))}; only scrypt is known"
         )
     if cipher.get("name") != "nacl/secretbox":
         raise KeyFileError(
-            f"{source} uses cipher {cipher.get('name')!r}; only nacl/secretbox is known"
+            f"{source} uses cipher {_short(cipher.get('name'))}; only nacl/secretbox is known"
         )
     params = _field(kdf, "params", dict, source)
     n, r, p = params.get("N"), params.get("r"), params.get("p")
-    if (n, r, p) not in SCRYPT_ACCEPTED or not all(type(v) is int for v in (n, r, p)):
+    # Types first: a list is not hashable, and True == 1 would pass the set.
+    if not all(type(v) is int for v in (n, r, p)) or (n, r, p) not in SCRYPT_ACCEPTED:
         raise KeyFileError(
-            f"{source} uses scrypt parameters N={n}, r={r}, p={p}; cosign-compatible keys use "
-            "N=32768, 65536 or 131072 with r=8, p=1"
+            f"{source} uses scrypt parameters N={_short(n)}, r={_short(r)}, p={_short(p)}; "
+            "cosign-compatible keys use N=32768, 65536 or 131072 with r=8, p=1"
         )
     salt = _b64field(kdf, "salt", source)
     nonce = _b64field(cipher, "nonce", source)

@@ -11,14 +11,13 @@ Fulcio, ``exactReference``) is refused with the reason, never silently accepted.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nestbuild import keys, payload, signing, trust
+from nestbuild import keys, payload, signing, trust, userfile
 from nestbuild.errors import NestbuildError, UsageError
 from nestbuild.registry.reference import RegistryRef
 
@@ -39,20 +38,17 @@ class Verdict:
 
 def _load_policy(root: Path) -> dict[str, Any]:
     path = root / trust.POLICY
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
+    doc = trust.read_policy(path)
+    if doc is None:
         raise UsageError(f"{path}: no policy.json (run `nestbuild node trust` or pass --trust "
-                         "DIR)") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: policy.json must hold a JSON object")
+                         "DIR)")
     return doc
 
 
 def scope_for(policy: dict[str, Any], name: str) -> tuple[str, list[Any]]:
-    """The requirements for ``HOST/REPO``: the most specific docker scope, else defaults."""
+    """The requirements for ``HOST/REPO``: the most specific docker scope, else defaults.
+
+    ``policy`` is as :func:`nestbuild.trust.read_policy` checked it."""
     docker = (policy.get("transports") or {}).get("docker") or {}
     candidate = name
     while True:
@@ -71,35 +67,69 @@ def sigstore_attachments_enabled(root: Path, name: str) -> bool:
     best: tuple[int, bool] | None = None
     default = False
     for path in sorted((root / trust.REGISTRIES_D).glob("*.yaml")):
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({exc})") from None
-        d = doc.get("default-docker") or {}
-        if isinstance(d, dict) and "use-sigstore-attachments" in d:
-            default = bool(d["use-sigstore-attachments"])
-        for scope, conf in (doc.get("docker") or {}).items():
-            if not isinstance(conf, dict) or "use-sigstore-attachments" not in conf:
-                continue
-            applies = name == scope or name.startswith(scope + "/")
-            if applies and (best is None or len(scope) > best[0]):
-                best = (len(scope), bool(conf["use-sigstore-attachments"]))
+        doc = userfile.compose_yaml(userfile.read_text(path, UsageError), str(path), UsageError)
+        if doc is None:
+            continue
+        if not isinstance(doc, yaml.MappingNode):
+            raise UsageError(f"{path}: a registries.d file is a mapping (default-docker, "
+                             "docker)")
+        for key, value in doc.value:
+            if key.value == "default-docker":
+                found = _use_attachments(value, path)
+                default = default if found is None else found
+            elif key.value == "docker":
+                if not isinstance(value, yaml.MappingNode):
+                    raise UsageError(f"{path}:{value.start_mark.line + 1}: docker must map "
+                                     "scopes to their settings")
+                for scope_node, conf in value.value:
+                    scope = userfile.yaml_plain(scope_node)
+                    found = _use_attachments(conf, path)
+                    if scope is None or found is None:
+                        continue
+                    applies = name == scope or name.startswith(scope + "/")
+                    if applies and (best is None or len(scope) > best[0]):
+                        best = (len(scope), found)
     return best[1] if best else default
+
+
+def _use_attachments(node: yaml.Node, path: Path) -> bool | None:
+    """A scope's ``use-sigstore-attachments``, or None when it does not say."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key, value in node.value:
+        if key.value == "use-sigstore-attachments":
+            flag = userfile.yaml_boolean(value)
+            if flag is None:  # containers/image refuses the file; so does nestbuild
+                raise UsageError(f"{path}:{value.start_mark.line + 1}: "
+                                 "use-sigstore-attachments must be true or false")
+            return flag
+    return None
 
 
 def _keys(req: dict[str, Any], root: Path) -> list[tuple[str, keys.PublicKey]]:
     out: list[tuple[str, keys.PublicKey]] = []
-    paths = [req["keyPath"]] if "keyPath" in req else list(req.get("keyPaths") or [])
+    paths = _strings(req, "keyPath", "keyPaths")
     for p in paths:
-        local = root / str(p).lstrip("/")
+        local = root / p.lstrip("/")
         try:
-            out.append((str(p), keys.load_public_key(local.read_bytes(), str(p))))
-        except OSError:
-            raise UsageError(f"policy.json names key {p}, which is not in {root}") from None
-    datas = [req["keyData"]] if "keyData" in req else list(req.get("keyDatas") or [])
-    for i, data in enumerate(datas):
-        out.append((f"keyData[{i}]", keys.load_public_key(base64.b64decode(data), "keyData")))
+            out.append((p, keys.load_public_key(local.read_bytes(), p)))
+        except (OSError, ValueError):  # ValueError: a NUL in the name
+            raise UsageError(f"policy.json names key {p!r}, which is not in {root}") from None
+    for i, data in enumerate(_strings(req, "keyData", "keyDatas")):
+        try:
+            pem = base64.b64decode(data, validate=True)
+        except ValueError:  # binascii.Error is a ValueError
+            raise UsageError(f"policy.json: keyData[{i}] is not base64") from None
+        out.append((f"keyData[{i}]", keys.load_public_key(pem, "keyData")))
     return out
+
+
+def _strings(req: dict[str, Any], one: str, many: str) -> list[str]:
+    """``req[one]`` or the list ``req[many]``: strings, as containers/image requires."""
+    values = [req[one]] if one in req else req.get(many) or []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise UsageError(f"policy.json: {one}/{many} must be a string/a list of strings")
+    return values
 
 
 def check(image: RegistryRef, root: Path, store: signing.SignatureStore) -> Verdict:
@@ -124,7 +154,11 @@ def check(image: RegistryRef, root: Path, store: signing.SignatureStore) -> Verd
         if not sigstore_attachments_enabled(root, image.name):
             return Verdict(False, scope, f"registries.d does not set use-sigstore-attachments "
                            f"for {image.name}: the node would find no signatures")
-        rule = str((req.get("signedIdentity") or {}).get("type") or signing.DEFAULT_RULE)
+        identity = req.get("signedIdentity") or {}
+        if not isinstance(identity, dict):
+            return Verdict(False, scope, "signedIdentity is not an object (containers/image "
+                           "refuses the policy)")
+        rule = identity.get("type") or signing.DEFAULT_RULE
         if rule not in payload.RULES:
             return Verdict(False, scope, f"signedIdentity {rule!r} is not supported here")
         try:

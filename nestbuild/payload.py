@@ -61,7 +61,10 @@ def check_digest(value: str) -> str | None:
 
 
 _ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]*)"
+# ``[-]+``, not docker/distribution's older ``[-]*``: the same names, but an empty separator
+# let Python's backtracking matcher split a run of letters every way (exponential in its
+# length) before refusing a name; Go's matcher does not backtrack, Python's does.
+_SEPARATOR = r"(?:[._]|__|[-]+)"
 _COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
@@ -289,6 +292,8 @@ def parse_payload(data: bytes) -> Payload:
         raise PayloadError(
             f"signature payload is not valid JSON: {exc.msg} at byte {exc.pos}"
         ) from None
+    except ValueError:  # an integer past Python's digit limit (Go: out of float64's range)
+        raise PayloadError("signature payload: a number is out of range") from None
     top = _exact(doc, "the payload", ("critical", "optional"))
 
     creator: str | None = None

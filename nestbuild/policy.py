@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from nestbuild import userfile
 from nestbuild.errors import PolicyFileError
 from nestbuild.rules import RULES
 from nestbuild.severity import ERROR, LEVELS
@@ -139,20 +140,11 @@ def preset(name: str) -> Policy:
 
 def load(path: Path) -> Policy:
     """Load a policy file; every problem is reported as ``FILE:LINE: problem``."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PolicyFileError(f"{path}: cannot read policy ({exc.strerror})") from None
-    return parse(text, str(path))
+    return parse(userfile.read_text(path, PolicyFileError, " policy"), str(path))
 
 
 def parse(text: str, source: str) -> Policy:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else 0
-        raise PolicyFileError(f"{source}:{line}: invalid YAML: {exc.problem}") from None
+    node = userfile.compose_yaml(text, source, PolicyFileError)
     if node is None:
         return _with_source(preset(DEFAULT_PRESET), source)
     return from_node(node, source)
@@ -168,6 +160,8 @@ def from_node(node: yaml.Node, source: str) -> Policy:
         raise fail(node, "a policy is a mapping (extends, allow, deny, rules)")
     values: dict[str, yaml.Node] = {}
     for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):  # ``? [a]: b``: not hashable
+            raise fail(key_node, f"a key is a plain word ({', '.join(sorted(_KEYS))})")
         key = key_node.value
         if key not in _KEYS:
             raise fail(key_node, f"unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
@@ -204,6 +198,8 @@ def from_node(node: yaml.Node, source: str) -> Policy:
         if not isinstance(n, yaml.MappingNode):
             raise fail(n, "rules must map rule ids to error, warning, info or off")
         for k, v in n.value:
+            if not isinstance(k, yaml.ScalarNode):
+                raise fail(k, "rules: a rule id is a plain word (see 'nestbuild rules')")
             if k.value not in RULES:
                 raise fail(k, f"unknown rule {k.value!r} (see 'nestbuild rules')")
             if not isinstance(v, yaml.ScalarNode) or v.value not in LEVELS:

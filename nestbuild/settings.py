@@ -88,15 +88,9 @@ def load(path: Path) -> ProjectSettings:
 
     import yaml
 
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
-        raise UsageError(f"{path}:{line}: invalid YAML: {exc.problem}") from None
+    from nestbuild import userfile
+
+    root = userfile.compose_yaml(userfile.read_text(path, UsageError), str(path), UsageError)
     out = ProjectSettings(source=path)
     if root is None:
         return out
@@ -108,6 +102,8 @@ def load(path: Path) -> ProjectSettings:
         return UsageError(f"{path}:{node.start_mark.line + 1}: {problem}")
 
     for key_node, value in root.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise fail(key_node, "a setting's name is a plain word")
         key = str(key_node.value)
         setting = BY_KEY.get(key)
         if setting is None:
@@ -124,30 +120,41 @@ def load(path: Path) -> ProjectSettings:
 def _convert(setting: Setting, node: yaml.Node, base_dir: Path, fail: Any) -> Any:
     import yaml
 
+    from nestbuild import userfile
+
     kind = setting.kind
     if kind == NODE:
         return node
     if kind in (STR, PATH, BOOL):
         if not isinstance(node, yaml.ScalarNode):
             raise fail(node, f"{setting.key} must be a single value")
-        value = yaml.safe_load(yaml.serialize(node))
         if kind == BOOL:
-            if not isinstance(value, bool):
+            flag = userfile.yaml_boolean(node)
+            if flag is None:
                 raise fail(node, f"{setting.key} must be true or false")
-            return value
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            return flag
+        value = userfile.yaml_plain(node)  # as written: ``image: x:1.10`` keeps its "1.10"
+        if value is None:
             raise fail(node, f"{setting.key} must be a string")
-        if setting.choices and str(value) not in setting.choices:
+        if "\0" in value:
+            raise fail(node, f"{setting.key} must not contain a NUL character")
+        if setting.choices and value not in setting.choices:
             raise fail(node, f"{setting.key} must be one of {', '.join(setting.choices)}")
         if kind == PATH:
-            p = Path(str(value)).expanduser()
+            try:
+                p = Path(value).expanduser()
+            except RuntimeError:  # ~user of no user here
+                raise fail(node, f"{setting.key}: cannot expand {value!r} (no such user)") \
+                    from None
             return p if p.is_absolute() else base_dir / p
-        return str(value)
+        return value
     if kind == MAP:
         if not isinstance(node, yaml.MappingNode):
             raise fail(node, f"{setting.key} must be a mapping of KEY: value")
         out = {}
         for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                raise fail(k, f"{setting.key}: each key must be a single value")
             if not isinstance(v, yaml.ScalarNode):
                 raise fail(v, f"{setting.key}.{k.value} must be a single value")
             out[str(k.value)] = str(v.value)

@@ -245,9 +245,13 @@ def subjects(target: Target) -> tuple[list[Subject], list[str]]:
         raise ImageError(f"{target.display}: is a {media_type}, not an image")
     out = [Subject(digest_of(raw), raw, media_type)]
     notes: list[str] = []
+    entries = obj.get("manifests") or []
+    if is_index and not isinstance(entries, list):
+        raise ImageError(f"{target.display}: the index's manifests are not a list")
     if is_index:
-        for entry in obj.get("manifests") or []:
-            if not isinstance(entry, dict) or not _DIGEST.fullmatch(str(entry.get("digest"))):
+        for entry in entries:
+            if not isinstance(entry, dict) or not _DIGEST.fullmatch(str(entry.get("digest"))) \
+                    or not isinstance(entry.get("platform") or {}, dict):
                 raise ImageError(f"{target.display}: the index has a malformed entry")
             child_type = str(entry.get("mediaType", ""))
             if child_type not in MANIFEST_TYPES:

@@ -196,7 +196,7 @@ def _media_type(data: bytes, entry: dict[str, Any] | None) -> str:
     """The manifest's own mediaType field, else the index entry's, else OCI manifest."""
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON: the entry's type, else the default
         obj = None
     if isinstance(obj, dict) and isinstance(obj.get("mediaType"), str):
         return str(obj["mediaType"])

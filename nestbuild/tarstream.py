@@ -17,6 +17,14 @@ from nestbuild.errors import LayerError
 
 BLOCK = 512
 _NUL = b"\0"
+#: The largest GNU long name or PAX header accepted (Go's archive/tar has the same limit):
+#: they are read into memory whole.
+MAX_SPECIAL = 1 << 20
+#: Entry types that have no content, whatever their size field says (POSIX; Go's archive/tar
+#: and Python's tarfile skip no data after them, other readers do): one with a size is refused.
+HEADER_ONLY = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})
+#: PAX records that hold a path: a NUL in one is refused, as Go's archive/tar refuses it.
+_PAX_PATHS = frozenset({"path", "linkpath", "uname", "gname"})
 
 
 @dataclass(slots=True)
@@ -40,9 +48,11 @@ def _str(raw: bytes) -> str:
 
 
 def _num(raw: bytes, what: str) -> int:
+    """A header's number (size, mode, ids, device numbers): never negative."""
     if raw and raw[0] & 0x80:  # GNU base-256
-        value = int.from_bytes(raw[1:], "big")
-        return value - (1 << (8 * len(raw) - 8)) if raw[0] & 0x40 else value
+        if raw[0] & 0x40:  # a negative number: no field read here may be one
+            raise LayerError(f"{what}: corrupt tar header (a negative number)")
+        return int.from_bytes(raw[1:], "big")
     text = raw.split(_NUL, 1)[0].strip()
     if not text:
         return 0
@@ -81,9 +91,20 @@ def _pax(data: bytes, what: str) -> dict[str, str]:
             raise LayerError(f"{what}: corrupt PAX header")
         record = data[space + 1: pos + length - 1]  # drop the trailing newline
         key, _, value = record.partition(b"=")
-        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        name = key.decode("utf-8", "surrogateescape")
+        if name in _PAX_PATHS and _NUL in value:
+            raise LayerError(f"{what}: corrupt PAX header (a NUL in {name})")
+        out[name] = value.decode("utf-8", "surrogateescape")
         pos += length
     return out
+
+
+def _pax_num(headers: dict[str, str], key: str, what: str) -> int:
+    """A PAX record's decimal number (size, uid, gid): ASCII digits, at most 64 bits."""
+    text = headers[key]
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        raise LayerError(f"{what}: corrupt PAX header ({key}={text[:30]!r})")
+    return int(text)
 
 
 class TarStream:
@@ -152,6 +173,9 @@ class TarStream:
             padded = (size + BLOCK - 1) // BLOCK * BLOCK
             self._next = data_at + padded
             if typ in (b"L", b"K", b"x", b"g"):
+                if size > MAX_SPECIAL:
+                    raise LayerError(f"{self._what}: corrupt tar (a {size}-byte "
+                                     f"{'PAX header' if typ in b'xg' else 'long name'})")
                 data = self._body_bytes(size, data_at)
                 if typ == b"L":
                     long_name = _str(data)
@@ -176,14 +200,19 @@ class TarStream:
             if "linkpath" in headers:
                 linkname = headers["linkpath"]
             if "size" in headers:
-                size = int(headers["size"])
+                size = _pax_num(headers, "size", self._what)
                 self._next = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
-            uid = int(headers["uid"]) if "uid" in headers else _num(header[108:116], self._what)
-            gid = int(headers["gid"]) if "gid" in headers else _num(header[116:124], self._what)
-            if typ in (b"1", b"2", b"3", b"4", b"5", b"6"):
-                file_size = 0 if typ in (b"1", b"2", b"5") else size
-            else:
-                file_size = size
+            uid = _pax_num(headers, "uid", self._what) if "uid" in headers else \
+                _num(header[108:116], self._what)
+            gid = _pax_num(headers, "gid", self._what) if "gid" in headers else \
+                _num(header[116:124], self._what)
+            if typ in HEADER_ONLY and size:
+                # Readers disagree on whether content follows (Go's and Python's skip none,
+                # others skip size bytes): what one hides the other applies. Refused.
+                raise LayerError(f"{self._what}: corrupt tar ({name} is a type "
+                                 f"{typ.decode('latin-1')!r} entry with {size} bytes of "
+                                 "content)")
+            file_size = size
             if self._total >= 0 and data_at + file_size > self._total:
                 raise LayerError(f"{self._what}: truncated tar ({name} ends past the blob)")
             member = Member(

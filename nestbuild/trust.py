@@ -80,15 +80,48 @@ def write_tree(root: Path, files: dict[str, tuple[bytes, int]]) -> list[Path]:
     return written
 
 
-def read_existing_policy(root: Path) -> dict[str, Any] | None:
-    path = root / POLICY
-    if not path.is_file():
-        return None
+def read_policy(path: Path) -> dict[str, Any] | None:
+    """A node's policy.json (None if there is none), its shape checked as containers/image
+    checks it: ``default`` a list of requirement objects, ``transports`` an object of
+    transports, each an object of scopes, each a list of requirement objects. A file that is
+    not that is refused whole, never half read."""
     try:
-        data = json.loads(path.read_text())
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        doc = json.loads(data)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
-    return data if isinstance(data, dict) else None
+        raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not valid JSON (not UTF-8)") from None
+    except (ValueError, RecursionError):  # a number past the digit limit; deep nesting
+        raise UsageError(f"{path}: not valid JSON (a number too long or nesting too deep)") \
+            from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: policy.json must hold a JSON object")
+    _requirements(doc.get("default", []), f"{path}: default")
+    transports = doc.get("transports", {})
+    if not isinstance(transports, dict):
+        raise UsageError(f"{path}: transports must be an object of transports")
+    for transport, scopes in transports.items():
+        if not isinstance(scopes, dict):
+            raise UsageError(f"{path}: transports.{transport} must be an object of scopes")
+        for scope, reqs in scopes.items():
+            _requirements(reqs, f"{path}: transports.{transport}[{json.dumps(scope)}]")
+    return doc
+
+
+def _requirements(value: object, where: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise UsageError(f"{where} must be a list of requirement objects")
+
+
+def read_existing_policy(root: Path) -> dict[str, Any] | None:
+    """The policy.json already under ``root``, to extend rather than replace."""
+    return read_policy(root / POLICY)
 
 
 @dataclass
@@ -113,9 +146,13 @@ class TrustSettings:
         auth = None
         if self.authfile is not None:
             try:
-                auth = json.loads(self.authfile.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise UsageError(f"{self.authfile}: not a readable auth.json ({exc})") from None
+                auth = json.loads(self.authfile.read_bytes())
+            except OSError as exc:
+                raise UsageError(f"{self.authfile}: cannot read ({exc.strerror})") from None
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                raise UsageError(f"{self.authfile}: not valid JSON") from None
+            if not isinstance(auth, dict):
+                raise UsageError(f"{self.authfile}: an auth.json holds a JSON object")
         files = trust_files(self.repo, pems, auth=auth, existing_policy=existing_policy)
         return {"/" + rel: v for rel, v in files.items()}
 
@@ -128,16 +165,22 @@ def from_node(node: object, source: str) -> TrustSettings:
         raise UsageError(f"{source}: trust must be a mapping (repo, keys, authfile)")
     base = Path(source).parent
     values: dict[str, Any] = {}
+    def file_name(n: yaml.Node) -> Path | None:
+        ok = isinstance(n, yaml.ScalarNode) and n.value and "\0" not in n.value
+        return base / str(n.value) if ok else None
+
     for k, v in node.value:
         where = f"{source}:{k.start_mark.line + 1}"
-        if k.value == "repo" and isinstance(v, yaml.ScalarNode):
+        name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+        if name == "repo" and isinstance(v, yaml.ScalarNode):
             values["repo"] = str(v.value)
-        elif k.value == "keys" and isinstance(v, yaml.SequenceNode):
-            values["keys"] = [base / str(i.value) for i in v.value]
-        elif k.value == "authfile" and isinstance(v, yaml.ScalarNode):
-            values["authfile"] = base / str(v.value)
+        elif name == "keys" and isinstance(v, yaml.SequenceNode) and \
+                all(file_name(i) for i in v.value):
+            values["keys"] = [file_name(i) for i in v.value]
+        elif name == "authfile" and file_name(v):
+            values["authfile"] = file_name(v)
         else:
-            raise UsageError(f"{where}: trust.{k.value}: expected repo: REG/REPO, "
+            raise UsageError(f"{where}: trust.{name}: expected repo: REG/REPO, "
                              "keys: [K.pub, ...], authfile: FILE")
     if "repo" not in values or not values.get("keys"):
         raise UsageError(f"{source}:{node.start_mark.line + 1}: trust needs repo and keys")

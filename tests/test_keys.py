@@ -464,3 +464,56 @@ def test_cosign_public_key_of_a_nestbuild_key(cosign: Cosign, tmp_path: Path) ->
     key_path, pub_path = keys.write_key_pair(tmp_path / "nb", b"pw")
     cosign("public-key", "--key", key_path, "--outfile", tmp_path / "derived.pub", password="pw")
     assert (tmp_path / "derived.pub").read_bytes() == pub_path.read_bytes()
+
+
+# --- hostile key files: one line, never a traceback ----------------------------------------
+
+
+def _sealed_with_params(params: object) -> bytes:
+    _, body = pem_body(HELLO_KEY.read_bytes())
+    doc = json.loads(body)
+    doc["kdf"]["params"] = params
+    return pem(keys.SIGSTORE_PEM_TYPE, json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("params, shown", [
+    ({"N": [], "r": 8, "p": 1}, "N=an array, r=8, p=1"),
+    ({"N": {}, "r": 8, "p": 1}, "N=an object, r=8, p=1"),
+    ({"N": "32768", "r": 8, "p": 1}, 'N="32768", r=8, p=1'),
+    ({"N": 32768.0, "r": 8, "p": 1}, "N=32768.0, r=8, p=1"),
+    ({"N": 32768, "r": True, "p": 1}, "N=32768, r=true, p=1"),
+    ({"r": 8, "p": [1]}, "N=null, r=8, p=an array"),
+])
+def test_kdf_parameters_that_are_not_integers_are_refused(params: object, shown: str) -> None:
+    """A list is not hashable: ``"N": []`` was a TypeError (a traceback), not a refusal."""
+    with pytest.raises(keys.KeyFileError) as exc:
+        keys.load_private_key(_sealed_with_params(params), b"hello", "k.key")
+    assert message_of(exc) == (
+        f"k.key uses scrypt parameters {shown}; cosign-compatible keys use N=32768, 65536 or "
+        "131072 with r=8, p=1"
+    )
+
+
+def test_the_executable_reports_a_malformed_key_in_one_line(tmp_path: Path) -> None:
+    """``sign --key`` (whose key starts decrypting before argparse) and ``verify --key`` with
+    a key file whose kdf parameters are not integers: exit 2, one line, no traceback."""
+    import subprocess
+
+    from tests.ocibuilder import write_image
+
+    root = tmp_path / "layout"
+    write_image(root, [b"one"], tag="v1")
+    bad = tmp_path / "bad.key"
+    bad.write_bytes(_sealed_with_params({"N": [], "r": 8, "p": 1}))
+    env = {**os.environ, "NESTBUILD_PASSWORD": "hello"}
+    for args, expected in (
+        (["sign", f"oci:{root}:v1", "--key", str(bad), "--identity", "reg.example/os:v1"],
+         f"error: {bad} uses scrypt parameters N=an array, r=8, p=1; cosign-compatible keys "
+         "use N=32768, 65536 or 131072 with r=8, p=1"),
+        (["verify", f"oci:{root}:v1", "--key", str(bad)],
+         f"error: {bad} is a PEM 'ENCRYPTED SIGSTORE PRIVATE KEY', not a 'PUBLIC KEY'; use "
+         "the .pub file"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "nestbuild", *args], capture_output=True,
+                           text=True, env=env, check=False)
+        assert (r.returncode, r.stderr) == (2, expected + "\n"), args[0]

@@ -63,3 +63,52 @@ def test_parent_directories_of_allowed_trees_may_be_created() -> None:
     assert p.leads_to_allowed("/usr")
     assert not p.leads_to_allowed("/usr/lib/bootc/kargs.d")  # itself allowed by the glob
     assert not p.leads_to_allowed("/usr/local")
+
+
+# --- what used to be a traceback: one line, with file and line, and exit 2 -----------------
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"allow: [/etc/**]\ndeny: [/x\x07]\n",
+     "p.yaml:2: invalid YAML: control character U+0007 is not allowed"),
+    (b"\x1b[31m: x\n", "p.yaml:1: invalid YAML: control character U+001B is not allowed"),
+    (b"allow: [/etc/**]\n# caf\xe9\n", "p.yaml:2: not UTF-8 text (byte 0xe9)"),
+    (b"? [a]\n: b\n", "p.yaml:1: a key is a plain word"),
+    (b"rules:\n  ? [secret]\n  : error\n", "p.yaml:2: rules: a rule id is a plain word"),
+    (b"allow: " + b"[" * 5000, "p.yaml:1: invalid YAML: "),
+])
+def test_hostile_policy_files(tmp_path: Path, data: bytes, message: str) -> None:
+    """Control characters (PyYAML's ReaderError has no mark), bytes that are not UTF-8, keys
+    that are collections (unhashable), nesting past the recursion limit."""
+    path = tmp_path / "p.yaml"
+    path.write_bytes(data)
+    with pytest.raises(PolicyFileError) as info:
+        policy.load(path)
+    assert info.value.message.startswith(f"{tmp_path}/{message}"), info.value.message
+
+
+def test_the_executable_refuses_bad_policy_and_project_files_in_one_line(
+        tmp_path: Path) -> None:
+    """``validate --policy`` with a control character or a byte that is not UTF-8, and a
+    ``nestbuild.yaml`` with a control character (validate reads its policy): exit 2, one line
+    naming file and line, no traceback; before any image is read."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ctl.yaml").write_bytes(b"allow: [/etc/**\x07]\n")
+    (tmp_path / "latin1.yaml").write_bytes(b"# r\xe9seau\nallow: [/etc/**]\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "nestbuild.yaml").write_bytes(b"image: localhost/node\npolicy: strict\x07\n")
+    image = f"oci:{tmp_path}/missing"
+    for args, cwd, expected in (
+        (["--policy", str(tmp_path / "ctl.yaml")], tmp_path,
+         f"{tmp_path}/ctl.yaml:1: invalid YAML: control character U+0007 is not allowed"),
+        (["--policy", str(tmp_path / "latin1.yaml")], tmp_path,
+         f"{tmp_path}/latin1.yaml:1: not UTF-8 text (byte 0xe9)"),
+        ([], project,
+         f"{project}/nestbuild.yaml:2: invalid YAML: control character U+0007 is not allowed"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "nestbuild", "validate", image, *args],
+                           capture_output=True, text=True, cwd=cwd, check=False)
+        assert (r.returncode, r.stderr) == (2, f"error: {expected}\n"), args

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,20 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _strings(value: object, what: str, field_name: str) -> dict[str, str]:
+    """An annotations or labels object: string keys to string values, as Go reads it into a
+    ``map[string]string`` (null: none; a null value: "")."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or \
+            not all(isinstance(v, str) or v is None for v in value.values()):
+        raise ImageError(f"{what}: {field_name} is not an object of strings")
+    return {k: v or "" for k, v in value.items()}
+
+
 @dataclass(frozen=True)
 class Descriptor:
     media_type: str
@@ -43,19 +58,27 @@ class Descriptor:
 
     @classmethod
     def parse(cls, obj: Any, what: str) -> Descriptor:
+        """A descriptor as the OCI spec types it. The digest is a sha256 of 64 lowercase hex
+        digits: it names files in layouts and URLs in registries, so nothing else gets by."""
         if not isinstance(obj, dict):
             raise ImageError(f"{what}: descriptor is not an object")
-        try:
-            media_type = str(obj.get("mediaType", ""))
-            digest = str(obj["digest"])
-            size = int(obj["size"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ImageError(f"{what}: malformed descriptor ({exc})") from None
-        if not digest.startswith("sha256:") or len(digest) != 71:
-            raise ImageError(f"{what}: unsupported digest {digest!r}")
-        annotations = obj.get("annotations") or {}
+        media_type = obj.get("mediaType", "")
+        digest = obj.get("digest")
+        size = obj.get("size")
+        if not isinstance(media_type, str):
+            raise ImageError(f"{what}: malformed descriptor (mediaType is not a string)")
+        if not isinstance(digest, str):
+            raise ImageError(f"{what}: malformed descriptor (no digest string)")
+        if type(size) is not int or size < 0:
+            raise ImageError(f"{what}: malformed descriptor (size is not a non-negative "
+                             "integer)")
+        if not _SHA256.fullmatch(digest):
+            raise ImageError(f"{what}: unsupported digest {digest[:80]!r}")
+        annotations = _strings(obj.get("annotations"), what, "annotations")
         platform = obj.get("platform")
-        return cls(media_type, digest, size, dict(annotations), platform)
+        if platform is not None and not isinstance(platform, dict):
+            raise ImageError(f"{what}: platform is not an object")
+        return cls(media_type, digest, size, annotations, platform)
 
 
 @dataclass(frozen=True)
@@ -74,13 +97,14 @@ class Manifest:
         if media_type in INDEX_TYPES or "manifests" in obj:
             raise ImageError(f"{what}: is an image index, not a single image")
         if media_type not in MANIFEST_TYPES:
-            raise ImageError(f"{what}: unsupported manifest type {media_type}")
+            raise ImageError(f"{what}: unsupported manifest type {str(media_type)[:80]!r}")
         config = Descriptor.parse(obj.get("config"), f"{what} config")
         layers_obj = obj.get("layers")
         if not isinstance(layers_obj, list):
             raise ImageError(f"{what}: manifest has no layer list")
         layers = [Descriptor.parse(d, f"{what} layer {i}") for i, d in enumerate(layers_obj)]
-        return cls(media_type, config, layers, dict(obj.get("annotations") or {}), raw, digest)
+        annotations = _strings(obj.get("annotations"), what, "annotations")
+        return cls(media_type, config, layers, annotations, raw, digest)
 
 
 @dataclass(frozen=True)
@@ -94,16 +118,20 @@ class ImageConfig:
     @classmethod
     def parse(cls, raw: bytes, what: str) -> ImageConfig:
         obj = _load_json(raw, what)
-        rootfs = obj.get("rootfs") or {}
-        diff_ids = rootfs.get("diff_ids")
+        rootfs = obj.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
             raise ImageError(f"{what}: config has no rootfs.diff_ids")
         conf = obj.get("config") or {}
-        labels = conf.get("Labels") or {}
+        if not isinstance(conf, dict):
+            raise ImageError(f"{what}: config.config is not an object")
+        architecture, os_name = obj.get("architecture", ""), obj.get("os", "")
+        if not isinstance(architecture, str) or not isinstance(os_name, str):
+            raise ImageError(f"{what}: architecture and os must be strings")
         return cls(
-            architecture=str(obj.get("architecture", "")),
-            os=str(obj.get("os", "")),
-            labels={str(k): str(v) for k, v in labels.items()},
+            architecture=architecture,
+            os=os_name,
+            labels=_strings(conf.get("Labels"), what, "config.Labels"),
             diff_ids=list(diff_ids),
             raw=raw,
         )
@@ -116,8 +144,13 @@ class ImageConfig:
 def _load_json(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise ImageError(f"{what}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise ImageError(f"{what}: not valid JSON (not UTF-8)") from None
+    except (ValueError, RecursionError):  # a number past the digit limit; deep nesting
+        raise ImageError(f"{what}: not valid JSON (a number too long or nesting too deep)") \
+            from None
     if not isinstance(obj, dict):
         raise ImageError(f"{what}: not a JSON object")
     return obj
@@ -138,7 +171,10 @@ def pick_platform(
 ) -> Descriptor:
     """Choose the manifest for ``platform`` (default: this host) from an image index."""
     obj = _load_json(index_raw, what)
-    manifests = [Descriptor.parse(d, f"{what} manifest") for d in obj.get("manifests") or []]
+    entries = obj.get("manifests") or []
+    if not isinstance(entries, list):
+        raise ImageError(f"{what}: manifests is not a list")
+    manifests = [Descriptor.parse(d, f"{what} manifest") for d in entries]
     want_os, want_arch = platform or host_platform()
     for desc in manifests:
         plat = desc.platform or {}

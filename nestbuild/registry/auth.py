@@ -86,15 +86,20 @@ def _keys_for(host: str, repo: str | None) -> list[str]:
 
 def _load(path: Path) -> dict[str, Any] | None:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read credentials ({exc.strerror})") from None
     try:
-        doc = json.loads(text) if text.strip() else {}
+        doc = json.loads(data) if data.strip() else {}
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not valid JSON (not UTF-8)") from None
+    except (ValueError, RecursionError):  # a number past the digit limit; deep nesting
+        raise UsageError(f"{path}: not valid JSON (a number too long or nesting too deep)") \
+            from None
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: an auth file must hold a JSON object")
     return doc
@@ -122,20 +127,28 @@ def _helper(name: str, host: str) -> Credentials | None:
     import subprocess  # here: most lookups never run a helper, and every command looks up
 
     binary = f"docker-credential-{name}"
+    if not name or "/" in name or "\0" in name:  # a name, never a path to some program
+        raise UsageError(f"credential helper {binary!r} is not a helper name")
     try:
         proc = subprocess.run([binary, "get"], input=host.encode(), capture_output=True,
                               timeout=30, check=False)
     except FileNotFoundError:
         raise UsageError(f"credential helper {binary} is configured but not installed") from None
+    except OSError as exc:  # there, but not a program this user may run
+        raise UsageError(f"credential helper {binary} cannot run ({exc.strerror})") from None
     except subprocess.TimeoutExpired:
         raise UsageError(f"credential helper {binary} did not answer in 30 s") from None
     if proc.returncode != 0:
         return None  # "credentials not found in native keychain"
     try:
         doc = json.loads(proc.stdout)
-        return Credentials(str(doc["Username"]), str(doc["Secret"]), binary)
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"credential helper {binary} returned something unreadable") from None
+    except (ValueError, RecursionError):
+        doc = None
+    user = doc.get("Username") if isinstance(doc, dict) else None
+    secret = doc.get("Secret") if isinstance(doc, dict) else None
+    if not isinstance(user, str) or not isinstance(secret, str):
+        raise UsageError(f"credential helper {binary} returned something unreadable")
+    return Credentials(user, secret, binary)
 
 
 def lookup(host: str, repo: str | None = None, *, authfile: Path | None = None) -> Lookup:

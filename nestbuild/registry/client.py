@@ -27,6 +27,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import re
 import ssl
 import threading
 import time
@@ -95,13 +96,88 @@ def is_loopback(host: str) -> bool:
 
 def _registry_message(resp: Response) -> str:
     """The registry's own error text ({"errors": [{"code", "message"}]}) or the status."""
-    try:
-        errors = resp.json().get("errors") or []
-        text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
-                         for e in errors if isinstance(e, dict))
-    except (ValueError, AttributeError):
-        text = ""
+    text = _error_text(resp.content)
     return f"HTTP {resp.status_code}" + (f" ({text})" if text else "")
+
+
+#: How much of a registry's own error text a message quotes.
+ERROR_TEXT_MAX = 300
+#: A bearer token as it may go into a header: printable ASCII, no space (RFC 6750's b64token
+#: is narrower; this is what cannot break the request).
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _json_body(body: bytes) -> Any:
+    """A response body as JSON, or None if it is not JSON (or nests past the recursion
+    limit, or has a number past the digit limit)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _one_line(text: str, limit: int = ERROR_TEXT_MAX) -> str:
+    """Text from the registry, fit for a one-line message on a terminal: control characters
+    (escape sequences, line breaks) become spaces, and it is cut at ``limit``."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_text(body: bytes) -> str:
+    """The ``errors`` of a distribution error body as one line ("CODE: message; ..."), or ""
+    when the body is not one."""
+    doc = _json_body(body)
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    parts = []
+    for e in errors:
+        if isinstance(e, dict):
+            code, message = e.get("code", ""), e.get("message", "")
+            parts.append(f"{code if isinstance(code, str) else ''}: "
+                         f"{message if isinstance(message, str) else ''}".strip(": "))
+    return _one_line("; ".join(p for p in parts if p))
+
+
+def _range_next(value: str) -> int:
+    """Where an upload resumes, from the registry's ``Range: 0-END`` (bytes it holds)."""
+    start, _, end = value.partition("-")
+    if start == "0" and end.isascii() and end.isdigit() and len(end) < 19 and int(end) > 0:
+        return int(end) + 1
+    return 0  # "0-0": nothing (or one byte) written, or nonsense: the chunk restarts at 0
+
+
+def _token_from(body: bytes, host: str) -> str:
+    """The bearer token of a token service's answer (``token``, or OAuth2's
+    ``access_token``)."""
+    doc = _json_body(body)
+    token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise AuthError(f"{host}: token service answered with no token")
+    return token
+
+
+def _tag_list(body: bytes, where: str) -> list[str]:
+    """The ``tags`` of a tag-list answer (null for a repository without tags)."""
+    doc = _json_body(body)
+    tags = doc.get("tags") if isinstance(doc, dict) else "not an object"
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise RegistryError(f"{where}: the tag list is not a JSON list of tags")
+    return tags
+
+
+def _index_entries(body: bytes, where: str) -> list[dict[str, Any]]:
+    """The ``manifests`` of an image index (a referrers answer or its fallback tag)."""
+    doc = _json_body(body)
+    entries = doc.get("manifests") if isinstance(doc, dict) else "not an object"
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise RegistryError(f"{where}: not an image index")
+    return entries
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -328,7 +404,8 @@ class RegistryClient:
             self._basic = True
             return
         if scheme != "bearer" or "realm" not in params:
-            raise AuthError(f"{self.host}: unsupported authentication challenge {scheme!r}")
+            raise AuthError(f"{self.host}: unsupported authentication challenge "
+                            f"{_one_line(scheme, 40)!r}")
         scopes = {s for s in params.get("scope", "").split(" ") if s}
         scopes |= {s for s in (scope, *extra) if s}
         query: list[tuple[str, str]] = [("service", params["service"])] \
@@ -339,6 +416,9 @@ class RegistryClient:
             query.append(("account", creds.username))
             headers["Authorization"] = _basic(creds)
         realm = params["realm"]
+        if urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
+            raise AuthError(f"{self.host}: the token service {_one_line(realm, 100)!r} is not "
+                            "an HTTP URL")
         url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(query)}"
         try:
             tr = self._http.request("GET", url, headers=headers)
@@ -349,11 +429,7 @@ class RegistryClient:
                             f"(HTTP {tr.status_code})")
         if tr.status_code != 200:
             raise AuthError(f"{self.host}: token service answered HTTP {tr.status_code}")
-        try:
-            doc = tr.json()
-            token = str(doc.get("token") or doc.get("access_token"))
-        except (ValueError, AttributeError):
-            raise AuthError(f"{self.host}: token service answered with no token") from None
+        token = _token_from(tr.content, self.host)
         with self._lock:
             self._tokens[scope] = token
 
@@ -415,7 +491,7 @@ class RegistryClient:
             return resp
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after and retry_after.isdigit():
+        if retry_after and retry_after.isascii() and retry_after.isdigit():  # not "²"
             return min(float(retry_after), 30.0)
         return float(min(self.backoff * 2 ** (attempt - 1), 8.0))
 
@@ -452,8 +528,9 @@ class RegistryClient:
                                  f"its digest (got {digest_of(data)})")
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         if media_type in ("", "application/json", "text/plain"):
-            with contextlib.suppress(ValueError, AttributeError):
-                media_type = str(json.loads(data).get("mediaType") or media_type)
+            doc = _json_body(data)
+            found = doc.get("mediaType") if isinstance(doc, dict) else None
+            media_type = found if isinstance(found, str) and found else media_type
         return data, media_type
 
     def resolve(self, repo: str, ref: str) -> str | None:
@@ -465,9 +542,9 @@ class RegistryClient:
         if resp.status_code != 200:
             raise self._fail(resp, f"resolving {repo}:{ref}")
         digest = resp.headers.get("Docker-Content-Digest")
-        if digest:
+        if digest and _DIGEST.fullmatch(digest):
             return digest
-        got = self.get_manifest(repo, ref)
+        got = self.get_manifest(repo, ref)  # none, or one that is not a digest: hash it
         return digest_of(got[0]) if got else None
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
@@ -494,7 +571,7 @@ class RegistryClient:
                 return out
             if resp.status_code != 200:
                 raise self._fail(resp, f"listing tags of {repo}")
-            out += resp.json().get("tags") or []
+            out += _tag_list(resp.content, f"{self.host}/{repo}")
             link = resp.links.get("next", {}).get("url")
             url = urllib.parse.urljoin(resp.url, link) if link else None
         return out
@@ -627,12 +704,8 @@ class RegistryClient:
         with contextlib.suppress(RegistryError):
             resp = self.do_request(location, repo=repo, push=True)
             if resp.status_code == 204:
-                rng = resp.headers.get("Range", "")
                 loc = self._location(resp) if resp.headers.get("Location") else location
-                start, _, end = rng.partition("-")
-                if start == "0" and end.isdigit() and int(end) > 0:
-                    return loc, int(end) + 1
-                return loc, 0  # "0-0": nothing (or one byte) written; a chunk restarts at 0
+                return loc, _range_next(resp.headers.get("Range", ""))
         return self._start_upload(repo), 0
 
     def get_blob(self, repo: str, digest: str) -> bytes:
@@ -704,12 +777,14 @@ class RegistryClient:
             ctype = resp.headers.get("Content-Type", "")
             if resp.status_code == 200 and ctype.startswith(OCI_INDEX):
                 self._referrers_api = True
-                return list(resp.json().get("manifests") or [])
+                return _index_entries(resp.content, f"{self.host}/{repo}: referrers of "
+                                      f"{digest[:19]}")
             self._referrers_api = False
-        got = self.get_manifest(repo, fallback_tag(digest))
+        tag = fallback_tag(digest)
+        got = self.get_manifest(repo, tag)
         if got is None:
             return []
-        return list(json.loads(got[0]).get("manifests") or [])
+        return _index_entries(got[0], f"{self.host}/{repo}:{tag}")
 
     def add_referrer(self, repo: str, subject_digest: str, descriptor: Mapping[str, Any]) -> None:
         """Record a pushed manifest that has a ``subject`` where clients will look for it.
@@ -723,8 +798,12 @@ class RegistryClient:
             return
         tag = fallback_tag(subject_digest)
         got = self.get_manifest(repo, tag)
-        index: dict[str, Any] = json.loads(got[0]) if got else {
-            "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX}
+        entries: list[dict[str, Any]] = []
+        if got:  # checked, not trusted: an index that is not one is refused, not overwritten
+            entries = _index_entries(got[0], f"{self.host}/{repo}:{tag}")
+            index = json.loads(got[0])  # an object: _index_entries read it
+        index["manifests"] = entries
         if any(m.get("digest") == descriptor["digest"] for m in index["manifests"]):
             return
         index["manifests"].append(dict(descriptor))
