@@ -70,12 +70,24 @@ def trust_files(repo: str, public_keys: list[bytes], *,
 
 
 def write_tree(root: Path, files: dict[str, tuple[bytes, int]]) -> list[Path]:
-    """Write atomically, each file with its mode from the start (auth.json is never 0644)."""
+    """Write atomically, each file with its mode from the start (auth.json is never 0644).
+
+    A file in the way of a directory is found before anything is written: the tree gets all
+    of its files or none of them."""
+    for rel in files:
+        parent = (root / rel).parent
+        there = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
+        if not there.is_dir():
+            raise UsageError(f"{there}: not a directory, so {root / rel} cannot be written; "
+                             "nothing written")
     written = []
     for rel, (data, mode) in sorted(files.items()):
         path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data, mode)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data, mode)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot write it ({exc.strerror})") from None
         written.append(path)
     return written
 

@@ -1184,6 +1184,16 @@ def case_node_trust_into_a_file(ctx: Ctx) -> Run:
 
 
 @case
+def case_node_trust_with_a_file_in_the_way(ctx: Ctx) -> Run:
+    _, pub = ctx.keypair()
+    ctx.write("overlay/etc/pki", "a file where the keys' directory goes\n")
+    return Run(["node", "trust", "registry.example.com/nodes/web", "--key", str(pub), "--out",
+                str(ctx.path("overlay"))], 2,
+               (f"{ctx.path('overlay/etc/pki')}: not a directory", "nothing written"),
+               keep=(ctx.path("overlay"),))
+
+
+@case
 def case_node_trust_extends_a_malformed_policy(ctx: Ctx) -> Run:
     _, pub = ctx.keypair()
     policy = ctx.write("overlay/etc/containers/policy.json", json.dumps(
