@@ -20,7 +20,14 @@ from nestbuild import run
 from nestbuild.cache import cache_dir
 from nestbuild.errors import ImageError, ToolError, UsageError
 from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import INDEX_TYPES, Descriptor, Manifest, digest_of, pick_platform
+from nestbuild.image.model import (
+    INDEX_TYPES,
+    Descriptor,
+    Manifest,
+    digest_of,
+    index_manifests,
+    pick_platform,
+)
 from nestbuild.image.reference import ImageRef, parse_reference
 from nestbuild.image.source import BaseLookup, ImageSource, StorageSource, index_children
 from nestbuild.progress import Transfer
@@ -194,8 +201,8 @@ def inspect(image: str, *, access: RegistryAccess | None = None) -> dict[str, An
         raw, media_type = src.top
         if media_type in INDEX_TYPES:
             doc["index"] = {"digest": digest_of(raw), "manifests": [
-                {"digest": m.get("digest"), "platform": m.get("platform")}
-                for m in json.loads(raw).get("manifests") or []]}
+                {"digest": m.digest, "platform": m.platform}
+                for m in index_manifests(raw, f"{src.ref} index")]}
         doc["referrers"] = [
             {"digest": r.get("digest"), "artifactType": r.get("artifactType")}
             for r in src.client.referrers(src.target.repo, src.manifest.digest)]

@@ -26,7 +26,14 @@ from typing import IO, Any, BinaryIO
 from nestbuild.cache import cache_dir
 from nestbuild.errors import LayerError, UsageError
 from nestbuild.image import open_image
-from nestbuild.image.model import INDEX_TYPES, OCI_CONFIG, OCI_MANIFEST, Descriptor, digest_of
+from nestbuild.image.model import (
+    INDEX_TYPES,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Descriptor,
+    digest_of,
+    index_manifests,
+)
 from nestbuild.image.source import ImageSource, OCILayoutSource
 from nestbuild.progress import Transfer
 from nestbuild.registry import reference
@@ -293,8 +300,8 @@ def _push_top(pusher: _Pusher, src: ImageSource) -> tuple[bytes, str]:
     if isinstance(src, OCILayoutSource):
         desc, raw = src.top()
         if desc.media_type in INDEX_TYPES or b'"manifests"' in raw:
-            for entry in json.loads(raw).get("manifests") or []:
-                child = src.child(str(entry["digest"]))
+            for entry in index_manifests(raw, f"{src.ref} index"):
+                child = src.child(entry.digest)
                 data, media_type = pusher.image(child)
                 pusher.client.put_manifest(pusher.repo, digest_of(data), data, media_type)
             return raw, desc.media_type or "application/vnd.oci.image.index.v1+json"

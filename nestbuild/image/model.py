@@ -156,6 +156,19 @@ def _load_json(raw: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
+def load_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from untrusted bytes; anything else is an ImageError naming ``what``."""
+    return _load_json(raw, what)
+
+
+def index_manifests(index_raw: bytes, what: str) -> list[Descriptor]:
+    """The descriptors an image index (or an OCI layout's index.json) lists, checked."""
+    entries = _load_json(index_raw, what).get("manifests") or []
+    if not isinstance(entries, list):
+        raise ImageError(f"{what}: manifests is not a list")
+    return [Descriptor.parse(d, f"{what} manifest") for d in entries]
+
+
 def host_platform() -> tuple[str, str]:
     """The OCI os/architecture of this machine, for picking from an index."""
     import platform
@@ -170,11 +183,7 @@ def pick_platform(
     index_raw: bytes, what: str, platform: tuple[str, str] | None = None
 ) -> Descriptor:
     """Choose the manifest for ``platform`` (default: this host) from an image index."""
-    obj = _load_json(index_raw, what)
-    entries = obj.get("manifests") or []
-    if not isinstance(entries, list):
-        raise ImageError(f"{what}: manifests is not a list")
-    manifests = [Descriptor.parse(d, f"{what} manifest") for d in entries]
+    manifests = index_manifests(index_raw, what)
     want_os, want_arch = platform or host_platform()
     for desc in manifests:
         plat = desc.platform or {}

@@ -32,6 +32,8 @@ from nestbuild.image.model import (
     ImageConfig,
     Manifest,
     digest_of,
+    index_manifests,
+    load_json_object,
     pick_platform,
 )
 from nestbuild.image.reference import ImageRef, parse_reference
@@ -203,19 +205,15 @@ class OCILayoutSource(ImageSource):
         return (self._root / self._blob_path(digest)).is_file()
 
     def _index(self) -> list[Descriptor]:
-        raw = self._read_file("index.json")
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ImageError(f"{self.ref}: index.json is not valid JSON ({exc})") from None
-        return [Descriptor.parse(d, f"{self.ref} index") for d in obj.get("manifests") or []]
+        return index_manifests(self._read_file("index.json"), f"{self.ref} index.json")
 
     def top(self) -> tuple[Descriptor, bytes]:
         """What the reference names (an image or a whole index) and its exact bytes."""
         desc = Descriptor("", self._want_digest, -1) if self._want_digest else self._select()
         raw = self._read_verified(desc.digest)
         if not desc.media_type:
-            media_type = json.loads(raw).get("mediaType") or ""
+            media_type = str(load_json_object(raw, f"{self.ref} manifest").get("mediaType")
+                             or "")
             desc = Descriptor(media_type, desc.digest, len(raw))
         return desc, raw
 
