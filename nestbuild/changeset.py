@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 
 from nestbuild import paths
 from nestbuild.baseindex import BaseIndex, comparable_type
-from nestbuild.tree import BLOCK, CHAR, FILE, HARDLINK, SYMLINK, Entry, Item, Unsafe, Whiteout
+from nestbuild.tree import (
+    BLOCK,
+    CHAR,
+    DIR,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    Entry,
+    Item,
+    Unsafe,
+    Whiteout,
+)
 
 ADDED, MODIFIED, DELETED, METADATA = "added", "modified", "deleted", "metadata"
 
@@ -91,6 +102,9 @@ class Overlay:
         #: with the entry it belongs to (a later layer may replace the file).
         self.contents: dict[str, tuple[Entry, bytes]] = {}
         self.unsafe: list[Unsafe] = []
+        #: Parents already seen to be directories in the merged tree (reset when a whiteout
+        #: or a non-directory entry may have replaced one).
+        self._dirs: set[str] = set()
 
     def want_digest(self, entry: Entry) -> bool:
         """Hash a derived file only if the base has a file of the same size there."""
@@ -101,15 +115,39 @@ class Overlay:
         if paths.keeps_content(entry.path):
             self.contents[entry.path] = (entry, data)
 
-    def apply(self, item: Item) -> None:
+    def apply(self, item: Item) -> str | None:
+        """Apply one derived item; returns why a node would refuse it where the merged tree
+        shows it (below a file, a hard link to a directory or to nothing), else None.
+
+        The same refusals as deploy's (nestbuild.deploy), so validate reports what deploy
+        refuses; what each item is by itself is nodetree's verdict (lints.LayerScanner).
+        """
         if isinstance(item, Unsafe):
             self.unsafe.append(item)
-        elif isinstance(item, Whiteout):
+            return None
+        why = self._below_non_directory(item.path)
+        if isinstance(item, Whiteout):
+            self._dirs.clear()
             self._whiteout(item)
-        else:
-            if item.type == HARDLINK:
-                self._resolve_hardlink(item)
-            self.entries[item.path] = item
+            return why
+        if item.type != DIR and item.path in self._dirs:
+            self._dirs.clear()  # a directory replaced: what was below it is gone
+        if item.type == HARDLINK:
+            why = why or self._resolve_hardlink(item)
+        self.entries[item.path] = item
+        return why
+
+    def _below_non_directory(self, path: str) -> str | None:
+        parent = posixpath.dirname(path)
+        if parent in ("/", "") or parent in self._dirs:
+            return None
+        above = self.get(parent)
+        if above is None or above.type == DIR:
+            self._dirs.add(parent)  # missing parents are made as directories by the unpack
+            return None
+        if above.type == SYMLINK:
+            return None  # nodetree.SymlinkGuard says so, with the link
+        return f"below {parent}, which is a {above.type}, not a directory"
 
     def _whiteout(self, w: Whiteout) -> None:
         prefix = w.path.rstrip("/") + "/"
@@ -124,15 +162,14 @@ class Overlay:
             del self.entries[p]
         self.hidden[w.path] = w.layer
 
-    def _resolve_hardlink(self, e: Entry) -> None:
-        target = self.entries.get(e.link)
-        if isinstance(target, Entry):
-            e.size, e.digest = target.size, target.digest
-            return
-        if target is None and not self._is_hidden(e.link):
-            base = self.base.get(e.link)
-            if base is not None:
-                e.size, e.digest = base.size, base.digest
+    def _resolve_hardlink(self, e: Entry) -> str | None:
+        target = self.get(e.link)
+        if target is None:
+            return f"a hard link to {e.link}, which no layer has at that point"
+        if target.type == DIR:
+            return f"a hard link to the directory {e.link}"
+        e.size, e.digest = target.size, target.digest
+        return None
 
     def _is_hidden(self, path: str) -> bool:
         parent = path

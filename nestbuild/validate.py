@@ -186,7 +186,9 @@ def analyze(image_ref: str, base_ref: str | None = None,
             for item in read_layer(stream.fileobj, i, seekable=stream.seekable, want_digest=want,
                                    inspect=inspect, what=f"{image.ref} layer {i}"):
                 scanner.item(item)
-                overlay.apply(item)
+                why = overlay.apply(item)
+                if why is not None:
+                    scanner.raws.append(lints.refusal_raw(item.layer, item.path, why))
             stream.finish()
     changes = overlay.changes()
     return Analysis(image, info, overlay, changes, scanner, index, notes, early)

@@ -451,3 +451,28 @@ def test_beneath_never_follows_a_symlink(tmp_path: Path, monkeypatch: pytest.Mon
         os.close(fd)
     assert (host / "f").read_bytes() == b"host\n" and sorted(os.listdir(host)) == ["f"]
     assert not (tree / "a" / "l").exists() and (tree / "a" / "b" / "c" / "d").is_dir()
+
+
+# -- validate reports what deploy refuses --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("layers", "path"), [
+    ([Layer().dir("/usr/share").file("/usr/share/data", b"x"),
+      Layer().file("/usr/share/data/inner", b"y")], "/usr/share/data/inner"),
+    ([Layer().dir("/usr/share").dir("/usr/share/d").hardlink("/usr/share/link", "/usr/share/d")],
+     "/usr/share/link"),
+    ([Layer().dir("/usr/share").hardlink("/usr/share/link", "/usr/share/nothing")],
+     "/usr/share/link"),
+], ids=["below-a-file", "hard-link-to-a-directory", "hard-link-to-nothing"])
+def test_validate_reports_what_deploy_refuses(node: Node, layers: list[Layer | bytes],
+                                              path: str) -> None:
+    """One promise, both sides: an image deploy refuses never passes validate."""
+    from nestbuild.policy import preset
+    from nestbuild.validate import validate
+
+    ref = node.image("evil", layers)
+    node.refuses(ref, path, layer=f"{len(layers) + 1}/{len(layers) + 1}")
+    report = validate(ref, policy=preset("strict"))
+    refused = [f for f in report.findings if f.rule == "unsafe-path" and f.path == path]
+    assert refused and all(f.severity == "error" for f in refused), report.findings
+    assert not report.passed
