@@ -192,10 +192,13 @@ def _content(registry: Registry) -> dict[str, str]:
             if p.is_file() and "_uploads" not in p.parts}
 
 
-def _open_uploads(registry: Registry) -> list[Path]:
-    """Upload sessions still open. (distribution keeps a cancelled session's hash state until
-    its upload purging, a week by default, whoever cancelled it: that is not one.)"""
-    return [p.parent for p in registry.storage_dir.rglob("_uploads/*/startedat")]
+def _open_uploads(registry: Registry, repo: str) -> list[Path]:
+    """Upload sessions still open in ``repo`` (the registry is shared with other tests, some
+    of which interrupt pushes on purpose). (distribution keeps a cancelled session's hash
+    state until its upload purging, a week by default, whoever cancelled it: that is not
+    one.)"""
+    where = registry.storage_dir / "docker" / "registry" / "v2" / "repositories" / repo
+    return [p.parent for p in where.rglob("_uploads/*/startedat")]
 
 
 def test_a_failed_or_repeated_signing_leaves_the_registry_as_it_was(
@@ -211,14 +214,14 @@ def test_a_failed_or_repeated_signing_leaves_the_registry_as_it_was(
     monkeypatch.setenv("NESTBUILD_PASSWORD", "wrong")
     assert main(["sign", ref, "--key", str(key_path)]) == 2
     assert "wrong passphrase" in capsys.readouterr().err
-    assert _content(registry) == before and _open_uploads(registry) == []
+    assert _content(registry) == before and _open_uploads(registry, "signing/untouched") == []
     monkeypatch.setenv("NESTBUILD_PASSWORD", "pw")
     assert main(["sign", ref, "--key", str(key_path)]) == 0
     signed = _content(registry)
-    assert len(signed) > len(before) and _open_uploads(registry) == []
+    assert len(signed) > len(before) and _open_uploads(registry, "signing/untouched") == []
     assert main(["sign", ref, "--key", str(key_path)]) == 0
     assert "already signed by this key" in capsys.readouterr().out
-    assert _content(registry) == signed and _open_uploads(registry) == []
+    assert _content(registry) == signed and _open_uploads(registry, "signing/untouched") == []
 
 
 def test_nestbuild_verifies_what_cosign_signs(
