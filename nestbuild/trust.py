@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nestbuild import userfile
 from nestbuild.atomic import write_atomic
 from nestbuild.errors import UsageError
 
@@ -103,17 +104,7 @@ def read_policy(path: Path) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        doc = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not valid JSON (not UTF-8)") from None
-    except (ValueError, RecursionError):  # a number past the digit limit; deep nesting
-        raise UsageError(f"{path}: not valid JSON (a number too long or nesting too deep)") \
-            from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: policy.json must hold a JSON object")
+    doc = userfile.json_object(data, str(path), UsageError, "policy.json")
     _requirements(doc.get("default", []), f"{path}: default")
     transports = doc.get("transports", {})
     if not isinstance(transports, dict):

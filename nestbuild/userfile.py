@@ -13,8 +13,9 @@ Composing never expands aliases, so a "billion laughs" document stays small.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nestbuild.errors import NestbuildError
 
@@ -49,6 +50,24 @@ def decode(data: bytes, source: str, error: type[NestbuildError]) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise error(f"{source}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+
+
+def json_object(data: bytes, source: str, error: type[NestbuildError],
+                kind: str) -> dict[str, Any]:
+    """A JSON document that must be an object; every problem is one ``error`` line naming
+    ``source`` (and the line, where the parser knows it). ``kind`` names what the file is."""
+    try:
+        doc = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise error(f"{source}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise error(f"{source}: not valid JSON (not UTF-8)") from None
+    except (ValueError, RecursionError):  # a number past the digit limit; deep nesting
+        raise error(f"{source}: not valid JSON (a number too long or nesting too deep)") \
+            from None
+    if not isinstance(doc, dict):
+        raise error(f"{source}: {kind} must hold a JSON object")
+    return doc
 
 
 def compose_yaml(text: str, source: str, error: type[NestbuildError]) -> yaml.Node | None:

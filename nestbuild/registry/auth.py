@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nestbuild import userfile
 from nestbuild.errors import UsageError
 
 
@@ -91,18 +92,9 @@ def _load(path: Path) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read credentials ({exc.strerror})") from None
-    try:
-        doc = json.loads(data) if data.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not valid JSON (not UTF-8)") from None
-    except (ValueError, RecursionError):  # a number past the digit limit; deep nesting
-        raise UsageError(f"{path}: not valid JSON (a number too long or nesting too deep)") \
-            from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: an auth file must hold a JSON object")
-    return doc
+    if not data.strip():
+        return {}
+    return userfile.json_object(data, str(path), UsageError, "an auth file")
 
 
 def _decode(entry: object, source: str) -> Credentials | None:
