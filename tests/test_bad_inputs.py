@@ -331,7 +331,8 @@ def case_oci_index_not_json(ctx: Ctx) -> Run:
 def case_oci_index_not_an_object(ctx: Ctx) -> Run:
     root = ctx.layout()
     (root / "index.json").write_text("[]")
-    return Run(["validate", f"oci:{root}:v1", "-q"], 2, ("index.json: not a JSON object",), keep=(root,))
+    return Run(["validate", f"oci:{root}:v1", "-q"], 2, ("index.json: not a JSON object",),
+               keep=(root,))
 
 
 @case
