@@ -12,7 +12,6 @@ Three kinds of check, by what they need to see:
 
 from __future__ import annotations
 
-import configparser
 import posixpath
 import re
 import tomllib
@@ -20,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nestbuild import paths
+from nestbuild import nodetree, paths
 from nestbuild.changeset import ADDED, DELETED, Change
 from nestbuild.findings import Finding
 from nestbuild.nodetree import SymlinkGuard, dropped_by, refusal
@@ -242,25 +241,8 @@ def kmod_mismatch(changes: list[Change], kernels: list[str]) -> list[Raw]:
     return out
 
 
-def _prepare_root(view: View) -> configparser.ConfigParser | None:
-    data = view.content(paths.PREPARE_ROOT_CONF)
-    if data is None:
-        return None
-    conf = configparser.ConfigParser()
-    try:
-        conf.read_string(data.decode("utf-8", "replace"))
-    except configparser.Error:
-        return None
-    return conf
-
-
-_TRUE = ("yes", "true", "1")
-
-
 def composefs_enabled(view: View) -> bool:
-    conf = _prepare_root(view)
-    value = conf.get("composefs", "enabled", fallback="no") if conf else "no"
-    return value.strip().lower() in (*_TRUE, "signed", "verity", "maybe")
+    return nodetree.composefs_enabled(nodetree.prepare_root(view.content(paths.PREPARE_ROOT_CONF)))
 
 
 def _kernel_modules(view: View, kver: str) -> set[str]:

@@ -84,20 +84,32 @@ def verdict(item: Item, *, keeps_toplevels: bool = True) -> Verdict:
     return _KEPT
 
 
+def prepare_root(data: bytes | None) -> configparser.ConfigParser | None:
+    """prepare-root.conf parsed (None when missing or unreadable: the defaults apply)."""
+    if data is None:
+        return None
+    conf = configparser.ConfigParser()
+    try:
+        conf.read_string(data.decode("utf-8", "replace"))
+    except configparser.Error:
+        return None
+    return conf
+
+
+_TRUE = ("yes", "true", "1")
+
+
+def composefs_enabled(conf: configparser.ConfigParser | None) -> bool:
+    value = conf.get("composefs", "enabled", fallback="no") if conf else "no"
+    return value.strip().lower() in (*_TRUE, "signed", "verity", "maybe")
+
+
 def keeps_toplevels(prepare_root_conf: bytes | None) -> bool:
     """Whether prepare-root.conf enables composefs or root.transient (then the node keeps
     top-level directories other than the standard ones)."""
-    if prepare_root_conf is None:
-        return False
-    conf = configparser.ConfigParser()
-    try:
-        conf.read_string(prepare_root_conf.decode("utf-8", "replace"))
-    except configparser.Error:
-        return False
-    composefs = conf.get("composefs", "enabled", fallback="no").strip().lower()
-    transient = conf.get("root", "transient", fallback="no").strip().lower()
-    return composefs in ("yes", "true", "1", "signed", "verity", "maybe") or transient in (
-        "yes", "true", "1")
+    conf = prepare_root(prepare_root_conf)
+    transient = conf.get("root", "transient", fallback="no") if conf else "no"
+    return composefs_enabled(conf) or transient.strip().lower() in _TRUE
 
 
 class SymlinkGuard:

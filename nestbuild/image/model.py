@@ -92,7 +92,7 @@ class Manifest:
 
     @classmethod
     def parse(cls, raw: bytes, digest: str, what: str) -> Manifest:
-        obj = _load_json(raw, what)
+        obj = load_json_object(raw, what)
         media_type = obj.get("mediaType") or OCI_MANIFEST
         if media_type in INDEX_TYPES or "manifests" in obj:
             raise ImageError(f"{what}: is an image index, not a single image")
@@ -117,7 +117,7 @@ class ImageConfig:
 
     @classmethod
     def parse(cls, raw: bytes, what: str) -> ImageConfig:
-        obj = _load_json(raw, what)
+        obj = load_json_object(raw, what)
         rootfs = obj.get("rootfs")
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
@@ -141,7 +141,8 @@ class ImageConfig:
         return self.labels.get(LABEL_BOOTC) == "1" or self.labels.get(LABEL_BOOTABLE) == "true"
 
 
-def _load_json(raw: bytes, what: str) -> dict[str, Any]:
+def load_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from untrusted bytes; anything else is an ImageError naming ``what``."""
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -156,14 +157,9 @@ def _load_json(raw: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-def load_json_object(raw: bytes, what: str) -> dict[str, Any]:
-    """A JSON object from untrusted bytes; anything else is an ImageError naming ``what``."""
-    return _load_json(raw, what)
-
-
 def index_manifests(index_raw: bytes, what: str) -> list[Descriptor]:
     """The descriptors an image index (or an OCI layout's index.json) lists, checked."""
-    entries = _load_json(index_raw, what).get("manifests") or []
+    entries = load_json_object(index_raw, what).get("manifests") or []
     if not isinstance(entries, list):
         raise ImageError(f"{what}: manifests is not a list")
     return [Descriptor.parse(d, f"{what} manifest") for d in entries]
