@@ -202,10 +202,12 @@ def _import_layer(source: ImageSource, index: int, repo: Path, diff_id: str,
                   what: str) -> tuple[str, LayerFacts]:
     commit = ostree.TarCommit(repo, f"layer {diff_id}")
     try:
-        with source.open_layer(index) as stream:
+        with source.open_layer(index, what) as stream:
             writer = LayerWriter(commit.stdin, diff_id, what)
             writer.run(stream.fileobj)
-            stream.finish()  # the blob's own digest, as the source checks it
+            # the blob's digest and the diff_id, before the tar may end: ostree sees a
+            # truncated stream otherwise and keeps nothing
+            stream.finish()
             writer.finish(writer.facts_json())
     except BrokenPipeError:
         raise commit.failure() from None

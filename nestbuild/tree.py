@@ -22,6 +22,12 @@ from nestbuild.tarstream import Member, TarStream
 def _decompress_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [tarfile.TarError, EOFError, OSError, zlib.error]
     try:
+        from isal import isal_zlib
+
+        errors.append(isal_zlib.error)  # type: ignore[arg-type]  # a class; stubs say instance
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    try:
         import zstandard
 
         errors.append(zstandard.ZstdError)

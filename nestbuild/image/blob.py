@@ -6,7 +6,6 @@ contents (as ``tar -t`` does); compressed ones are decompressed as a stream.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 from typing import IO, BinaryIO
@@ -98,6 +97,13 @@ class HashingReader(io.RawIOBase):
         if digest != expected_digest:
             raise LayerError(f"{what}: {label} digest is {digest}, expected {expected_digest}")
 
+    def check_diff_id(self, diff_id: str, what: str) -> None:
+        """Compare an uncompressed stream with the diff_id its image's config names."""
+        digest = "sha256:" + self._hash.hexdigest()
+        if digest != diff_id:
+            raise LayerError(f"{what}: the layer's content is {digest}, not the diff_id "
+                             f"{diff_id} its image's config names")
+
     def finish(self, expected_digest: str, expected_size: int | None, what: str) -> None:
         """Read to the end and compare digest and size with the descriptor."""
         self.drain()
@@ -139,7 +145,11 @@ def compression_of(head: bytes, media_type: str) -> str:
 
 def decompressor(raw: IO[bytes], compression: str) -> IO[bytes]:
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        # ISA-L inflates about twice as fast as zlib, with the same checks (CRC, length);
+        # imported here so commands that never read a layer do not pay for it.
+        from isal import igzip
+
+        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call,return-value]
     if compression == "zstd":
         import zstandard
 

@@ -115,11 +115,13 @@ class ImageSource:
     layers_trusted = False
 
     @contextlib.contextmanager
-    def open_layer(self, index: int) -> Iterator[LayerStream]:
-        """One layer's tar; the stream's ``finish()`` proves its blob digest and diff_id."""
+    def open_layer(self, index: int, what: str | None = None) -> Iterator[LayerStream]:
+        """One layer's tar; the stream's ``finish()`` proves its blob digest and diff_id.
+
+        ``what`` names the layer in errors (the caller's own numbering)."""
         desc = self.manifest.layers[index]
         diff_id = self.config.diff_ids[index]
-        what = f"{self.ref} layer {index} ({desc.digest[:19]})"
+        what = what or f"{self.ref} layer {index} ({desc.digest[:19]})"
         with self._open_blob(desc) as raw:
             head = raw.read(4)
             raw.seek(0)
@@ -150,7 +152,7 @@ class ImageSource:
                     raise LayerError(f"{what}: corrupt {compression} data ({exc})") from None
                 blob.drain()
                 blob.check(desc.digest, desc.size, what)
-                tar.check(diff_id, None, what, "uncompressed content (diff_id)")
+                tar.check_diff_id(diff_id, what)
 
             yield LayerStream(io.BufferedReader(tar, CHUNK), False, (check,))
 
@@ -383,7 +385,7 @@ class StorageSource(ImageSource):
     layers_trusted = True
 
     @contextlib.contextmanager
-    def open_layer(self, index: int) -> Iterator[LayerStream]:
+    def open_layer(self, index: int, what: str | None = None) -> Iterator[LayerStream]:
         diff_id = self.config.diff_ids[index]
         store = _store()
         layer_id = store.layer_for(diff_id)
