@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,10 @@ class NodeStatus:
                 "deployments": [d.to_json() for d in self.deployments]}
 
 
+#: A manifest digest the rest of nestbuild can check (the algorithms it hashes with).
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+
+
 def _load(text: str, tool: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
@@ -56,40 +61,106 @@ def _load(text: str, tool: str) -> dict[str, Any]:
     return data
 
 
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    """An optional JSON object (null: empty), so a hostile shape is one line, not a crash."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StatusError(f"{what} is not an object")
+    return value
+
+
+def _str(value: Any, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise StatusError(f"{what} is not a string")
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise StatusError(f"{what} is not true or false")
+    return value
+
+
+def _digest(value: Any, what: str) -> str | None:
+    """A digest nestbuild may compare and pin by; anything else is refused, not passed on."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise StatusError(f"{what} is not a sha256 or sha512 digest")
+    return value
+
+
 def parse_bootc(text: str) -> NodeStatus:
     """``bootc status --format=json`` (schema: bootc docs/src/host-v1.schema.json)."""
     data = _load(text, "bootc")
     if "apiVersion" not in data or "kind" not in data:
         raise StatusError("bootc status lacks apiVersion/kind: not a bootc Host document")
-    spec = data.get("spec") or {}
-    status = data.get("status") or {}
-    spec_image = (spec.get("image") or {}).get("image")
-    out = NodeStatus("bootc", spec_image=spec_image,
-                     rollback_queued=bool(status.get("rollbackQueued", False)))
+    spec = _obj(data.get("spec"), "bootc status: spec")
+    status = _obj(data.get("status"), "bootc status: status")
+    spec_ref = spec.get("image")
+    spec_image = None if spec_ref is None else _bootc_reference(spec_ref, "spec.image")[0]
+    out = NodeStatus("bootc", spec_image=spec_image, rollback_queued=_bool(
+        status.get("rollbackQueued", False), "bootc status: status.rollbackQueued"))
     for role in ("staged", "booted", "rollback"):
         entry = status.get(role)
-        if entry:
+        if entry is not None:
             out.deployments.append(_bootc_entry(role, entry))
-    for entry in status.get("otherDeployments") or []:
+    others = status.get("otherDeployments")
+    if others is not None and not isinstance(others, list):
+        raise StatusError("bootc status: status.otherDeployments is not a list")
+    for entry in others or []:
         out.deployments.append(_bootc_entry("other", entry))
     return out
 
 
-def _bootc_entry(role: str, entry: dict[str, Any]) -> NodeDeployment:
+def _bootc_reference(value: Any, where: str) -> tuple[str, bool]:
+    """bootc's ImageReference as one name and whether bootc enforced signatures fetching it.
+
+    A transport other than ``registry`` stays in the name (``oci:/var/mnt/osupdate``): the
+    bare path is not a registry repository. bootc writes no signature for a fetch that let the
+    node's policy accept anything (its ContainerPolicyAllowInsecure), and older bootc wrote
+    ``insecure`` for the same; ``containerPolicy`` and ``ostreeRemote`` mean it verified."""
+    ref = _obj(value, f"bootc status: {where}")
+    image = _str(ref.get("image"), f"bootc status: {where}.image")
+    transport = _str(ref.get("transport"), f"bootc status: {where}.transport")
+    if not image or not transport:
+        raise StatusError(f"bootc status: {where} lacks image/transport")
+    name = image if transport == "registry" else f"{transport}:{image}"
+    signature = ref.get("signature")
+    if signature is None or signature == "insecure":
+        return name, False
+    if signature == "containerPolicy" or (
+            isinstance(signature, dict) and list(signature) == ["ostreeRemote"]
+            and isinstance(signature["ostreeRemote"], str)):
+        return name, True
+    raise StatusError(f"bootc status: {where}.signature is not containerPolicy, insecure or "
+                      "ostreeRemote")
+
+
+def _bootc_entry(role: str, value: Any) -> NodeDeployment:
+    entry = _obj(value, f"bootc status: {role}")
     if "incompatible" not in entry or "pinned" not in entry:
         raise StatusError(f"bootc status: {role} entry lacks incompatible/pinned")
+    ostree = _obj(entry.get("ostree"), f"bootc status: {role}.ostree")
+    checksum = _str(ostree.get("checksum"), f"bootc status: {role}.ostree.checksum")
     image = entry.get("image")
-    ostree = entry.get("ostree") or {}
-    if image is None:
-        return NodeDeployment(role, None, None, checksum=ostree.get("checksum"))
+    if image is None:  # an ostree deployment not made from a container image
+        return NodeDeployment(role, None, None, checksum=checksum)
+    image = _obj(image, f"bootc status: {role}.image")
     for key in ("image", "imageDigest", "architecture"):
         if key not in image:
             raise StatusError(f"bootc status: {role}.image lacks {key}")
-    ref = image["image"]
-    signature = ref.get("signature")
-    verified = None if signature is None else signature != "insecure"
-    return NodeDeployment(role, ref.get("image"), image["imageDigest"], image.get("version"),
-                          image["architecture"], verified, ostree.get("checksum"))
+    name, verified = _bootc_reference(image["image"], f"{role}.image.image")
+    # bootc writes "" for the digest and architecture of a composefs deployment whose image
+    # it could no longer open: unknown, not a value
+    digest = None if image["imageDigest"] == "" else _digest(
+        image["imageDigest"], f"bootc status: {role}.image.imageDigest")
+    architecture = _str(image["architecture"], f"bootc status: {role}.image.architecture")
+    return NodeDeployment(
+        role, name, digest,
+        _str(image.get("version"), f"bootc status: {role}.image.version"),
+        architecture or None, verified, checksum)
 
 
 def parse_rpm_ostree(text: str) -> NodeStatus:
@@ -100,10 +171,12 @@ def parse_rpm_ostree(text: str) -> NodeStatus:
         raise StatusError("rpm-ostree status has no deployments list")
     out = NodeStatus("rpm-ostree")
     seen_booted = False
-    for d in deployments:
-        ref = d.get("container-image-reference")
+    for i, value in enumerate(deployments):
+        d = _obj(value, f"rpm-ostree status: deployments[{i}]")
+        ref = _str(d.get("container-image-reference"),
+                   f"rpm-ostree status: deployments[{i}].container-image-reference")
         image, verified = None, None
-        if isinstance(ref, str):
+        if ref is not None:
             verified = ref.startswith("ostree-image-signed:") or ref.startswith(
                 "ostree-remote-image:")
             image = ref.split("docker://", 1)[-1] if "docker://" in ref else ref.split(":", 1)[-1]
@@ -115,7 +188,11 @@ def parse_rpm_ostree(text: str) -> NodeStatus:
             role = "rollback"
         else:
             role = "other"
+        where = f"rpm-ostree status: deployments[{i}]"
         out.deployments.append(NodeDeployment(
-            role, image, d.get("container-image-reference-digest"), d.get("version"), None,
-            verified, d.get("checksum")))
+            role, image,
+            _digest(d.get("container-image-reference-digest"),
+                    f"{where}.container-image-reference-digest"),
+            _str(d.get("version"), f"{where}.version"), None, verified,
+            _str(d.get("checksum"), f"{where}.checksum")))
     return out

@@ -21,7 +21,7 @@ from nestbuild.errors import NestbuildError
 from tests.fixtures.common import run_in_pty
 from tests.fixtures.cosign import Cosign
 
-INTEROP = Path(__file__).resolve().parents[1].parent / "shared" / "interop"
+INTEROP = Path(__file__).parent / "data" / "interop"
 HELLO_KEY = INTEROP / "cosign-keys" / "sigstore-hello.key"
 CI_PUB = INTEROP / "containers-image-signatures" / "cosign.pub"
 
