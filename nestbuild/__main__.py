@@ -1,4 +1,4 @@
-"""The ``nestbuild`` executable (and ``python -m nestbuild``): :func:`nestbuild.cli.main` with
+"""The ``nestbuild`` executable (and ``python -m nestbuild``): :func:`nestbuild._cli.main.main` with
 what a short-lived process does differently from a library call.
 
 - A signing key starts decrypting before anything else is imported: its scrypt derivation
@@ -10,7 +10,7 @@ what a short-lived process does differently from a library call.
   (as mypy does): tearing down every module object by object takes ~4 ms and frees nothing
   that the exit does not free anyway.
 
-Nothing here is done by :func:`nestbuild.cli.main`, which tests and scripts call in-process.
+Nothing here is done by :func:`nestbuild._cli.main.main`, which tests and scripts call in-process.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def entry() -> None:
     gc.set_threshold(50_000, 20, 100)
     argv = sys.argv[1:]
     _start_signing_key(argv)
-    from nestbuild.cli import main
+    from nestbuild._cli.main import main
 
     try:
         code = main(argv)
@@ -35,11 +35,11 @@ def entry() -> None:
 
 
 def _start_signing_key(argv: list[str]) -> None:
-    from nestbuild.commands import signing_key_argument
+    from nestbuild._cli import signing_key_argument
 
     named = signing_key_argument(argv)
     if named is not None:
-        from nestbuild import keyfile
+        from nestbuild.signing import keyfile
 
         keyfile.start_early(*named)
 

@@ -88,7 +88,7 @@ def load(path: Path) -> ProjectSettings:
 
     import yaml
 
-    from nestbuild import userfile
+    from nestbuild._util import userfile
 
     root = userfile.compose_yaml(userfile.read_text(path, UsageError), str(path), UsageError)
     out = ProjectSettings(source=path)
@@ -120,7 +120,7 @@ def load(path: Path) -> ProjectSettings:
 def _convert(setting: Setting, node: yaml.Node, base_dir: Path, fail: Any) -> Any:
     import yaml
 
-    from nestbuild import userfile
+    from nestbuild._util import userfile
 
     kind = setting.kind
     if kind == NODE:

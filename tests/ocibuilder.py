@@ -10,8 +10,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import OCI_INDEX, OCI_MANIFEST, Descriptor
+from nestbuild._image.layout import LayoutWriter
+from nestbuild._image.model import OCI_INDEX, OCI_MANIFEST, Descriptor
 
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 BOOTABLE = {"containers.bootc": "1", "ostree.bootable": "true", "ostree.linux": "6.1.0-test"}

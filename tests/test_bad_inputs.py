@@ -35,12 +35,14 @@ from typing import Any
 
 import pytest
 
-from nestbuild import buildah, deploy, keys
-from nestbuild.image import open_image
-from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import OCI_MANIFEST, Descriptor, digest_of
-from nestbuild.push import push
-from nestbuild.registry.client import RegistryClient
+from nestbuild._image import open_image
+from nestbuild._image.layout import LayoutWriter
+from nestbuild._image.model import OCI_MANIFEST, Descriptor, digest_of
+from nestbuild._registry.client import RegistryClient
+from nestbuild._tools import buildah
+from nestbuild.node import deploy
+from nestbuild.shipping.push import push
+from nestbuild.signing import keys
 from tests.fixtures.registry import FaultProxy, Registry
 from tests.ocibuilder import BOOTABLE, Layer, bootable_base, write_platform_index
 

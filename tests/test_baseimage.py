@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nestbuild import baseimage, buildah, run
-from nestbuild.baseimage import BuiltBase
+from nestbuild._tools import buildah, run
+from nestbuild.building import baseimage
+from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import UsageError
 from tests.fixtures.images import BuildImage, unique_tag
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild.cli import main
-from nestbuild.commands.boot import default_entry, marker_matches
+from nestbuild._cli.boot import default_entry, marker_matches
+from nestbuild._cli.main import main
 from nestbuild.errors import UsageError
 from tests.fixtures.debian import DEBIAN_MARKER, OSNAME, DeployedSysroot
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild import buildah
-from nestbuild.baseimage import BuiltBase
-from nestbuild.build import BuildFailed, BuildOptions, build
+from nestbuild._image import open_image
+from nestbuild._tools import buildah
+from nestbuild.building.baseimage import BuiltBase
+from nestbuild.building.build import BuildFailed, BuildOptions, build
 from nestbuild.errors import ImageError, UsageError
-from nestbuild.image import open_image
 from tests.fixtures.images import EXAMPLES
 
 
@@ -119,7 +119,7 @@ def test_multistage_final_base_and_failing_run(mini_base: BuiltBase, tmp_path: P
 
 
 def test_containerfile_parsing(tmp_path: Path) -> None:
-    from nestbuild import containerfile
+    from nestbuild.building import containerfile
 
     cf = tmp_path / "Containerfile"
     cf.write_text("# c\nARG REG=quay.io\nARG TAG\nFROM ${REG}/base:${TAG:-41} AS b\n"
@@ -146,7 +146,7 @@ def test_docker_engine_builds_into_local_storage(mini_base: BuiltBase, dockerd: 
                                                  tag: str) -> None:
     opts = BuildOptions(context=EXAMPLES / "usr-binary", image=tag, engine="docker",
                         build_args={"BASE": mini_base.tag}, docker_host=dockerd)
-    from nestbuild.policy import preset
+    from nestbuild.validation.policy import preset
 
     result = build(opts, policy=preset("packages"))
     image = open_image(tag)  # in containers-storage, like a buildah build
@@ -156,7 +156,7 @@ def test_docker_engine_builds_into_local_storage(mini_base: BuiltBase, dockerd: 
     assert result.report is not None and result.report.passed
     assert [c.path for c in result.report.changes][-1] == "/usr/local/bin/node-ready"
     # and validate alone finds the base from the recorded annotation
-    from nestbuild.validate import validate
+    from nestbuild.validation.validate import validate
 
     assert validate(tag).base is not None
 
@@ -179,7 +179,7 @@ def test_docker_engine_errors(tmp_path: Path, mini_base: BuiltBase, dockerd: str
 
 def test_kernel_profiles_and_trust_are_baked_in(mini_base: BuiltBase, tag: str,
                                                  tmp_path: Path) -> None:
-    from nestbuild import keys
+    from nestbuild.signing import keys
 
     pub = tmp_path / "cosign.pub"
     pub.write_bytes(keys.public_pem(keys.generate()))

@@ -1,4 +1,4 @@
-"""nestbuild.buildah against the real buildah: containers, commits, builds and their failures."""
+"""nestbuild._tools.buildah against the real buildah: containers, commits, builds, failures."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nestbuild import buildah, run
-from nestbuild.baseimage import BuiltBase
+from nestbuild._tools import buildah, run
+from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import ToolError
 from tests.fixtures.images import EXAMPLES, BuildImage, build_example, unique_tag
 

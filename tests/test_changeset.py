@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nestbuild.errors import ImageError, LayerError
-from nestbuild.validate import analyze, diff
+from nestbuild.validation.validate import analyze, diff
 from tests.ocibuilder import Layer, bootable_base, derived, write_image
 
 
@@ -154,7 +154,7 @@ def test_oci_archive(tmp_path: Path) -> None:
 
 
 def _last_layer_blob(image_ref: str) -> Path:
-    from nestbuild.image import open_image
+    from nestbuild._image import open_image
 
     src = open_image(image_ref)
     digest = src.manifest.layers[-1].digest.split(":")[1]
@@ -194,8 +194,8 @@ def test_docker_v2s2_manifest_and_gzip_layer_media_types(tmp_path: Path) -> None
     import hashlib
     import json
 
-    from nestbuild.image.layout import LayoutWriter
-    from nestbuild.image.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor
+    from nestbuild._image.layout import LayoutWriter
+    from nestbuild._image.model import DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor
 
     w = LayoutWriter(tmp_path)
     layers, diff_ids = [], []

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from nestbuild import buildah
-from nestbuild.baseimage import BuiltBase
+from nestbuild._tools import buildah
+from nestbuild.building.baseimage import BuiltBase
 from tests.fixtures.images import EXAMPLES, REPO
 from tests.fixtures.registry import Registry
 

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from nestbuild.cli import build_parser, main
-from nestbuild.commands import (
+from nestbuild._cli import (
     COMMAND_MODULES,
     COMMAND_OWNERS,
     PASSPHRASE_FILE_OPTION,
     SIGNING_KEY_OPTIONS,
     signing_key_argument,
 )
+from nestbuild._cli.main import build_parser, main
 from tests.ocibuilder import Layer, bootable_base, derived
 
 
@@ -131,7 +131,7 @@ def test_one_command_parser_matches_the_whole_one(monkeypatch: pytest.MonkeyPatc
         assert command in alone and set(alone) < set(whole), command
         assert alone[command].format_help() == whole[command].format_help(), command
     args = build_parser("sign").parse_args(["sign", "docker://r/x:1", "--key", "k"])
-    assert args.func.__module__ == "nestbuild.commands.signing"
+    assert args.func.__module__ == "nestbuild._cli.signing"
 
 
 @pytest.mark.parametrize(("argv", "expected"), [

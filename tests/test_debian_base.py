@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nestbuild import baseimage, buildah, keys, packages
-from nestbuild.cli import main
-from nestbuild.image import open_image
-from nestbuild.policy import preset
-from nestbuild.tree import DIR, SYMLINK
-from nestbuild.validate import analyze, validate
+from nestbuild._cli.main import main
+from nestbuild._image import open_image
+from nestbuild._image.tree import DIR, SYMLINK
+from nestbuild._tools import buildah
+from nestbuild.building import baseimage
+from nestbuild.signing import keys
+from nestbuild.validation import packages
+from nestbuild.validation.policy import preset
+from nestbuild.validation.validate import analyze, validate
 from tests.fixtures.common import persistent_cache
 from tests.fixtures.debian import DEBIAN_MARKER
 from tests.fixtures.registry import Registry

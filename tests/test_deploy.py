@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild import deploy, ostree
-from nestbuild.baseimage import BuiltBase
-from nestbuild.image import open_image
+from nestbuild._image import open_image
+from nestbuild._tools import ostree
+from nestbuild.building.baseimage import BuiltBase
+from nestbuild.node import deploy
 from tests.fixtures.images import EXAMPLES, BuildImage
 
 

@@ -9,7 +9,7 @@ the layers below, the plainest reading of the OCI layer rules; the overlay drive
 hard link to a lower layer's file ("processing tar file(no such file or directory)"), which
 the image spec allows. The store is the test's own, so it does not touch the machine's images.
 
-Differences a node makes by design (nestbuild.nodetree), expected:
+Differences a node makes by design (nestbuild.node.nodetree), expected:
 - the children of /run, /tmp, /proc, /sys, /dev and /boot are dropped; top-level names other
   than a bootable root's are dropped unless the final prepare-root.conf enables composefs or
   root.transient (``nodetree.dropped_by``, ``nodetree.keeps_toplevels``);
@@ -66,9 +66,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from nestbuild import deploy, nodetree, run
+from nestbuild._image import open_image
+from nestbuild._tools import run
 from nestbuild.errors import NestbuildError
-from nestbuild.image import open_image
+from nestbuild.node import deploy, nodetree
 from tests.ocibuilder import KVER, Layer, bootable_base, write_image
 
 OSNAME = "difftest"

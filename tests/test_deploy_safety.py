@@ -25,10 +25,12 @@ from typing import Any
 
 import pytest
 
-from nestbuild import deploy, keys, ostree
+from nestbuild._image import open_image
+from nestbuild._image.layout import LayoutWriter
+from nestbuild._tools import ostree
 from nestbuild.errors import EXIT_INPUT, NestbuildError
-from nestbuild.image import open_image
-from nestbuild.image.layout import LayoutWriter
+from nestbuild.node import deploy
+from nestbuild.signing import keys
 from tests.ocibuilder import BOOTABLE, Layer, bootable_base, compress, write_image
 
 OSNAME = "nestos"
@@ -346,8 +348,8 @@ def test_cli_refuses_hostile_images_with_exit_2(fleet: Fleet, node: Node) -> Non
 _DEPLOY = """
 import sys
 from pathlib import Path
-from nestbuild import deploy
-from nestbuild.image import open_image
+from nestbuild.node import deploy
+from nestbuild._image import open_image
 d = deploy.deploy_image(open_image(sys.argv[1]), Path(sys.argv[2]), "nestos",
                         origin_ref=sys.argv[3], progress=lambda m: print(m, flush=True))
 print("deployed", d.digest, flush=True)
@@ -422,7 +424,7 @@ def test_beneath_never_follows_a_symlink(tmp_path: Path, monkeypatch: pytest.Mon
                                          openat2: bool) -> None:
     """The same answers through openat2 and through the component-by-component walk (for
     kernels without it)."""
-    from nestbuild import beneath
+    from nestbuild._util import beneath
 
     if not openat2:
         monkeypatch.setattr(beneath._openat2, "_syscall", None)
@@ -467,8 +469,8 @@ def test_beneath_never_follows_a_symlink(tmp_path: Path, monkeypatch: pytest.Mon
 def test_validate_reports_what_deploy_refuses(node: Node, layers: list[Layer | bytes],
                                               path: str) -> None:
     """One promise, both sides: an image deploy refuses never passes validate."""
-    from nestbuild.policy import preset
-    from nestbuild.validate import validate
+    from nestbuild.validation.policy import preset
+    from nestbuild.validation.validate import validate
 
     ref = node.image("evil", layers)
     node.refuses(ref, path, layer=f"{len(layers) + 1}/{len(layers) + 1}")

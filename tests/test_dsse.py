@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild import dsse, keys
 from nestbuild.errors import EXIT_FAILED
+from nestbuild.signing import dsse, keys
 from tests.fixtures.cosign import Cosign
 
 PTYPE = "https://nestbuild.dev/attestation/validate/v1"

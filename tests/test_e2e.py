@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild import deploy, keys
-from nestbuild.baseimage import BuiltBase
-from nestbuild.cli import main
-from nestbuild.registry.client import RegistryClient
+from nestbuild._cli.main import main
+from nestbuild._registry.client import RegistryClient
+from nestbuild.building.baseimage import BuiltBase
+from nestbuild.node import deploy
+from nestbuild.signing import keys
 from tests.fixtures.images import EXAMPLES
 from tests.fixtures.registry import Registry
 
@@ -80,7 +81,7 @@ def pipeline(tls_registry: Registry, mini_base: BuiltBase, tmp_path: Path,
     p = Pipeline(tls_registry, mini_base.tag, tmp_path)
     assert p.cli("node", "trust", p.repo, "--key", str(p.pub), "--out", str(p.trust)) == 0
     yield p
-    from nestbuild import buildah
+    from nestbuild._tools import buildah
 
     for tag in p.tags:
         buildah.remove_image(tag)

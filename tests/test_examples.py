@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nestbuild.baseimage import BuiltBase
-from nestbuild.policy import preset
-from nestbuild.validate import validate
+from nestbuild.building.baseimage import BuiltBase
+from nestbuild.validation.policy import preset
+from nestbuild.validation.validate import validate
 from tests.fixtures.images import EXAMPLES, BuildImage
 
 NAMES = sorted(
@@ -56,7 +56,7 @@ def test_buildah_base_annotation_and_derived_layers(build_image: BuildImage,
 
 
 def test_a_failing_run_step_reports_the_log_tail(tmp_path: Path, mini_base: BuiltBase) -> None:
-    from nestbuild import buildah
+    from nestbuild._tools import buildah
     from nestbuild.errors import ToolError
 
     (tmp_path / "Containerfile").write_text(
@@ -69,7 +69,8 @@ def test_a_failing_run_step_reports_the_log_tail(tmp_path: Path, mini_base: Buil
 def test_base_is_found_by_digest_after_its_tag_moves(tmp_path: Path) -> None:
     import uuid
 
-    from nestbuild import baseimage, buildah
+    from nestbuild._tools import buildah
+    from nestbuild.building import baseimage
 
     tag = f"localhost/nestbuild-test/moving:{uuid.uuid4().hex[:8]}"
     baseimage.build_base("mini", tag=tag)  # reproducible: the same image as the session's

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from nestbuild import keys, payload, signing
-from nestbuild.cli import main
-from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import OCI_MANIFEST, Descriptor
-from nestbuild.run import run
-from nestbuild.sigstore_layout import LayoutStore
+from nestbuild._cli.main import main
+from nestbuild._image.layout import LayoutWriter
+from nestbuild._image.model import OCI_MANIFEST, Descriptor
+from nestbuild._tools.run import run
+from nestbuild.signing import keys, payload
+from nestbuild.signing import signatures as signing
+from nestbuild.signing.layout_store import LayoutStore
 from tests.fixtures.cosign import Cosign
 from tests.ocibuilder import write_platform_index
 

@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from nestbuild import keys
 from nestbuild.errors import NestbuildError
+from nestbuild.signing import keys
 from tests.fixtures.common import run_in_pty
 from tests.fixtures.cosign import Cosign
 
@@ -39,7 +39,7 @@ def pem(pem_type: str, der: bytes) -> bytes:
 
 def seal(der: bytes, passphrase: bytes, n: int, r: int = 8, p: int = 1,
          pem_type: str = keys.SIGSTORE_PEM_TYPE) -> bytes:
-    """An encrypted key file built independently of nestbuild.keys (for parameter variants)."""
+    """An encrypted key file built independently of signing.keys (for parameter variants)."""
     salt, nonce = os.urandom(32), os.urandom(24)
     box_key = hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=1 << 30, dklen=32)
     ct = nacl.secret.SecretBox(box_key).encrypt(der, nonce).ciphertext

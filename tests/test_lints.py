@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nestbuild.policy import preset
-from nestbuild.validate import validate
+from nestbuild.validation.policy import preset
+from nestbuild.validation.validate import validate
 from tests.ocibuilder import KVER, Layer, bootable_base, derived
 
 PEM_KEY = (b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nestbuild import keys
+from nestbuild.signing import keys
 
 
 def nb(*args: str) -> subprocess.CompletedProcess[str]:

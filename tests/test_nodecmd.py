@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from nestbuild import bootc, rpmostree
+from nestbuild._tools import bootc, rpmostree
 from nestbuild.errors import UsageError
-from nestbuild.host import Host
-from nestbuild.nodestatus import StatusError, parse_bootc, parse_rpm_ostree
+from nestbuild.node.host import Host
+from nestbuild.node.status import StatusError, parse_bootc, parse_rpm_ostree
 
 DATA = Path(__file__).parent / "data" / "node-status"
 REFERENCE = Path(__file__).parent / "data" / "reference"

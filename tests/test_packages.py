@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild import packages
-from nestbuild.baseimage import BuiltBase
+from nestbuild._image import open_image
+from nestbuild._image.layout import LayoutWriter
+from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import LayerError
-from nestbuild.image import open_image
-from nestbuild.image.layout import LayoutWriter
+from nestbuild.validation import packages
 from tests.ocibuilder import BOOTABLE, Layer, bootable_base, compress
 
 STATUS = """\

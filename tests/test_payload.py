@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from nestbuild import keys, payload
-from nestbuild.payload import PayloadError, identity_matches, make_payload, parse_payload
+from nestbuild.signing import keys, payload
+from nestbuild.signing.payload import PayloadError, identity_matches, make_payload, parse_payload
 from tests.fixtures.cosign import Cosign
 
 INTEROP = Path(__file__).parent / "data" / "interop"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild import policy
 from nestbuild.errors import PolicyFileError
+from nestbuild.validation import policy
 
 
 def test_globs_and_deny_over_allow() -> None:

@@ -31,20 +31,12 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nestbuild import (
-    containerfile,
-    dsse,
-    keyfile,
-    keys,
-    nodepolicy,
-    payload,
-    policy,
-    settings,
-    signing,
-    tarstream,
-    tree,
-    trust,
-)
+from nestbuild import settings
+from nestbuild._image import model, tarstream, tree
+from nestbuild._image import reference as image_reference
+from nestbuild._registry import auth, client
+from nestbuild._registry import reference as registry_reference
+from nestbuild.building import containerfile
 from nestbuild.errors import (
     ImageError,
     LayerError,
@@ -52,11 +44,12 @@ from nestbuild.errors import (
     PolicyFileError,
     UsageError,
 )
-from nestbuild.image import model
-from nestbuild.image import reference as image_reference
-from nestbuild.registry import auth, client
-from nestbuild.registry import reference as registry_reference
-from nestbuild.sigstore_layout import LayoutStore
+from nestbuild.node import policy as nodepolicy
+from nestbuild.node import trust
+from nestbuild.signing import dsse, keyfile, keys, payload
+from nestbuild.signing import signatures as signing
+from nestbuild.signing.layout_store import LayoutStore
+from nestbuild.validation import policy
 from tests import property_profiles
 
 property_profiles.load()
@@ -190,7 +183,7 @@ def reference_text() -> st.SearchStrategy[str]:
 def raises_only(call: Callable[[], object], *allowed: type[BaseException]) -> None:
     """Run ``call``: it returns, or raises one of ``allowed`` (``NestbuildError`` if none)
     with a message. (A message may quote the input, line breaks and all: the command line
-    shows every message on one line, through ``nestbuild.terminal.printable``.)"""
+    shows every message on one line, through ``nestbuild._util.terminal.printable``.)"""
     expected = allowed or (NestbuildError,)
     try:
         call()

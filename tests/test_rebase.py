@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild.baseimage import BuiltBase
+from nestbuild._image import open_image
+from nestbuild._tools.skopeo import RemoteImage, inspect
+from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import NestbuildError
-from nestbuild.host import Host
-from nestbuild.image import open_image
-from nestbuild.rebase import RebaseRefused, plan, repository
-from nestbuild.skopeo import RemoteImage, inspect
+from nestbuild.node.host import Host
+from nestbuild.node.rebase import RebaseRefused, plan, repository
 from tests.fixtures.images import EXAMPLES, BuildImage
 
 

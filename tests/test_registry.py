@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild.baseimage import BuiltBase
-from nestbuild.cli import main
-from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import OCI_INDEX, OCI_MANIFEST
-from nestbuild.pull import pull
-from nestbuild.push import push
-from nestbuild.registry import auth
-from nestbuild.registry.access import RegistryAccess
-from nestbuild.registry.client import AuthError, DigestMismatch, RegistryClient, RegistryError
-from nestbuild.validate import validate
+from nestbuild._cli.main import main
+from nestbuild._image.layout import LayoutWriter
+from nestbuild._image.model import OCI_INDEX, OCI_MANIFEST
+from nestbuild._registry import auth
+from nestbuild._registry.access import RegistryAccess
+from nestbuild._registry.client import AuthError, DigestMismatch, RegistryClient, RegistryError
+from nestbuild.building.baseimage import BuiltBase
+from nestbuild.shipping.pull import pull
+from nestbuild.shipping.push import push
+from nestbuild.validation.validate import validate
 from tests.fixtures.registry import FaultProxy, Registry
 from tests.ocibuilder import write_platform_index
 
@@ -324,7 +324,7 @@ def test_referrers_fall_back_to_the_tag_schema(client: RegistryClient, registry:
     client.put_blob(name, report, sha(report), len(report))
     artifact = json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "artifactType": "application/vnd.nestbuild.report.v1+json",
+        "artifactType": "application/vnd.nestbuild.validation.report.v1+json",
         "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"),
                    "size": 2},
         "layers": [{"mediaType": "application/json", "digest": sha(report),
@@ -333,7 +333,7 @@ def test_referrers_fall_back_to_the_tag_schema(client: RegistryClient, registry:
     }).encode()
     adigest = client.put_manifest(name, sha(artifact), artifact, OCI_MANIFEST)
     desc = {"mediaType": OCI_MANIFEST, "digest": adigest, "size": len(artifact),
-            "artifactType": "application/vnd.nestbuild.report.v1+json"}
+            "artifactType": "application/vnd.nestbuild.validation.report.v1+json"}
     client.add_referrer(name, digest, desc)
     client.add_referrer(name, digest, desc)  # idempotent
     assert client.referrers(name, digest) == [desc]

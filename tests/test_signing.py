@@ -19,12 +19,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from nestbuild import dsse, keys, payload, signing
-from nestbuild.cli import main
+from nestbuild._cli.main import main
+from nestbuild._image.layout import LayoutWriter
+from nestbuild._image.model import OCI_MANIFEST, Descriptor
 from nestbuild.errors import NestbuildError, UsageError
-from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import OCI_MANIFEST, Descriptor
-from nestbuild.sigstore_layout import KIND, KIND_IMAGE, KIND_SIGS, LayoutStore
+from nestbuild.signing import dsse, keys, payload
+from nestbuild.signing import signatures as signing
+from nestbuild.signing.layout_store import KIND, KIND_IMAGE, KIND_SIGS, LayoutStore
 from tests.fixtures.common import run_in_pty
 from tests.ocibuilder import write_platform_index
 
@@ -586,7 +587,7 @@ def test_cli_refusals(tmp_path: Path, keypair: tuple[Path, Path],
 
 
 def test_passphrase_is_never_a_flag() -> None:
-    from nestbuild.cli import build_parser
+    from nestbuild._cli.main import build_parser
 
     parser = build_parser()
     for command in ("keygen", "sign", "attest"):

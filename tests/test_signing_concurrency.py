@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from nestbuild import keys, signing
+from nestbuild._image.layout import LayoutWriter
+from nestbuild._image.model import OCI_MANIFEST
+from nestbuild._tools.run import run
 from nestbuild.errors import EXIT_FAILED, NestbuildError
-from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import OCI_MANIFEST
-from nestbuild.run import run
+from nestbuild.signing import keys
+from nestbuild.signing import signatures as signing
 
 if TYPE_CHECKING:
     from registryfixtures import Registry  # type: ignore[import-not-found]

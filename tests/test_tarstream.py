@@ -7,8 +7,8 @@ import tarfile
 
 import pytest
 
+from nestbuild._image.tarstream import TarStream
 from nestbuild.errors import LayerError
-from nestbuild.tarstream import TarStream
 
 LONG = "usr/share/" + "/".join(["d" * 40] * 6) + "/file.txt"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild.registry.client import RegistryClient, RegistryError, is_loopback
-from nestbuild.registry.transport import Session
+from nestbuild._registry.client import RegistryClient, RegistryError, is_loopback
+from nestbuild._registry.transport import Session
 from tests.fixtures.registry import Registry
 
 NAME = "registry.example.test"

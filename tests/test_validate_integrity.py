@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild import run
-from nestbuild.baseimage import BuiltBase
-from nestbuild.image import open_image
-from nestbuild.image.layout import LayoutWriter
-from nestbuild.image.model import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor
-from nestbuild.push import push
+from nestbuild._image import open_image
+from nestbuild._image.layout import LayoutWriter
+from nestbuild._image.model import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor
+from nestbuild._tools import run
+from nestbuild.building.baseimage import BuiltBase
+from nestbuild.shipping.push import push
 from tests.fixtures.images import unique_tag
 from tests.fixtures.registry import Registry
 from tests.ocibuilder import BOOTABLE, LAYER_TAR, Layer, bootable_base, derived, write_image

@@ -1,0 +1,175 @@
+"""``nestbuild build`` and ``nestbuild init``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nestbuild import settings
+from nestbuild.errors import EXIT_FAILED, EXIT_OK
+
+BUILD_KEYS = ("image", "containerfile", "context", "engine", "build-args", "labels", "secrets",
+              "layers", "no-cache", "pull", "platform", "validate", "base")
+
+
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command(
+        "build", "build a bootable derived image from a Containerfile, then validate it",
+        "Build the Containerfile with buildah (or the Docker engine), on a bootable base that\n"
+        "is checked and pinned by digest first, then validate the result with the project's\n"
+        "policy. Settings come from ./nestbuild.yaml; flags override them.\n\n"
+        "exit codes: 0 built and passed, 1 the build or the validation failed (the image\n"
+        "stays under its tag for inspection), 2 unusable input or a missing tool\n\n"
+        "examples:\n"
+        "  nestbuild build -t localhost/my-node:latest .\n"
+        "  nestbuild build --build-arg BASE=localhost/nestbuild/mini:latest --format json\n"
+        "  nestbuild build --engine docker --no-validate",
+        epilog="",
+    )
+    p.add_argument("context", nargs="?", type=Path, metavar="CONTEXT",
+                   help="build context directory [nestbuild.yaml: context] (default: .)")
+    settings.add_arguments(p, BUILD_KEYS)
+    p.add_argument("--kargs", action="append", metavar="PROFILE",
+                   help="add kernel/kargs/PROFILE.toml to /usr/lib/bootc/kargs.d (repeatable) "
+                        "[nestbuild.yaml: kernel.kargs]")
+    p.add_argument("--modules", action="append", metavar="PROFILE",
+                   help="add kernel/modules/PROFILE.yaml load/blacklist files (repeatable) "
+                        "[nestbuild.yaml: kernel.modules]")
+    p.add_argument("--trust", dest="trust_repo", metavar="REG/REPO",
+                   help="bake node trust files for REG/REPO into /etc [nestbuild.yaml: trust]")
+    p.add_argument("--trust-key", action="append", type=Path, metavar="K.pub",
+                   help="public key for --trust (repeatable, for rotation)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--digestfile", type=Path, metavar="FILE",
+                   help="write the image's manifest digest to FILE")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the full build log")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_build)
+
+    p = command("init", "write a starter nestbuild.yaml, Containerfile and policy",
+                "Write a starter project into DIR (default: the current directory).\n\n"
+                "example:\n  nestbuild init --base quay.io/fedora/fedora-bootc:41 my-node",
+                epilog="")
+    p.add_argument("directory", nargs="?", type=Path, default=Path("."), metavar="DIR")
+    p.add_argument("--base", default=None, metavar="REF",
+                   help="the bootable base image (default: the mini base)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=cmd_init)
+
+
+class _Progress:
+    """The current build step and elapsed time on a terminal; plain step lines otherwise."""
+
+    def __init__(self, verbose: bool, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.err = Console(stderr=True, highlight=False)
+        self.verbose, self.quiet = verbose, quiet
+        self.start = time.monotonic()
+        self.step = "starting"
+        self.status: Any = None
+        if not quiet and self.err.is_terminal and not verbose:
+            self.status = self.err.status(self._text())
+            self.status.start()
+
+    def _text(self) -> str:
+        return f"[bold]{self.step}[/bold]  [dim]{time.monotonic() - self.start:.1f}s[/dim]"
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.verbose:
+            self.err.print(text, markup=False, highlight=False)
+        is_step = text.startswith("STEP ") or text.startswith("Step ")
+        if is_step:
+            self.step = text[:100]
+            if self.status is not None:
+                self.status.update(self._text())
+            elif not self.verbose:
+                self.err.print(f"{text[:160]}  ({time.monotonic() - self.start:.1f}s)",
+                               markup=False, highlight=False)
+        elif self.status is not None:
+            self.status.update(self._text())
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.err.print(f"[dim]nestbuild: {text}[/dim]")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from nestbuild import project
+    from nestbuild._cli.common import check_output, write_output
+    from nestbuild.building.build import BuildOptions, build, result_json
+    from nestbuild.validation import policy as policy_mod
+
+    check_output(args.digestfile, "--digestfile")
+    proj = project.load()
+    merged = settings.merge(proj, args, BUILD_KEYS)
+    context = args.context or merged["context"] or Path(".")
+    opts = BuildOptions(
+        context=Path(context), containerfile=merged["containerfile"], image=merged["image"],
+        engine=merged["engine"], build_args=merged["build-args"], labels=merged["labels"],
+        secrets=merged["secrets"], layers=bool(merged["layers"]),
+        no_cache=bool(merged["no-cache"]), pull=bool(merged["pull"]),
+        platform=merged["platform"], validate=bool(merged["validate"]),
+    )
+    opts.extra_files = _extra_files(proj, args)
+    pol = policy_mod.resolve(None, None) if opts.validate else None
+    progress = _Progress(args.verbose, args.quiet or args.format == "json")
+    try:
+        result = build(opts, policy=pol, log=progress.line, note=progress.note)
+    finally:
+        progress.stop()
+    if args.digestfile is not None:
+        write_output(args.digestfile, result.digest, "--digestfile")
+    if args.format == "json":
+        sys.stdout.write(result_json(result))
+    else:
+        from rich.console import Console
+
+        out = Console(highlight=False)
+        if result.report is not None:
+            result.report.render(out)
+        out.print(f"[bold]{result.image}[/bold]  id {result.image_id[:12]}  {result.digest}  "
+                  f"[dim]({result.seconds:.1f}s, base {result.base_name}@"
+                  f"{result.base_digest[:19]})[/dim]")
+    return EXIT_OK if result.passed else EXIT_FAILED
+
+
+def _extra_files(proj: settings.ProjectSettings, args: argparse.Namespace
+                 ) -> dict[str, tuple[bytes, int]]:
+    """Kernel profiles and node trust files selected by flags or nestbuild.yaml."""
+    from nestbuild.building import kernel
+    from nestbuild.node import trust
+
+    files: dict[str, tuple[bytes, int]] = {}
+    source = str(proj.source)
+    ks = kernel.KernelSettings(list(args.kargs or []), list(args.modules or []))
+    if ks.empty and "kernel" in proj.nodes:
+        ks = kernel.from_node(proj.nodes["kernel"], source)
+    files.update(kernel.render(ks))
+    if args.trust_repo:
+        if not args.trust_key:
+            from nestbuild.errors import UsageError
+
+            raise UsageError("--trust REPO needs --trust-key K.pub")
+        files.update(trust.TrustSettings(args.trust_repo, args.trust_key).files())
+    elif "trust" in proj.nodes:
+        files.update(trust.from_node(proj.nodes["trust"], source).files())
+    return files
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from nestbuild.building.scaffold import DEFAULT_BASE, init
+
+    for path in init(args.directory, base=args.base or DEFAULT_BASE, force=args.force):
+        print(f"wrote {path}")
+    return EXIT_OK

@@ -1,0 +1,86 @@
+"""What several command groups share: flags (registry access as skopeo spells it) and help."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from nestbuild.errors import UsageError
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, measuring the terminal without ``shutil``.
+
+    argparse makes a formatter for every ``add_argument`` and each one imports shutil (with
+    bz2 and lzma: ~3 ms of every command, before ``sign`` can even start its scrypt).
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = _columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    """What ``shutil.get_terminal_size().columns`` says: $COLUMNS, the terminal, else 80."""
+    try:
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size().columns or 80
+    except (ValueError, OSError):
+        return 80
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def registry_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registry access (as skopeo)")
+    g.add_argument("--authfile", type=Path, metavar="FILE",
+                   help="credentials file (default: REGISTRY_AUTH_FILE, containers' or "
+                        "docker's auth.json)")
+    g.add_argument("--cert-dir", type=Path, metavar="DIR",
+                   help="directory with *.crt (CAs), *.cert and *.key (client certificate) "
+                        "(default: /etc/containers/certs.d/HOST)")
+    g.add_argument("--tls-verify", type=parse_bool, default=True, metavar="BOOL",
+                   help="verify the registry's TLS certificate (default true; false also "
+                        "allows plain HTTP)")
+
+
+def registry_access(args: argparse.Namespace) -> Any:
+    from nestbuild._registry.access import RegistryAccess
+
+    return RegistryAccess(authfile=args.authfile, cert_dir=args.cert_dir,
+                          tls_verify=args.tls_verify)
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """Refuse, before any work, an output file that could not be written: a push or a build
+    must not succeed and then end in an error about where its digest goes."""
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: no such directory {path.parent}")
+
+
+def write_output(path: Path, text: str, option: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (never a truncated report or digest),
+    with the mode a plain write would give it."""
+    from nestbuild._util.atomic import write_atomic
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        write_atomic(path, text.encode(), 0o666 & ~umask)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write it ({exc.strerror})") from None

@@ -1,0 +1,298 @@
+"""The ``nestbuild`` command: a thin argparse layer over the Python API.
+
+Exit codes (stable): 0 success / passed, 1 the image failed policy or verification,
+2 unusable input (missing image, malformed file, missing tool), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nestbuild import __version__
+from nestbuild._cli import COMMAND_MODULES, COMMAND_OWNERS
+from nestbuild._cli.common import HelpFormatter, check_output, write_output
+from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError
+
+FORMATS = ("table", "json")
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    if quiet:
+        return lambda _msg: None
+    from rich.text import Text
+
+    from nestbuild._util.terminal import printable
+
+    err = _console(stderr=True)
+    return lambda msg: err.print(Text("nestbuild: " + printable(msg), style="dim"))
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_output(output, text, "--output")
+
+
+# --- validate / diff -----------------------------------------------------------------------
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from nestbuild.validation import policy as policy_mod
+    from nestbuild.validation.validate import validate
+
+    check_output(args.output, "--output")
+    pol = policy_mod.resolve(args.policy, args.preset)
+    report = validate(args.image, base_ref=args.base, policy=pol, as_base=args.as_base,
+                      progress=_progress(args.quiet or args.format != "table"))
+    if args.format == "json":
+        _write(report.dumps(), args.output)
+    elif args.format == "sarif":
+        _write(json.dumps(report.to_sarif(), indent=2) + "\n", args.output)
+    else:
+        report.render(_console())
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from nestbuild.validation.validate import diff
+
+    check_output(args.output, "--output")
+    report = diff(args.base, args.image, progress=_progress(args.quiet or args.format != "table"))
+    if args.format == "json":
+        data = report.to_json()
+        out = {k: data[k] for k in ("version", "image", "base", "changes", "notes")}
+        out["summary"] = {"changes": len(report.changes)}
+        _write(json.dumps(out, indent=2, ensure_ascii=False) + "\n", args.output)
+    else:
+        report.render(_console(), changes_limit=10_000, show_findings=False)
+    return EXIT_OK
+
+
+# --- rules ---------------------------------------------------------------------------------
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from nestbuild.validation.rules import RULES
+
+    if args.format == "json":
+        rows = [{"id": r.id, "severity": r.severity, "origin": r.origin, "summary": r.summary,
+                 "remedy": r.remedy} for r in RULES.values()]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("rule", "default", "from", "what it checks"):
+        table.add_column(col, overflow="fold")
+    for r in RULES.values():
+        table.add_row(r.id, r.severity, r.origin, r.summary)
+    _console().print(table)
+    return EXIT_OK
+
+
+# --- base ----------------------------------------------------------------------------------
+
+def cmd_base_build(args: argparse.Namespace) -> int:
+    from nestbuild.building import baseimage
+
+    built = baseimage.build_base(args.name, tag=args.tag)
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"name": built.name, "tag": built.tag,
+                                     "image_id": built.image_id,
+                                     "kernel": built.kernel}, indent=2) + "\n")
+    else:
+        print(f"built {built.tag} ({built.image_id[:12]}), kernel {built.kernel}")
+    return EXIT_OK
+
+
+def cmd_base_list(args: argparse.Namespace) -> int:
+    from nestbuild.building import baseimage
+
+    recipes = baseimage.list_recipes()
+    upstream = baseimage.UPSTREAM_BASES
+    if args.format == "json":
+        sys.stdout.write(json.dumps(
+            [{"name": r.name, "kind": "recipe", "description": r.description,
+              "path": str(r.path)} for r in recipes]
+            + [{"name": u.name, "kind": "upstream", "reference": u.reference,
+                "checks": u.checks} for u in upstream], indent=2) + "\n")
+    else:
+        print("local recipes (nestbuild base build NAME):")
+        for r in recipes:
+            print(f"  {r.name:14} {r.description}")
+        print("known upstream bases (FROM them; what nestbuild checks):")
+        for u in upstream:
+            print(f"  {u.name:14} {u.reference}\n  {'':14} {u.checks}")
+    return EXIT_OK
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+EPILOG = textwrap.dedent("""\
+    images are named as skopeo and podman name them:
+      containers-storage:REF   buildah's/podman's local store (the default without a transport)
+      oci:DIR[:TAG]            an OCI image layout directory
+      oci-archive:FILE[:TAG]   an OCI layout in a tar file
+
+    exit codes: 0 passed, 1 policy errors, 2 unusable input
+    """)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser (and its actions' parsers): it refuses the arguments it does not
+    know itself. argparse leaves them to the top-level parser, whose usage line says nothing
+    about the command's own options."""
+
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None
+                         ) -> tuple[Any, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only`` (a command of a module in COMMAND_OWNERS), just
+    that module's commands, which parse and show ``nestbuild ONLY --help`` identically."""
+    owner = COMMAND_OWNERS.get(only) if only is not None else None
+    parser = argparse.ArgumentParser(
+        prog="nestbuild",
+        description="Build, validate, sign and ship custom images of image-based "
+                    "container-host operating systems (bootc, Fedora CoreOS, NestOS).",
+        formatter_class=HelpFormatter,
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"nestbuild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=CommandParser)
+
+    def command(name: str, help: str, description: str, epilog: str = EPILOG
+                ) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                              formatter_class=HelpFormatter)
+
+    if owner is not None:
+        module = _command_module(owner)
+        if module is not None:
+            module.register(sub, command)
+            return parser
+
+    p = command(
+        "validate", "check what a derived image changes against the policy",
+        textwrap.dedent("""\
+            Diff the image's derived layers against its base and apply the policy:
+            by default (preset strict) only /etc and /var may change, plus lints for what
+            breaks or endangers nodes (bootc's lints and nestbuild's; see 'nestbuild rules').
+
+            The base is --base, else the image's org.opencontainers.image.base.* annotations
+            (buildah writes them), else its ostree.final-diffid label. The base's file index is
+            cached, so validating again reads only the derived layers.
+
+            examples:
+              nestbuild validate localhost/my-node:latest
+              nestbuild validate oci:./out:v2 --base oci:./base --format json
+              nestbuild validate my-node --preset packages --format sarif -o nestbuild.sarif"""),
+    )
+    p.add_argument("image", metavar="IMAGE", help="the derived image")
+    p.add_argument("--base", metavar="REF", help="the base image (default: found from the image)")
+    p.add_argument("--as-base", action="store_true",
+                   help="check IMAGE as a base image: bootc's structural lints on the whole "
+                        "tree, no path policy")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--policy", type=Path, metavar="FILE",
+                   help="policy YAML (default: policy: in ./nestbuild.yaml, else strict)")
+    g.add_argument("--preset", choices=("strict", "packages", "permissive"),
+                   help="a built-in policy")
+    p.add_argument("--format", choices=(*FORMATS, "sarif"), default="table")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="write json/sarif output to FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=cmd_validate)
+
+    p = command(
+        "diff", "show what an image changes against a base",
+        "Print the changeset alone: every path added, modified, deleted or changed in\n"
+        "metadata only, with the layer that changed it. No policy is applied.\n\n"
+        "example:\n  nestbuild diff localhost/nestbuild/mini:latest localhost/my-node:latest",
+    )
+    p.add_argument("base", metavar="BASE", help="the base image")
+    p.add_argument("image", metavar="IMAGE", help="the derived image")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_diff)
+
+    p = command("rules", "list the validation rules", "List every rule id with its default "
+                "severity; policies set severities by these ids.", epilog="")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.set_defaults(func=cmd_rules)
+
+    p = command("base", "build and list base images", "Base image recipes (base-images/).",
+                epilog="")
+    base_sub = p.add_subparsers(dest="base_command", metavar="ACTION", required=True)
+    b = base_sub.add_parser("build", help="build a base image from a recipe",
+                            description="Build a base from its recipe into local storage, "
+                                        "offline.\n\nexample:\n  nestbuild base build mini",
+                            formatter_class=HelpFormatter)
+    b.add_argument("name", nargs="?", default="mini", help="recipe name (default: mini)")
+    b.add_argument("-t", "--tag", help="image name (default: localhost/nestbuild/NAME:latest)")
+    b.add_argument("--format", choices=FORMATS, default="table")
+    b.set_defaults(func=cmd_base_build)
+    b = base_sub.add_parser("list", help="list base image recipes")
+    b.add_argument("--format", choices=FORMATS, default="table")
+    b.set_defaults(func=cmd_base_list)
+
+    for name in COMMAND_MODULES:
+        module = _command_module(name)
+        if module is not None:
+            module.register(sub, command)
+    return parser
+
+
+def _command_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return None  # a command group not written yet
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except NestbuildError as exc:
+        from rich.text import Text
+
+        from nestbuild._util.terminal import printable
+
+        # The message often quotes what an image, a registry or a file said: plain text on
+        # one line, so none of it can style, break or rewrite what the terminal shows.
+        err = _console(stderr=True)
+        err.print(Text.assemble(("error:", "bold red"), " ", printable(exc.message)),
+                  highlight=False, soft_wrap=True)
+        if exc.detail:
+            err.print(Text("\n".join(map(printable, exc.detail.splitlines())), style="dim"),
+                      highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK

@@ -1,0 +1,217 @@
+"""``nestbuild node trust|status|rollback``: the node side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nestbuild._cli.common import HelpFormatter, registry_access, registry_flags
+from nestbuild.errors import EXIT_OK
+
+
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("node", "node trust files, deployment status and rollback",
+                "What a node needs and does: trust files for verified pulls, and (for an\n"
+                "ostree sysroot) its deployments and rollback.", epilog="")
+    node_sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+
+    t = node_sub.add_parser(
+        "trust", help="write the files a node needs to verify REPO's signatures",
+        formatter_class=HelpFormatter,
+        description="Write /etc/containers/policy.json (reject by default; sigstoreSigned for\n"
+                    "REPO, matchRepository), /etc/containers/registries.d/NAME.yaml\n"
+                    "(use-sigstore-attachments) and the key under /etc/pki/containers/, into\n"
+                    "DIR. An existing policy.json there is extended, not replaced. Give --key\n"
+                    "twice while rotating keys: either key is then accepted.\n\n"
+                    "example:\n  nestbuild node trust registry.example.com/nodes/base "
+                    "--key cosign.pub --out ./overlay")
+    t.add_argument("repo", metavar="REPO", help="REGISTRY/REPOSITORY the node pulls from")
+    t.add_argument("--key", type=Path, action="append", required=True, metavar="K.pub",
+                   help="public key (repeatable, for rotation)")
+    t.add_argument("--out", type=Path, default=Path("node-trust"), metavar="DIR",
+                   help="root to write etc/... under (default: ./node-trust)")
+    t.add_argument("--authfile", type=Path, metavar="FILE",
+                   help="containers auth.json to install as /etc/ostree/auth.json (0600)")
+    t.add_argument("--format", choices=("table", "json"), default="table")
+    t.set_defaults(func=cmd_trust)
+
+    s = node_sub.add_parser("status", help="a node's deployments (bootc, rpm-ostree or a sysroot)")
+    _node_flags(s, via_help="ask the node's tool")
+    s.add_argument("--format", choices=("table", "json"), default="table")
+    s.set_defaults(func=cmd_status)
+
+    r = node_sub.add_parser("rollback", help="make the previous deployment the default")
+    _node_flags(r, via_help="use the node's tool")
+    r.add_argument("--apply", action="store_true", help="reboot into it now")
+    r.add_argument("--os", default="nestos", metavar="NAME", help="stateroot (default nestos)")
+    r.add_argument("--format", choices=("table", "json"), default="table")
+    r.set_defaults(func=cmd_rollback)
+
+    b = command(
+        "rebase", "move a node onto an image: by digest, signature-enforced, checked first",
+        "Resolve IMAGE to its digest, check it is bootable, matches the node's architecture\n"
+        "and fits, then run bootc switch --enforce-container-sigpolicy (or rpm-ostree rebase\n"
+        "ostree-image-signed:docker://...) on the node, and show its status before and after.\n"
+        "The node verifies the signature with its own /etc/containers/policy.json.\n\n"
+        "--via ostree --sysroot DIR does it here, for real: the signature is checked first\n"
+        "against the policy in the default deployment's /etc (or --trust DIR, written by\n"
+        "`nestbuild node trust`, for a sysroot with no deployment yet), then the image's\n"
+        "layers are imported into the sysroot's ostree repository (only the new ones) and\n"
+        "deployed with ostree admin deploy; the previous deployment stays for rollback.\n\n"
+        "exit codes: 0 staged, 1 refused by a check (nothing changed), 2 unusable input or\n"
+        "a failing tool\n\n"
+        "examples:\n"
+        "  nestbuild rebase registry.example.com/nodes/base:v2 --dry-run\n"
+        "  nestbuild rebase registry.example.com/nodes/base:v2 --host ssh://core@node1 --apply\n"
+        "  nestbuild rebase reg.example.com/nodes/base:v2 --via ostree --sysroot ./sysroot \\\n"
+        "      --trust ./node-trust",
+        epilog="")
+    b.add_argument("image", metavar="IMAGE", help="[docker://]REGISTRY/REPO[:TAG|@DIGEST]")
+    b.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"), default="bootc")
+    b.add_argument("--sysroot", type=Path, metavar="DIR",
+                   help="the ostree sysroot for --via ostree (created if missing)")
+    b.add_argument("--os", default="nestos", metavar="NAME",
+                   help="stateroot for --via ostree (default nestos)")
+    b.add_argument("--trust", type=Path, metavar="DIR",
+                   help="trust files (policy.json, keys) for a sysroot's first deployment")
+    b.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run on a node over ssh")
+    b.add_argument("--apply", "--reboot", dest="apply", action="store_true",
+                   help="reboot into the new deployment when it is staged")
+    b.add_argument("--dry-run", action="store_true", help="show the plan and the checks only")
+    b.add_argument("--format", choices=("table", "json"), default="table")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    registry_flags(b)
+    b.set_defaults(func=cmd_rebase)
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from nestbuild.node import trust
+
+    settings = trust.TrustSettings(args.repo, list(args.key), args.authfile)
+    files = settings.files(existing_policy=trust.read_existing_policy(args.out))
+    written = trust.write_tree(args.out, {rel.lstrip("/"): v for rel, v in files.items()})
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"repo": args.repo, "files": [str(p) for p in written]},
+                                    indent=2) + "\n")
+    else:
+        for p in written:
+            print(f"wrote {p}")
+    return EXIT_OK
+
+
+def _print_deployments(deps: list[Any], fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps([d.to_json() for d in deps], indent=2) + "\n")
+        return
+    for d in deps:
+        mark = "* " if d.default else ("  " if not d.rollback else "r ")
+        print(f"{mark}{d.index}  {d.image or '?'}  {d.digest or '?'}  version {d.version}"
+              f"{'  (default)' if d.default else ''}{'  (rollback)' if d.rollback else ''}")
+
+
+def _print_node_status(st: Any, fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(st.to_json(), indent=2) + "\n")
+        return
+    for d in st.deployments:
+        signed = {True: "verified", False: "UNVERIFIED", None: ""}[d.verified]
+        print(f"{d.role:9} {d.image or '?'}  {d.digest or '?'}  {d.version or ''}  {signed}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.sysroot is not None:
+        from nestbuild.node import deploy
+
+        _print_deployments(deploy.deployments(args.sysroot), args.format)
+        return EXIT_OK
+    from nestbuild.node import rebase
+    from nestbuild.node.host import Host
+
+    _print_node_status(rebase.status(args.via, Host.parse(args.host)), args.format)
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    if args.sysroot is not None:
+        from nestbuild.node import deploy
+
+        deploy.rollback(args.sysroot, args.os)
+        _print_deployments(deploy.deployments(args.sysroot), args.format)
+        return EXIT_OK
+    from nestbuild._tools import bootc, rpmostree
+    from nestbuild.node import rebase
+    from nestbuild.node.host import Host
+
+    host = Host.parse(args.host)
+    argv = (bootc.rollback_argv(apply=args.apply) if args.via == "bootc"
+            else rpmostree.rollback_argv(reboot=args.apply))
+    host.run(argv, what=f"{args.via} rollback on {host}")
+    _print_node_status(rebase.status(args.via, host), args.format)
+    return EXIT_OK
+
+
+def _rebase_ostree(args: argparse.Namespace) -> int:
+    from nestbuild.errors import UsageError
+    from nestbuild.node import rebase
+
+    if args.sysroot is None:
+        raise UsageError("--via ostree needs --sysroot DIR")
+    access = registry_access(args)
+    quiet = args.quiet or args.format == "json"
+    result = rebase.rebase_sysroot(
+        args.image, args.sysroot, osname=args.os, trust_dir=args.trust, access=access,
+        progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        print(f"verified: {result.verdict.reason} (scope {result.verdict.scope}; trust from "
+              f"{result.trust_from})")
+        _print_deployments(result.after, "table")
+    return EXIT_OK
+
+
+def cmd_rebase(args: argparse.Namespace) -> int:
+    from nestbuild._tools import skopeo
+    from nestbuild.node import rebase
+    from nestbuild.node.host import Host
+
+    if args.via == "ostree":
+        return _rebase_ostree(args)
+
+    host = Host.parse(args.host)
+    image = skopeo.inspect(args.image, authfile=args.authfile, cert_dir=args.cert_dir,
+                           tls_verify=args.tls_verify)
+    arch, free = (None, None) if args.dry_run and host.target is None else rebase.node_facts(host)
+    plan = rebase.plan(image, via=args.via, host=host, apply=args.apply, node_arch=arch,
+                       node_free=free)
+    if args.dry_run:
+        if args.format == "json":
+            sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+        else:
+            print(f"would run on {host}: {' '.join(plan.command)}")
+            for c in plan.checks:
+                print(f"  {'ok' if c.ok else 'FAIL':4} {c.name}: {c.detail}")
+        return EXIT_OK
+    before, after = rebase.execute(plan)
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"plan": plan.to_json(), "before": before.to_json(),
+                                     "after": after.to_json()}, indent=2) + "\n")
+    else:
+        print("before:")
+        _print_node_status(before, "table")
+        print("after:")
+        _print_node_status(after, "table")
+    return EXIT_OK
+
+
+def _node_flags(parser: argparse.ArgumentParser, *, via_help: str) -> None:
+    """Which node: a local sysroot, or the node's own tool (bootc, rpm-ostree), over ssh
+    with --host."""
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sysroot", type=Path, metavar="DIR", help="a local ostree sysroot")
+    target.add_argument("--via", choices=("bootc", "rpm-ostree"), help=via_help)
+    parser.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run it over ssh")

@@ -1,0 +1,317 @@
+"""``nestbuild login``, ``logout``, ``push``, ``pull`` and ``inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from nestbuild._cli.common import (
+    check_output,
+    registry_access,
+    registry_flags,
+    write_output,
+)
+from nestbuild.errors import EXIT_FAILED, EXIT_OK, UsageError
+
+PASSWORD_ENV = "NESTBUILD_REGISTRY_PASSWORD"
+
+
+def _password(args: argparse.Namespace) -> str:
+    """From stdin (--password-stdin), the environment, or a prompt; never from argv."""
+    if args.password_stdin:
+        text = sys.stdin.readline().rstrip("\r\n")
+    elif os.environ.get(PASSWORD_ENV):
+        text = os.environ[PASSWORD_ENV]
+    elif sys.stdin.isatty():
+        text = getpass.getpass(f"Password for {args.username}@{args.registry}: ")
+    else:
+        raise UsageError(f"no password: use --password-stdin or set {PASSWORD_ENV}")
+    if not text:
+        raise UsageError("empty password")
+    return text
+
+
+def _registry_host(text: str) -> str:
+    """``HOST[:PORT]`` of ``login REGISTRY`` and ``logout REGISTRY`` (``docker://`` and a
+    repository path dropped, as podman does): the key its credentials are stored under."""
+    host = text.removeprefix("docker://").split("/")[0]
+    if not re.fullmatch(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+                        r"(?::[0-9]{1,5})?", host):
+        raise UsageError(f"{text!r}: not a registry name (HOST[:PORT])")
+    return host
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from nestbuild._registry import auth
+    from nestbuild._registry.client import RegistryClient
+
+    host = _registry_host(args.registry)
+    if not args.username:
+        raise UsageError("--username is required (the password comes from stdin or a prompt)")
+    creds = auth.Credentials(args.username, _password(args), "the login command")
+    with RegistryClient(host, cert_dir=args.cert_dir, tls_verify=args.tls_verify,
+                        credentials=creds) as client:
+        client.check_login()
+    path = auth.store(host, creds.username, creds.password, authfile=args.authfile)
+    print(f"Login Succeeded: {host} (credentials in {path})")
+    return EXIT_OK
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from nestbuild._registry import auth
+
+    host = _registry_host(args.registry)
+    path = auth.remove(host, authfile=args.authfile)
+    if path is None:
+        print(f"not logged in to {host}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Removed login credentials for {host} from {path}")
+    return EXIT_OK
+
+
+def _validate_for_push(image: str, args: argparse.Namespace) -> Any:
+    """The validation report of the image to push; an image without a base is checked as one."""
+    from nestbuild.validation import policy as policy_mod
+    from nestbuild.validation.validate import validate
+
+    pol = policy_mod.resolve(args.policy, args.preset)
+    report = validate(image, policy=pol)
+    if report.base is None:
+        report = validate(image, policy=pol, as_base=True)
+    return report
+
+
+def _default_dest(image: str) -> str:
+    from nestbuild._image.reference import parse_reference
+
+    ref = parse_reference(image)
+    if ref.transport == "containers-storage" and "/" in ref.name \
+            and any(c in ref.name.split("/")[0] for c in ".:"):
+        return ref.name
+    raise UsageError(f"{image}: name a destination (HOST/REPO[:TAG]); the image's own name "
+                     "does not say which registry")
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from nestbuild._registry import reference
+    from nestbuild.shipping.push import push
+
+    check_output(args.digestfile, "--digestfile")
+    dest = args.dest or _default_dest(args.image)
+    target = reference.parse(dest)
+    key = None
+    if args.sign_key:
+        from nestbuild.signing import signatures as signing
+
+        # The passphrase is asked for now (never from a thread); scrypt overlaps validation.
+        key = signing.start_loading_key(args.sign_key, passphrase_file=args.passphrase_file)
+    report = None
+    if args.validate:
+        report = _validate_for_push(args.image, args)
+        if not report.passed:
+            if args.format == "json":
+                sys.stdout.write(report.dumps())
+            else:
+                report.render(_console())
+            print(f"{args.image}: failed validation ({report.errors} errors); nothing pushed "
+                  "(--no-validate pushes anyway)", file=sys.stderr)
+            return EXIT_FAILED
+    signatures: list[str] = []
+    attestations: list[str] = []
+    sign_then_tag = None
+    if key is not None:
+        from nestbuild._image import open_image
+        from nestbuild.validation import packages
+
+        package_list = packages.package_list(open_image(args.image))
+        signing_key = key()  # a wrong passphrase or a corrupt key stops here, before any upload
+
+        def sign_then_tag(digest: str, tags: list[str]) -> None:
+            """Signatures (and the attestation) go up before any tag moves to the image."""
+            for tag in tags:
+                t = signing.open_target(f"docker://{target.name}@{digest}",
+                                        identity=f"{target.name}:{tag}", store=client)
+                for s in signing.sign(t, signing_key):
+                    signatures.append(f"{s.tag} ({s.docker_reference})")
+            if report is not None:
+                att = signing.attest_validation(
+                    f"docker://{target.name}@{digest}", report, signing_key,
+                    identity=f"{target.name}:{tags[0]}", store=client)
+                attestations.append(f"{att.tag} ({att.predicate_type})")
+            if package_list is not None:
+                t = signing.open_target(f"docker://{target.name}@{digest}",
+                                        identity=f"{target.name}:{tags[0]}", store=client)
+                att = signing.attest(t, signing_key, package_list, packages.PREDICATE_TYPE)
+                attestations.append(f"{att.tag} ({att.predicate_type})")
+
+    access = registry_access(args)
+    with access.client(target.host) as client:
+        result = push(args.image, dest, tags=args.tag or (), compression=args.compression,
+                      jobs=args.jobs, quiet=args.quiet or args.format == "json", client=client,
+                      before_tags=sign_then_tag)
+    result.signatures += signatures
+    result.attestations += attestations
+    if args.digestfile:
+        write_output(args.digestfile, result.digest + "\n", "--digestfile")
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        print(result.reference)
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from nestbuild.shipping.pull import pull
+
+    result = pull(args.image, args.dest, access=registry_access(args), jobs=args.jobs,
+                  quiet=args.quiet or args.format == "json")
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        print(f"{result.destination} {result.digest}")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from nestbuild.shipping.pull import inspect
+
+    doc = inspect(args.image, access=registry_access(args))
+    if args.format == "json":
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return EXIT_OK
+    from rich.table import Table
+    from rich.text import Text
+
+    from nestbuild._util.terminal import printable
+
+    def text(value: object, style: str = "") -> Text:
+        """What the image or the registry says, shown as it is (see nestbuild._util.terminal)."""
+        return Text(printable(str(value)), style=style)
+
+    console = _console()
+    console.print(Text.assemble(text(doc["name"], "bold"), "  ", doc["digest"]))
+    console.print(text(f"{doc['os']}/{doc['architecture']}  created {doc['created']}  "
+                       f"bootable: {'yes' if doc['bootable'] else 'NO'}"))
+    table = Table("layer", "size", "media type")
+    for layer in doc["layers"]:
+        table.add_row(text(layer["digest"][:19]), text(layer["size"]), text(layer["mediaType"]))
+    console.print(table)
+    for k, v in sorted(doc["labels"].items()):
+        console.print(text(f"  label {k}={v}"))
+    for r in doc.get("referrers", []):
+        console.print(text(f"  referrer {str(r['digest'])[:19]} {r.get('artifactType') or ''}"))
+    return EXIT_OK
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def register(sub: Any, command: Any) -> None:
+    p = command("login", "store credentials for a registry (containers auth.json, 0600)",
+                textwrap.dedent("""\
+                    Check USER's password against REGISTRY, then store it where skopeo, podman
+                    and nestbuild look (--authfile, REGISTRY_AUTH_FILE, or
+                    $XDG_RUNTIME_DIR/containers/auth.json), written 0600. The password is read
+                    from stdin (--password-stdin), NESTBUILD_REGISTRY_PASSWORD or a prompt;
+                    there is no flag for it, so it never shows in ps or shell history.
+
+                    example:
+                      printf %s "$TOKEN" | nestbuild login registry.example.com -u ci \\
+                          --password-stdin"""),
+                "exit codes: 0 stored, 2 refused credentials or unusable input\n")
+    p.add_argument("registry", metavar="REGISTRY")
+    p.add_argument("-u", "--username", metavar="USER")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin")
+    registry_flags(p)
+    p.set_defaults(func=cmd_login)
+
+    p = command("logout", "remove stored credentials for a registry",
+                "Remove REGISTRY's entry from the auth file login writes.",
+                "exit codes: 0 removed, 1 not logged in\n")
+    p.add_argument("registry", metavar="REGISTRY")
+    p.add_argument("--authfile", type=Path, metavar="FILE")
+    p.set_defaults(func=cmd_logout)
+
+    p = command("push", "push an image to a registry as OCI, then sign and attest it",
+                textwrap.dedent("""\
+                    Validate IMAGE (refused if it fails the policy), push it to DEST as OCI
+                    (blobs in parallel, those the registry has are skipped or mounted; a broken
+                    upload resumes), tag it, and with --sign-key sign every tag and attach the
+                    validation report as an in-toto attestation (cosign's .sig and .att). Prints
+                    HOST/REPO@sha256:..., the reference to deploy.
+
+                    IMAGE: containers-storage (default), oci:DIR[:TAG], oci-archive:FILE[:TAG]
+                    (an OCI layout index is pushed whole, its bytes unchanged).
+                    exit codes: 0 pushed, 1 validation failed (nothing pushed),
+                    2 unusable input, registry or credentials problem
+
+                    examples:
+                      nestbuild push localhost/my-node:v1 registry.example.com/fleet/node:v1
+                      NESTBUILD_PASSWORD=... nestbuild push my-node:v1 reg/fleet/node:v1 \\
+                          --sign-key cosign.key --digestfile digest.txt --format json"""),
+                "")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("dest", nargs="?", metavar="DEST",
+                   help="[docker://]HOST/REPO[:TAG] (default: IMAGE's name, if it has a host)")
+    p.add_argument("--tag", action="append", metavar="TAG", help="also tag as TAG (repeatable)")
+    p.add_argument("--sign-key", type=Path, metavar="K.key",
+                   help="sign (and attest the validation report) with this cosign key")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="key passphrase file (else NESTBUILD_PASSWORD/COSIGN_PASSWORD or a "
+                        "prompt)")
+    p.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                   help="for layers from local storage (default gzip: every node reads it)")
+    p.add_argument("--jobs", type=int, default=4, metavar="N", help="parallel blob uploads")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="push without validating first")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="policy file for validation")
+    p.add_argument("--preset", metavar="NAME", help="policy preset (default strict)")
+    p.add_argument("--digestfile", type=Path, metavar="FILE",
+                   help="write the pushed manifest digest to FILE")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    registry_flags(p)
+    p.set_defaults(func=cmd_push)
+
+    p = command("pull", "fetch an image from a registry (digest-verified)",
+                textwrap.dedent("""\
+                    Fetch IMAGE (this machine's platform from a multi-arch index) into DEST:
+                    containers-storage (default, under IMAGE's name) or oci:DIR[:TAG]. Every
+                    blob is checked against its digest; a corrupt one fails the pull.
+
+                    example:
+                      nestbuild pull docker://registry.example.com/fleet/node:v1 oci:./node:v1"""),
+                "exit codes: 0 pulled, 1 a blob or manifest failed its digest, 2 unusable input "
+                "or registry problem\n")
+    p.add_argument("image", metavar="IMAGE", help="[docker://]HOST/REPO[:TAG|@DIGEST]")
+    p.add_argument("dest", nargs="?", metavar="DEST")
+    p.add_argument("--jobs", type=int, default=4, metavar="N")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("-q", "--quiet", action="store_true")
+    registry_flags(p)
+    p.set_defaults(func=cmd_pull)
+
+    p = command("inspect", "show an image's manifest, config and bootability",
+                textwrap.dedent("""\
+                    Show what skopeo inspect shows (digest, platform, labels, layers) plus
+                    whether the image is bootable and, in a registry, its referrers.
+
+                    example:
+                      nestbuild inspect docker://registry.example.com/fleet/node:v1 --format json
+                    """),
+                "exit codes: 0 shown, 2 no such image or registry problem\n")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    registry_flags(p)
+    p.set_defaults(func=cmd_inspect)

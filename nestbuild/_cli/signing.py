@@ -1,0 +1,282 @@
+"""``nestbuild keygen``, ``sign``, ``verify`` and ``attest``: cosign-compatible, natively.
+
+Passphrases come from NESTBUILD_PASSWORD / COSIGN_PASSWORD, ``--passphrase-file`` or a prompt,
+never from the command line, where any local user could read them in the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nestbuild._cli.common import registry_access, registry_flags
+from nestbuild.errors import EXIT_FAILED, EXIT_OK, UsageError
+
+Command = Callable[..., argparse.ArgumentParser]
+
+IMAGES = textwrap.dedent("""\
+    images:
+      docker://REG/REPO[:TAG|@DIGEST]   in a registry (the name nodes pull)
+      oci:DIR[:TAG]                     an OCI image layout (sign needs --identity)
+
+    passphrase: NESTBUILD_PASSWORD or COSIGN_PASSWORD, else --passphrase-file, else a prompt
+    exit codes: 0 done / verified, 1 not verified, 2 unusable input
+    """)
+
+
+def _annotations(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--annotation {pair!r}: expected KEY=VALUE")
+        out[name] = value
+    return out
+
+
+def _short(digest: str) -> str:
+    return digest[: len("sha256:") + 12]
+
+
+# --- keygen --------------------------------------------------------------------------------
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from nestbuild.signing import keys
+
+    prefix: Path = args.output_prefix
+    key_path, pub_path = keys.key_paths(prefix)
+    if not args.force:
+        # Before asking for a passphrase: nothing would be written anyway.
+        for path in (key_path, pub_path):
+            if path.exists() or path.is_symlink():
+                raise keys.KeyFileError(f"{path} already exists (use --force to replace it)")
+    passphrase = keys.get_passphrase(file=args.passphrase_file, confirm=True,
+                                     label="the new private key")
+    key_path, pub_path = keys.write_key_pair(prefix, passphrase, force=args.force)
+    print(f"private key: {key_path} (encrypted, mode 0600)")
+    print(f"public key:  {pub_path} (give this to nodes and verifiers)")
+    return EXIT_OK
+
+
+# --- sign ----------------------------------------------------------------------------------
+
+def _local_target(args: argparse.Namespace, *, need_identity: bool = True) -> Any:
+    """A layout target opened (and checked) before the passphrase is asked for: a typo
+    should not cost a prompt. Registry targets are opened later, while the key decrypts."""
+    if args.image.startswith("docker://"):
+        return None
+    from nestbuild.signing import signatures as signing
+
+    target = signing.open_target(args.image, identity=args.identity, registry=registry_access(args))
+    if need_identity:
+        signing.signed_identity(target)  # a layout without --identity fails here
+    return target
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from nestbuild.signing import keyfile
+
+    annotations = _annotations(args.annotation)
+    target = _local_target(args)
+    # Decrypted in a thread while the registry is reached and read: scrypt is most of a run,
+    # so it starts before signing's cryptography and the registry client are even imported.
+    key = keyfile.start_loading(args.key, passphrase_file=args.passphrase_file)
+    from nestbuild.signing import signatures as signing
+
+    if target is None:
+        target = signing.open_target(args.image, identity=args.identity,
+                                     registry=registry_access(args))
+    results = signing.sign(target, key, annotations=annotations)
+    if args.format == "json":
+        rows = [{"digest": r.digest, "platform": r.platform, "tag": r.tag,
+                 "docker_reference": r.docker_reference, "added": r.added} for r in results]
+        sys.stdout.write(json.dumps({"image": args.image, "signatures": rows}, indent=2) + "\n")
+        return EXIT_OK
+    for r in results:
+        what = _short(r.digest) + (f" ({r.platform})" if r.platform else "")
+        state = "signed" if r.added else "already signed by this key"
+        print(f"{state}: {what} as {r.docker_reference} -> {r.tag}")
+    return EXIT_OK
+
+
+# --- verify --------------------------------------------------------------------------------
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from nestbuild.signing import signatures as signing
+
+    public_keys = signing.load_public_keys(args.key)
+    target = signing.open_target(args.image, identity=args.identity, registry=registry_access(args))
+    report = signing.verify(target, public_keys, rule=args.signed_identity)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        _print_report(report)
+    if report.passed:
+        return EXIT_OK
+    sys.stderr.write(f"error: not verified: {report.cause()}\n")
+    return EXIT_FAILED
+
+
+def _print_report(report: Any) -> None:
+    out = sys.stdout
+    rule = report.rule + (f" for {report.identity}" if report.identity else "")
+    out.write(f"{report.image}  (keys: {', '.join(report.keys)}; identity rule: {rule})\n")
+    for m in report.manifests:
+        what = _short(m.digest) + (f" ({m.platform})" if m.platform else "")
+        out.write(f"  {what}: {'verified' if m.verified else 'NOT VERIFIED'}\n")
+        if m.problem:
+            out.write(f"    {m.problem}\n")
+        for s in m.signatures:
+            out.write(f"    {'ok ' if s.verified else 'bad'} signature {s.layer}: {s.reason}\n")
+        if m.other_attachments:
+            out.write(f"    ({m.other_attachments} other attachment(s) ignored)\n")
+        for a in m.attestations:
+            out.write(f"    {'ok ' if a.verified else 'bad'} attestation {a.layer} "
+                      f"({a.predicate_type}): {a.reason}\n")
+    for note in report.notes:
+        out.write(f"  note: {note}\n")
+    if report.passed:
+        out.write("verified\n")
+    else:
+        failed = [m for m in report.manifests if not m.verified]
+        out.write(f"not verified: {len(failed)} of {len(report.manifests)} manifest(s) have "
+                  "no signature that verifies\n")
+
+
+# --- attest --------------------------------------------------------------------------------
+
+def cmd_attest(args: argparse.Namespace) -> int:
+    from nestbuild.signing import keyfile
+    from nestbuild.signing import signatures as signing
+
+    predicate_type = signing.predicate_type_uri(args.type)
+    try:
+        predicate = json.loads(args.predicate.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read predicate {args.predicate}: {exc.strerror}") from None
+    except (ValueError, RecursionError):
+        raise UsageError(f"{args.predicate} is not a JSON document") from None
+    target = _local_target(args, need_identity=False)
+    key = keyfile.start_loading(args.key, passphrase_file=args.passphrase_file)
+    if target is None:
+        target = signing.open_target(args.image, identity=args.identity,
+                                     registry=registry_access(args))
+    result = signing.attest(target, key, predicate, predicate_type)
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"image": args.image, "digest": result.digest,
+                                     "tag": result.tag, "predicate_type": result.predicate_type,
+                                     "added": result.added}, indent=2) + "\n")
+    else:
+        state = "attested" if result.added else "already attested (same statement, same key)"
+        print(f"{state}: {_short(result.digest)} {predicate_type} -> {result.tag}")
+    return EXIT_OK
+
+
+# --- registration --------------------------------------------------------------------------
+
+def register(sub: Any, command: Command) -> None:
+    p = command(
+        "keygen", "create a cosign-compatible signing key pair",
+        textwrap.dedent("""\
+            Write PREFIX.key (ECDSA P-256, encrypted as cosign encrypts it, mode 0600) and
+            PREFIX.pub. cosign, containers/image (bootc, rpm-ostree, podman) and nestbuild
+            all read them. Existing files are never replaced without --force.
+
+            example:
+              NESTBUILD_PASSWORD=... nestbuild keygen --output-prefix keys/release"""),
+        epilog="passphrase: NESTBUILD_PASSWORD or COSIGN_PASSWORD, else --passphrase-file, "
+               "else a prompt\nexit codes: 0 written, 2 unusable input or existing files\n",
+    )
+    p.add_argument("--output-prefix", type=Path, default=Path("cosign"), metavar="PATH",
+                   help="write PATH.key and PATH.pub (default: cosign)")
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="read the passphrase from FILE's first line")
+    p.set_defaults(func=cmd_keygen)
+
+    p = command(
+        "sign", "sign an image as cosign does, for nodes' policy.json",
+        textwrap.dedent("""\
+            Sign the image's manifest digest (and each platform manifest of a multi-arch
+            index) and store the signature as cosign does, under the tag sha256-DIGEST.sig
+            in the same repository. The signature names REG/REPO:TAG, which both the
+            default containers policy (matchRepoDigestOrExact) and matchRepository accept.
+            Signing again with the same key adds nothing.
+
+            examples:
+              nestbuild sign docker://registry.example.com/nodes/web:v3 --key cosign.key
+              nestbuild sign oci:./out:v3 --key cosign.key \\
+                  --identity registry.example.com/nodes/web:v3"""),
+        epilog=IMAGES,
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--key", type=Path, required=True, metavar="FILE",
+                   help="private key (cosign.key, or a PEM PKCS#8 / EC key)")
+    p.add_argument("--identity", metavar="REG/REPO[:TAG]",
+                   help="the name to sign for (default: the image's own; required for oci:)")
+    p.add_argument("-a", "--annotation", action="append", metavar="KEY=VALUE",
+                   help="add to the payload's optional section, as cosign sign -a")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    registry_flags(p)
+    p.set_defaults(func=cmd_sign)
+
+    p = command(
+        "verify", "check an image's signatures as a node would",
+        textwrap.dedent("""\
+            Check every signature of the image as containers/image does: the signature must
+            be made by one of the keys over the exact payload, the payload must parse
+            strictly, name this manifest's digest, and name an identity the rule accepts.
+            Each signature is reported with the reason it did or did not verify; a
+            multi-arch image needs a verified signature for the index and every platform.
+            Exit 1 when that is not so.
+
+            examples:
+              nestbuild verify docker://registry.example.com/nodes/web:v3 --key cosign.pub
+              nestbuild verify oci:./out:v3 --key cosign.pub --format json"""),
+        epilog=IMAGES,
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--key", type=Path, action="append", required=True, metavar="FILE",
+                   help="public key (cosign.pub); repeat for several (any one may sign)")
+    p.add_argument("--signed-identity", default="matchRepoDigestOrExact",
+                   choices=("matchRepoDigestOrExact", "matchRepository", "matchExact"),
+                   help="the policy.json signedIdentity rule to apply (default: "
+                        "matchRepoDigestOrExact, containers/image's default)")
+    p.add_argument("--identity", metavar="REG/REPO[:TAG]",
+                   help="the name the node pulls (default: the image's own; for oci: "
+                        "the identity is not checked without it)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    registry_flags(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = command(
+        "attest", "attach a signed in-toto attestation, as cosign attest does",
+        textwrap.dedent("""\
+            Wrap the predicate (a JSON file) in an in-toto statement about the image's
+            manifest digest, sign it in a DSSE envelope and store it under the tag
+            sha256-DIGEST.att, where cosign verify-attestation finds it.
+
+            example:
+              nestbuild attest docker://registry.example.com/nodes/web:v3 --key cosign.key \\
+                  --predicate report.json --type https://nestbuild.dev/validation/v1"""),
+        epilog=IMAGES,
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--key", type=Path, required=True, metavar="FILE")
+    p.add_argument("--predicate", type=Path, required=True, metavar="FILE",
+                   help="the predicate, a JSON document")
+    p.add_argument("--type", required=True, metavar="URI",
+                   help="predicate type URI (or a cosign shorthand: slsaprovenance, "
+                        "slsaprovenance1, spdxjson, cyclonedx, link, openvex)")
+    p.add_argument("--identity", metavar="REG/REPO[:TAG]",
+                   help="the repository to name as the subject (default: the image's)")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    registry_flags(p)
+    p.set_defaults(func=cmd_attest)

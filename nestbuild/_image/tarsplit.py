@@ -1,0 +1,139 @@
+"""A layer in containers-storage, read back as the exact tar stream it was stored from.
+
+containers-storage keeps each layer unpacked (the overlay ``diff`` directory) plus a tar-split
+file: the tar headers and padding as raw bytes, and the names and sizes of the file bodies.
+Replaying it gives the layer's tar byte for byte (that is how storage computes its diff_id)
+without copying the image anywhere. The stream is seekable forwards, so tar reading skips
+file bodies without touching them, like ``tar -t``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from nestbuild._image.blob import PositionedReader
+from nestbuild.errors import LayerError
+
+
+class TarSplitStream(PositionedReader):
+    """Replays a tar-split file over an unpacked layer directory."""
+
+    def __init__(self, tar_split: Path, root: Path) -> None:
+        self._root = root
+        self._what = str(tar_split)
+        self._meta: IO[bytes] = gzip.open(tar_split, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        self._entries = self._iter_entries()
+        # The current segment: [start, end) and its source (bytes or a file path).
+        self._seg_start = 0
+        self._seg_end = 0
+        self._seg_bytes: bytes | None = b""
+        self._seg_path: Path | None = None
+        self._seg_file: IO[bytes] | None = None
+        self._prev: tuple[int, int, bytes | None, Path | None] | None = None
+        self._pos = 0
+        self._eof = False
+
+    def _iter_entries(self) -> Iterator[tuple[bytes | None, Path | None, int]]:
+        for line in self._meta:
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LayerError(f"{self._what}: corrupt tar-split data ({exc})") from None
+            if entry.get("type") == 2:
+                data = base64.b64decode(entry.get("payload") or "")
+                yield data, None, len(data)
+            elif entry.get("type") == 1:
+                size = int(entry.get("size") or 0)
+                if size:
+                    name = entry.get("name") or ""
+                    if isinstance(name, str):
+                        raw_name = os.fsencode(name)
+                    else:
+                        raw_name = base64.b64decode(entry.get("name_raw") or "")
+                    yield None, self._root / os.fsdecode(raw_name).lstrip("/"), size
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            pos += self._pos
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("tar-split streams seek from the start only")
+        self._pos = pos
+        return pos
+
+    def _advance(self) -> bool:
+        if self._seg_file is not None:
+            self._seg_file.close()
+            self._seg_file = None
+        self._prev = (self._seg_start, self._seg_end, self._seg_bytes, self._seg_path)
+        try:
+            data, path, size = next(self._entries)
+        except StopIteration:
+            self._eof = True
+            return False
+        self._seg_start = self._seg_end
+        self._seg_end = self._seg_start + size
+        self._seg_bytes, self._seg_path = data, path
+        return True
+
+    def _rewind_one(self) -> None:
+        # tarfile peeks one byte back before the next header; keep the previous segment for it.
+        if self._prev is None or self._pos < self._prev[0]:
+            raise LayerError(f"{self._what}: cannot seek backwards in a tar-split stream")
+        if self._seg_file is not None:
+            self._seg_file.close()
+            self._seg_file = None
+        start, end, data, path = self._prev
+        self._entries = _chain_one(
+            (self._seg_bytes, self._seg_path, self._seg_end - self._seg_start), self._entries
+        )
+        self._seg_start, self._seg_end, self._seg_bytes, self._seg_path = start, end, data, path
+        self._prev = None
+        self._eof = False
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        if self._pos < self._seg_start:
+            self._rewind_one()
+        while self._pos >= self._seg_end:
+            if self._eof or not self._advance():
+                return 0
+        offset = self._pos - self._seg_start
+        n = min(len(buf), self._seg_end - self._pos)
+        if self._seg_bytes is not None:
+            data = self._seg_bytes[offset : offset + n]
+        else:
+            assert self._seg_path is not None
+            if self._seg_file is None:
+                try:
+                    self._seg_file = open(self._seg_path, "rb")  # noqa: SIM115
+                except OSError as exc:
+                    raise LayerError(f"layer file {self._seg_path} is missing ({exc})") from None
+            self._seg_file.seek(offset)
+            data = self._seg_file.read(n)
+            if len(data) != n:
+                raise LayerError(f"layer file {self._seg_path} is shorter than recorded")
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self._seg_file is not None:
+            self._seg_file.close()
+        self._meta.close()
+        super().close()
+
+
+def _chain_one(
+    first: tuple[bytes | None, Path | None, int],
+    rest: Iterator[tuple[bytes | None, Path | None, int]],
+) -> Iterator[tuple[bytes | None, Path | None, int]]:
+    yield first
+    yield from rest

@@ -1,0 +1,1 @@
+"""The external programs nestbuild drives, one small module each, all through ``run``."""

@@ -1,0 +1,156 @@
+"""The one small interface to buildah (driven as a subprocess through nestbuild._tools.run).
+
+RUN steps use chroot isolation: the hosts nestbuild runs on (CI machines, containers) often
+cannot run crun ("cgroups in hybrid mode not supported"), and chroot needs no runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from nestbuild._tools import run
+from nestbuild.errors import ToolError
+
+DEFAULT_ISOLATION = "chroot"
+
+
+def _buildah(*args: str, what: str) -> str:
+    return run.run(["buildah", *args], what=what).stdout.decode().strip()
+
+
+def from_image(ref: str) -> str:
+    """A working container from ``ref`` (``scratch`` for an empty one); returns its id."""
+    pull = [] if ref == "scratch" else ["--pull-never"]
+    return _buildah("from", "--quiet", *pull, ref,
+                    what=f"creating a container from {ref}").splitlines()[-1]
+
+
+def from_scratch() -> str:
+    """An empty working container (a base is populated from outside, no RUN needed)."""
+    return from_image("scratch")
+
+
+def mount(ctr: str) -> Path:
+    return Path(_buildah("mount", ctr, what="mounting the container"))
+
+
+def umount(ctr: str) -> None:
+    _buildah("umount", ctr, what="unmounting the container")
+
+
+def config(ctr: str, *, labels: Mapping[str, str] | None = None,
+           env: Mapping[str, str] | None = None, cmd: str | None = None,
+           created_by: str | None = None, annotations: Mapping[str, str] | None = None) -> None:
+    args: list[str] = []
+    for k, v in (annotations or {}).items():
+        args += ["--annotation", f"{k}={v}"]
+    for k, v in (labels or {}).items():
+        args += ["--label", f"{k}={v}"]
+    for k, v in (env or {}).items():
+        args += ["--env", f"{k}={v}"]
+    if cmd is not None:
+        args += ["--cmd", cmd]
+    if created_by is not None:
+        args += ["--created-by", created_by]
+    if args:
+        _buildah("config", *args, ctr, what="configuring the container")
+
+
+def commit(ctr: str, tag: str, *, timestamp: int | None = None) -> str:
+    """Commit the container as ``tag``; returns the image id."""
+    args = ["commit", "--quiet", "--format", "oci"]
+    if timestamp is not None:
+        args += ["--timestamp", str(timestamp)]
+    return _buildah(*args, ctr, tag, what=f"committing {tag}").splitlines()[-1]
+
+
+def remove(ctr: str) -> None:
+    run.run(["buildah", "rm", ctr], check=False)
+
+
+@contextlib.contextmanager
+def working_container(ref: str) -> Iterator[str]:
+    """A working container that is always removed, even when the body fails."""
+    ctr = from_image(ref)
+    try:
+        yield ctr
+    finally:
+        remove(ctr)
+
+
+def bud(containerfile: Path, context: Path, tag: str, *,
+        build_args: Mapping[str, str] | None = None, isolation: str = DEFAULT_ISOLATION,
+        layers: bool = False, extra: Sequence[str] | None = None,
+        timeout: float | None = None) -> str:
+    """A plain ``buildah bud``; returns the image id.
+
+    stdout and stderr go through one pipe so a failure's log tail shows the RUN step's own
+    output next to buildah's error, in order; the id comes from ``--iidfile``, not the log.
+    With ``--layers`` a failed step leaves its working container behind unless ``--force-rm``
+    (which buildah 1.28 accepts only together with ``--layers``).
+    """
+    if not containerfile.is_file():
+        raise ToolError(f"{containerfile}: no such Containerfile")
+    what = f"building {tag}"
+    with tempfile.TemporaryDirectory(prefix="nestbuild-bud-") as tmp:
+        iidfile = Path(tmp) / "iid"
+        args = ["buildah", "bud", "--isolation", isolation,
+                "--iidfile", str(iidfile), "-f", str(containerfile), "-t", tag]
+        for k, v in (build_args or {}).items():
+            args += ["--build-arg", f"{k}={v}"]
+        if layers:
+            args += ["--layers", "--force-rm"]
+        args += [*(extra or ()), str(context)]
+        proc = run.popen(args)
+        try:
+            log, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise ToolError(f"{what}: buildah timed out after {timeout:.0f}s") from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise run.command_failed(args, proc.returncode, log, what)
+        return iidfile.read_text().strip().removeprefix("sha256:")
+
+
+def add_files(image: str, files: Mapping[str, tuple[bytes, int]], *, created_by: str,
+              annotations: Mapping[str, str] | None = None) -> str:
+    """Add ``files`` (image path -> content, mode; root-owned) as one new layer on ``image``,
+    committed under the same name; returns the new image id. ``annotations`` keep the
+    original base record (buildah would otherwise name ``image`` itself as the base); with no
+    files the layer is empty and only the record changes.
+
+    Timestamps are fixed (``SOURCE_DATE_EPOCH``, else 0) so the same files give the same
+    layer: a rebuild with unchanged trust or kernel files adds a layer nodes already have."""
+    stamp = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    with working_container(image) as ctr:
+        root = mount(ctr)
+        touched: set[Path] = set()
+        for path, (data, mode) in sorted(files.items()):
+            target = root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(mode)
+            touched.add(target)
+            touched.update(p for p in target.parents if p != root and root in p.parents)
+        for p in sorted(touched, key=lambda p: len(p.parts), reverse=True):
+            os.utime(p, (stamp, stamp), follow_symlinks=False)
+        config(ctr, created_by=created_by, annotations=annotations)
+        return commit(ctr, image)
+
+
+def image_exists(ref: str) -> bool:
+    return run.run(["buildah", "inspect", "--type", "image", ref], check=False).returncode == 0
+
+
+def remove_image(ref: str) -> None:
+    run.run(["buildah", "rmi", "--force", ref], check=False)

@@ -1,0 +1,1 @@
+"""Small helpers every stage uses: atomic files, safe paths, progress, terminal text."""

@@ -1,0 +1,1 @@
+"""Stage 4: images to and from registries (push, pull, inspect)."""
