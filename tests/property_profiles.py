@@ -1,10 +1,10 @@
-"""Hypothesis profiles for the property tests of nestbuild's parsers (tests/test_properties.py).
+"""Hypothesis profiles for the property tests of nestbuild's parsers (tests/unit/test_properties.py).
 
 ``ci`` (the default) is small, derandomized and keeps no example database, so every run,
 in CI or on a laptop, tries the same inputs and the whole property file stays well under
 30 s. ``long`` is for a longer hunt by hand, with fresh random inputs each run:
 
-    NESTBUILD_HYPOTHESIS=long .venv/bin/pytest -q -p no:cacheprovider tests/test_properties.py
+    NESTBUILD_HYPOTHESIS=long .venv/bin/pytest -q -p no:cacheprovider tests/unit/test_properties.py
 
 A failure found by ``long`` prints the input that reproduces it (``@reproduce_failure`` or the
 shrunk example); add it as an explicit regression test next to the parser's own tests.

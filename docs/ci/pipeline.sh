@@ -2,7 +2,7 @@
 # Build, validate, sign and push a node image, then verify it as a node would.
 #
 # The one command sequence that docs/ci/github-actions.yml and docs/ci/gitlab-ci.yml run
-# (and that tests/test_ci_pipeline.py runs against a local TLS registry with auth).
+# (and that tests/integration/test_ci_pipeline.py runs against a local TLS registry with auth).
 #
 # Inputs (environment):
 #   REGISTRY            registry host[:port], e.g. registry.example.com

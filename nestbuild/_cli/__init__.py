@@ -16,7 +16,7 @@ COMMAND_MODULES = (
 #: Which module registers each top-level command. ``nestbuild sign ...`` then imports and
 #: registers only ``nestbuild._cli.signing``: every run pays for the parsers it builds and
 #: the modules it imports, and CI runs sign and push as fresh processes. A command missing here
-#: still works (the whole parser is built); tests/test_cli.py keeps this table complete.
+#: still works (the whole parser is built); tests/unit/test_cli.py keeps this table complete.
 COMMAND_OWNERS = {
     "keygen": "nestbuild._cli.signing",
     "sign": "nestbuild._cli.signing",
@@ -36,7 +36,7 @@ COMMAND_OWNERS = {
 
 #: The commands that open a private key, with the option naming it. ``nestbuild`` starts
 #: decrypting that key before the command line is fully parsed (see :mod:`nestbuild.__main__`):
-#: scrypt is most of a signing run. tests/test_cli.py checks these against the parsers.
+#: scrypt is most of a signing run. tests/unit/test_cli.py checks these against the parsers.
 SIGNING_KEY_OPTIONS = {"sign": "--key", "attest": "--key", "push": "--sign-key"}
 PASSPHRASE_FILE_OPTION = "--passphrase-file"
 

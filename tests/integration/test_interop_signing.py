@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from tests.fixtures.chroot import Chroot
 
-INTEROP = Path(__file__).parent / "data" / "interop"
+INTEROP = Path(__file__).parents[1] / "data" / "interop"
 VECTORS = INTEROP / "containers-image-signatures"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 PTYPE = "https://nestbuild.dev/validation/v1"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHECKED = ("tests", "scripts", "benchmarks", ".ci")
 
 #: Spellings of a place outside the checkout, each with the reason it is one.
@@ -53,7 +53,7 @@ def escapes(root: Path, folders: tuple[str, ...] = CHECKED) -> list[str]:
                     continue
                 if path.is_dir():
                     continue
-                if rel.parts == ("tests", Path(__file__).name):
+                if rel.parts == ("tests", "unit", Path(__file__).name):
                     continue  # this file spells the patterns it looks for
                 text = path.read_bytes().decode("utf-8", "replace")
                 for lineno, line in enumerate(text.splitlines(), 1):
@@ -79,7 +79,7 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 
 @pytest.mark.parametrize("rel, line", [
     # how the interop tests found their vectors before they were copied into tests/data
-    ("tests/test_keys.py",
+    ("tests/integration/test_keys.py",
      'INTEROP = Path(__file__).resolve().parents[1].parent / "shared" / "interop"'),
     ("tests/test_x.py", 'DATA = Path(__file__).parent.parent.parent / "data"'),
     ("tests/fixtures/x.py", "REPO = Path(__file__).resolve().parents[3]"),
@@ -98,7 +98,7 @@ def test_each_way_out_is_named_with_file_and_line(tmp_path: Path, rel: str, line
 
 def test_the_ways_the_checkout_finds_itself_are_not_flagged(tmp_path: Path) -> None:
     root = _tree(tmp_path, {
-        "tests/test_a.py": 'DATA = Path(__file__).parent / "data" / "interop"\n'
+        "tests/test_a.py": 'DATA = Path(__file__).parents[1] / "data" / "interop"\n'
                            "REPO = Path(__file__).resolve().parents[1]\n",
         "tests/fixtures/b.py": "REPO = Path(__file__).resolve().parents[2]\n",
         "benchmarks/push": "REPO = Path(__file__).resolve().parent.parent\n",

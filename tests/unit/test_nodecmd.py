@@ -15,8 +15,8 @@ from nestbuild.errors import UsageError
 from nestbuild.node.host import Host
 from nestbuild.node.status import StatusError, parse_bootc, parse_rpm_ostree
 
-DATA = Path(__file__).parent / "data" / "node-status"
-REFERENCE = Path(__file__).parent / "data" / "reference"
+DATA = Path(__file__).parents[1] / "data" / "node-status"
+REFERENCE = Path(__file__).parents[1] / "data" / "reference"
 BOOTC_FIXTURES = REFERENCE / "bootc" / "fixtures"
 DIGEST = "sha256:" + "ab" * 32
 

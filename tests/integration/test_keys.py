@@ -21,7 +21,7 @@ from nestbuild.signing import keys
 from tests.fixtures.common import run_in_pty
 from tests.fixtures.cosign import Cosign
 
-INTEROP = Path(__file__).parent / "data" / "interop"
+INTEROP = Path(__file__).parents[1] / "data" / "interop"
 HELLO_KEY = INTEROP / "cosign-keys" / "sigstore-hello.key"
 CI_PUB = INTEROP / "containers-image-signatures" / "cosign.pub"
 

@@ -360,7 +360,7 @@ def _start(image: str, sysroot: Path, name: str, env: dict[str, str] | None = No
            ) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", _DEPLOY, image, str(sysroot), name],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, cwd=Path(__file__).parents[1])
+                            env={**os.environ, **(env or {})}, cwd=Path(__file__).parents[2])
 
 
 def test_two_deploys_into_one_sysroot_take_turns(tmp_path: Path) -> None:

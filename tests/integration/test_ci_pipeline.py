@@ -237,7 +237,7 @@ def test_the_readme_test_command_collects_this_file() -> None:
 
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
-    assert Path(__file__).resolve().parent == REPO / "tests"
+    assert Path(__file__).resolve().parent == REPO / "tests" / "integration"
     assert "pytest" in (REPO / "scripts" / "test").read_text()
 
 

@@ -15,7 +15,7 @@ from nestbuild.signing import keys, payload
 from nestbuild.signing.payload import PayloadError, identity_matches, make_payload, parse_payload
 from tests.fixtures.cosign import Cosign
 
-INTEROP = Path(__file__).parent / "data" / "interop"
+INTEROP = Path(__file__).parents[1] / "data" / "interop"
 CI_SIGS = INTEROP / "containers-image-signatures"
 DIGEST = "sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00"
 SIG_ANNOTATION = "dev.cosignproject.cosign/signature"

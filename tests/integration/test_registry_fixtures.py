@@ -28,7 +28,7 @@ from tests.fixtures.registry import (
     parse_scope,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 EMPTY = b"{}"
 

@@ -1,0 +1,1 @@
+"""Tests against the real components (buildah, the registry, cosign, ostree, qemu, dockerd)."""
