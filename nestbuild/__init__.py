@@ -1,3 +1,97 @@
-"""nestbuild: build, validate, sign and ship custom images of image-based container-host OSes."""
+"""nestbuild: build, validate, sign and ship custom images of image-based container-host OSes.
+
+This module is the public API; the ``nestbuild`` command is a thin layer over it, and a CI
+script can do everything the command does::
+
+    import nestbuild
+
+    built = nestbuild.build(nestbuild.BuildOptions(context=Path("."), tag="localhost/node:1"))
+    report = nestbuild.validate(built.image)
+    pushed = nestbuild.push(nestbuild.PushOptions(image=built.image, destination=...))
+
+The stages, in the order an image goes through them, are packages of their own:
+``building``, ``validation``, ``signing``, ``shipping`` and ``node``; what is not part of
+the API lives in ``_``-prefixed packages (the registry client, the image readers, the
+external tools' command lines, small utilities, the command line).
+
+Names are loaded on first use (PEP 562 ``__getattr__``). This is the package's one pattern
+for lazy imports: ``nestbuild sign`` must not pay for the image readers, the build engines or
+rich before its key is loaded, and a stage imports another stage's heavy modules inside the
+function that needs them, never at the top of a module that a lighter command imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: Every public name and the module that defines it.
+_API: dict[str, str] = {
+    # errors and exit codes
+    "NestbuildError": "nestbuild.errors",
+    "UsageError": "nestbuild.errors",
+    "EXIT_OK": "nestbuild.errors",
+    "EXIT_FAILED": "nestbuild.errors",
+    "EXIT_INPUT": "nestbuild.errors",
+    # references
+    "ImageRef": "nestbuild._image.reference",
+    "parse_reference": "nestbuild._image.reference",
+    # building
+    "build": "nestbuild.building.build",
+    "BuildOptions": "nestbuild.building.build",
+    "BuildResult": "nestbuild.building.build",
+    "BuildFailed": "nestbuild.building.build",
+    # validation
+    "validate": "nestbuild.validation.validate",
+    "diff": "nestbuild.validation.validate",
+    "Report": "nestbuild.validation.report",
+    "Policy": "nestbuild.validation.policy",
+    # signing
+    "sign": "nestbuild.signing.signatures",
+    "attest": "nestbuild.signing.signatures",
+    "verify": "nestbuild.signing.signatures",
+    "Signed": "nestbuild.signing.signatures",
+    "Attested": "nestbuild.signing.signatures",
+    "VerifyReport": "nestbuild.signing.signatures",
+    # shipping
+    "pull": "nestbuild.shipping.pull",
+    "PullResult": "nestbuild.shipping.pull",
+    "inspect": "nestbuild.shipping.pull",
+    # node
+    "NodeStatus": "nestbuild.node.status",
+}
+
+__all__ = ["__version__", *_API]
+
+if TYPE_CHECKING:
+    from nestbuild._image.reference import ImageRef, parse_reference
+    from nestbuild.building.build import BuildFailed, BuildOptions, BuildResult, build
+    from nestbuild.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, NestbuildError, UsageError
+    from nestbuild.node.status import NodeStatus
+    from nestbuild.shipping.pull import PullResult, inspect, pull
+    from nestbuild.signing.signatures import (
+        Attested,
+        Signed,
+        VerifyReport,
+        attest,
+        sign,
+        verify,
+    )
+    from nestbuild.validation.policy import Policy
+    from nestbuild.validation.report import Report
+    from nestbuild.validation.validate import diff, validate
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,4 +1,5 @@
-"""Hypothesis profiles for the property tests of nestbuild's parsers (tests/unit/test_properties.py).
+"""Hypothesis profiles for the property tests of nestbuild's parsers
+(tests/unit/test_properties.py).
 
 ``ci`` (the default) is small, derandomized and keeps no example database, so every run,
 in CI or on a laptop, tries the same inputs and the whole property file stays well under

@@ -5,9 +5,9 @@ docs/security.md ("Deploy: what an image can and cannot do to a node") is the co
 
 - Each layer is imported once into the sysroot's repository as its own commit
   (``nestbuild/layer/<diffid>``): its tar stream is judged entry by entry
-  (:mod:`~nestbuild.node.layerfilter`, with :mod:`~nestbuild.node.nodetree`'s verdicts), hashed against
-  its diff_id, and streamed into ``ostree commit`` (ostree writes the objects; nothing is
-  unpacked on the way). A config-only update imports only its new layers.
+  (:mod:`~nestbuild.node.layerfilter`, with :mod:`~nestbuild.node.nodetree`'s verdicts),
+  hashed against its diff_id, and streamed into ``ostree commit`` (ostree writes the
+  objects; nothing is unpacked on the way). A config-only update imports only its new layers.
 - The image's tree is composed from fresh hard-link checkouts of those commits: the lowest
   layer is checked out as the tree, each higher one beside it and moved in, its whiteouts
   and hard links to lower layers applied, every step through :mod:`nestbuild._util.beneath`

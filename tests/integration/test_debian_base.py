@@ -1,6 +1,7 @@
 """The Debian base (base-images/debian): built for real with mmdebstrap (cached rootfs), it
 has the layout of a bootable ostree base and passes validate's base checks; the
-debian-marker example on it passes the default policy. Booting it: tests/integration/test_boot.py."""
+debian-marker example on it passes the default policy. Booting it:
+tests/integration/test_boot.py."""
 
 from __future__ import annotations
 
