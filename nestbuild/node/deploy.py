@@ -46,7 +46,7 @@ from nestbuild.node import nodetree
 from nestbuild.node.layerfilter import FACTS_FILE, LayerFacts, LayerWriter, tree_dir
 
 LAYER_REF = "nestbuild/layer/{}"
-IMAGE_REF = "nestbuild/_image/{}"
+IMAGE_REF = "nestbuild/image/{}"
 #: How long a deploy waits for another one into the same sysroot (seconds).
 LOCK_TIMEOUT_ENV = "NESTBUILD_SYSROOT_LOCK_TIMEOUT"
 LOCK_TIMEOUT = 600.0
@@ -660,8 +660,8 @@ def _deploy(source: ImageSource, sysroot: Path, osname: str, origin_ref: str,
             rev = ostree.commit(repo, IMAGE_REF.format(osname), composer.tree,
                                 subject=f"{origin_ref}", metadata={
                                     "version": version,
-                                    "nestbuild._image": origin_ref,
-                                    "nestbuild._image-digest": digest,
+                                    "nestbuild.image": origin_ref,
+                                    "nestbuild.image-digest": digest,
                                     "ostree.manifest-digest": digest,
                                 })
         except SymlinkInPath as exc:  # outside any one layer: the merged tree's own links

@@ -82,3 +82,16 @@ def test_failed_deploy_leaves_the_sysroot_as_it_was(tmp_path: Path, build_image:
                             origin_ref="reg/evil:v1")
     assert deploy.deployments(sysroot) == before
     assert not (tmp_path / "x").exists()
+
+
+def test_the_image_ref_and_commit_metadata_keep_their_names(tmp_path: Path,
+                                                            build_image: BuildImage,
+                                                            mini_base: BuiltBase) -> None:
+    # sysroots deployed by earlier versions hold these names; renaming them orphans the ref
+    sysroot = tmp_path / "sysroot"
+    image = open_image(build_image(EXAMPLES / "etc-config"))
+    done = deploy.deploy_image(image, sysroot, "nestos", origin_ref="reg/node:v1")
+    repo = ostree.repo_of(sysroot)
+    assert ostree.rev_parse(repo, "nestbuild/image/nestos") == done.checksum
+    assert ostree.metadata(repo, done.checksum, "nestbuild.image") == "reg/node:v1"
+    assert ostree.metadata(repo, done.checksum, "nestbuild.image-digest") == image.digest
