@@ -46,6 +46,9 @@ from nestbuild.signing import keys
 from tests.fixtures.registry import FaultProxy, Registry
 from tests.ocibuilder import BOOTABLE, Layer, bootable_base, write_platform_index
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.registry, pytest.mark.buildah, pytest.mark.ostree]
+
 NESTBUILD = Path(sys.executable).with_name("nestbuild")
 PASSPHRASE = "catalogue-passphrase"
 IDENTITY = "registry.example.com/nodes/web:v1"

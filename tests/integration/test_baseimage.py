@@ -19,6 +19,9 @@ from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import UsageError
 from tests.fixtures.images import BuildImage, unique_tag
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.skopeo]
+
 KVER = "6.1.0-nestbuild-mini"
 APPLETS = ["sh", "ls", "cat", "echo", "mkdir", "rm", "cp", "mv", "ln", "chmod", "chown",
            "touch", "sed", "grep", "printf", "test", "true", "false", "id", "install", "find",

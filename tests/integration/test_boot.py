@@ -14,6 +14,9 @@ from nestbuild._cli.main import main
 from nestbuild.errors import UsageError
 from tests.fixtures.debian import DEBIAN_MARKER, OSNAME, DeployedSysroot
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.qemu]
+
 MARKER = (DEBIAN_MARKER / "nestbuild-marker").read_text()
 
 

@@ -17,6 +17,9 @@ from nestbuild.building.build import BuildFailed, BuildOptions, build
 from nestbuild.errors import ImageError, UsageError
 from tests.fixtures.images import EXAMPLES
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.buildah]
+
 
 def nb(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nestbuild", *args], capture_output=True,

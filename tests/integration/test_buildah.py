@@ -14,6 +14,9 @@ from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import ToolError
 from tests.fixtures.images import EXAMPLES, BuildImage, build_example, unique_tag
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.buildah, pytest.mark.skopeo]
+
 MINI_EXAMPLES = sorted(
     p.name for p in EXAMPLES.iterdir()
     if (p / "Containerfile").is_file()

@@ -14,6 +14,9 @@ from nestbuild.building.baseimage import BuiltBase
 from nestbuild.node import deploy
 from tests.fixtures.images import EXAMPLES, BuildImage
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.ostree]
+
 
 @pytest.fixture(autouse=True)
 def _mutable_tmp(tmp_path: Path) -> Iterator[None]:

@@ -72,6 +72,9 @@ from nestbuild.errors import NestbuildError
 from nestbuild.node import deploy, nodetree
 from tests.ocibuilder import KVER, Layer, bootable_base, write_image
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.buildah, pytest.mark.skopeo, pytest.mark.ostree]
+
 OSNAME = "difftest"
 HOST, HOSTREL = "{HOST}", "{HOSTREL}"
 OS_RELEASE = b'NAME="difftest"\nID=difftest\n'

@@ -33,6 +33,9 @@ from nestbuild.node import deploy
 from nestbuild.signing import keys
 from tests.ocibuilder import BOOTABLE, Layer, bootable_base, compress, write_image
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.ostree, pytest.mark.skopeo]
+
 OSNAME = "nestos"
 PASSWORD = "safety-passphrase"
 

@@ -20,6 +20,9 @@ from nestbuild.signing import keys
 from tests.fixtures.images import EXAMPLES
 from tests.fixtures.registry import Registry
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.ostree]
+
 PASSWORD = "e2e-passphrase"
 
 

@@ -13,6 +13,9 @@ from nestbuild.validation.policy import preset
 from nestbuild.validation.validate import validate
 from tests.fixtures.images import EXAMPLES, BuildImage
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.buildah]
+
 NAMES = sorted(
     p.name for p in EXAMPLES.iterdir()
     if (p / "Containerfile").is_file()

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
     from tests.fixtures.chroot import Chroot
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.skopeo]
+
 INTEROP = Path(__file__).parents[1] / "data" / "interop"
 VECTORS = INTEROP / "containers-image-signatures"
 LAYER = "application/vnd.oci.image.layer.v1.tar"

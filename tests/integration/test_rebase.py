@@ -22,6 +22,9 @@ from nestbuild.node.host import Host
 from nestbuild.node.rebase import RebaseRefused, plan, repository
 from tests.fixtures.images import EXAMPLES, BuildImage
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.skopeo]
+
 
 @pytest.fixture(scope="module")
 def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

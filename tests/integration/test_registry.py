@@ -26,6 +26,9 @@ from nestbuild.validation.validate import validate
 from tests.fixtures.registry import FaultProxy, Registry
 from tests.ocibuilder import write_platform_index
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.registry]
+
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 

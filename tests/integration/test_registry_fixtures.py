@@ -30,6 +30,9 @@ from nestbuild._registry import client as nbclient
 from nestbuild._registry.client import RegistryClient
 from tests.fixtures.registry import FaultProxy, Registry, RegistryError, parse_scope
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.registry]
+
 ROOT = Path(__file__).resolve().parents[2]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

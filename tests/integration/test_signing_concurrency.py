@@ -32,6 +32,9 @@ from nestbuild.signing import signatures as signing
 if TYPE_CHECKING:
     from registryfixtures import Registry  # type: ignore[import-not-found]
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.registry, pytest.mark.skopeo]
+
 #: Signers per round and rounds: the old read-modify-write lost a layer in most rounds.
 SIGNERS = 4
 ROUNDS = 3

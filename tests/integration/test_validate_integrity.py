@@ -25,6 +25,9 @@ from tests.fixtures.images import unique_tag
 from tests.fixtures.registry import Registry
 from tests.ocibuilder import BOOTABLE, LAYER_TAR, Layer, bootable_base, derived, write_image
 
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.buildah, pytest.mark.podman]
+
 PEM_KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n"
            "-----END OPENSSH PRIVATE KEY-----\\n")
 
