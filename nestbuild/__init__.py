@@ -47,7 +47,18 @@ _API: dict[str, str] = {
     "validate": "nestbuild.validation.validate",
     "diff": "nestbuild.validation.validate",
     "Report": "nestbuild.validation.report",
+    "Finding": "nestbuild.validation.findings",
     "Policy": "nestbuild.validation.policy",
+    "load_policy": "nestbuild.validation.policy",
+    "Rule": "nestbuild.validation.declare",
+    "rule_catalogue": "nestbuild.validation.rules",
+    # base images
+    "build_base": "nestbuild.building.baseimage",
+    "BuiltBase": "nestbuild.building.baseimage",
+    "list_recipes": "nestbuild.building.baseimage",
+    "Recipe": "nestbuild.building.baseimage",
+    "UPSTREAM_BASES": "nestbuild.building.baseimage",
+    "UpstreamBase": "nestbuild.building.baseimage",
     # signing
     "sign": "nestbuild.signing.signatures",
     "attest": "nestbuild.signing.signatures",
@@ -67,6 +78,12 @@ __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
     from nestbuild._image.reference import ImageRef, parse_reference
+    from nestbuild.building.baseimage import UPSTREAM_BASES as UPSTREAM_BASES
+    from nestbuild.building.baseimage import BuiltBase as BuiltBase
+    from nestbuild.building.baseimage import Recipe as Recipe
+    from nestbuild.building.baseimage import UpstreamBase as UpstreamBase
+    from nestbuild.building.baseimage import build_base as build_base
+    from nestbuild.building.baseimage import list_recipes as list_recipes
     from nestbuild.building.build import BuildFailed, BuildOptions, BuildResult, build
     from nestbuild.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, NestbuildError, UsageError
     from nestbuild.node.status import NodeStatus
@@ -79,9 +96,14 @@ if TYPE_CHECKING:
         sign,
         verify,
     )
-    from nestbuild.validation.policy import Policy
-    from nestbuild.validation.report import Report
-    from nestbuild.validation.validate import diff, validate
+    from nestbuild.validation.declare import Rule as Rule
+    from nestbuild.validation.findings import Finding as Finding
+    from nestbuild.validation.policy import Policy as Policy
+    from nestbuild.validation.policy import load_policy as load_policy
+    from nestbuild.validation.report import Report as Report
+    from nestbuild.validation.rules import rule_catalogue as rule_catalogue
+    from nestbuild.validation.validate import diff as diff
+    from nestbuild.validation.validate import validate as validate
 
 
 def __getattr__(name: str) -> Any:

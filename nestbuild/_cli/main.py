@@ -50,11 +50,10 @@ def _write(text: str, output: Path | None) -> None:
 # --- validate / diff -----------------------------------------------------------------------
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from nestbuild.validation import policy as policy_mod
-    from nestbuild.validation.validate import validate
+    from nestbuild import load_policy, validate
 
     check_output(args.output, "--output")
-    pol = policy_mod.resolve(args.policy, args.preset)
+    pol = load_policy(args.policy, args.preset)
     report = validate(args.image, base_ref=args.base, policy=pol, as_base=args.as_base,
                       progress=_progress(args.quiet or args.format != "table"))
     if args.format == "json":
@@ -67,15 +66,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from nestbuild.validation.validate import diff
+    from nestbuild import diff
 
     check_output(args.output, "--output")
     report = diff(args.base, args.image, progress=_progress(args.quiet or args.format != "table"))
     if args.format == "json":
-        data = report.to_json()
-        out = {k: data[k] for k in ("version", "image", "base", "changes", "notes")}
-        out["summary"] = {"changes": len(report.changes)}
-        _write(json.dumps(out, indent=2, ensure_ascii=False) + "\n", args.output)
+        _write(json.dumps(report.diff_to_json(), indent=2, ensure_ascii=False) + "\n",
+               args.output)
     else:
         report.render(_console(), changes_limit=10_000, show_findings=False)
     return EXIT_OK
@@ -84,19 +81,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
 # --- rules ---------------------------------------------------------------------------------
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    from nestbuild.validation.rules import RULES
+    from nestbuild import rule_catalogue
 
+    rules = rule_catalogue().values()
     if args.format == "json":
-        rows = [{"id": r.id, "severity": r.severity, "origin": r.origin, "summary": r.summary,
-                 "remedy": r.remedy} for r in RULES.values()]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        sys.stdout.write(json.dumps([r.to_json() for r in rules], indent=2) + "\n")
         return EXIT_OK
     from rich.table import Table
 
     table = Table(show_edge=False, pad_edge=False)
     for col in ("rule", "default", "from", "what it checks"):
         table.add_column(col, overflow="fold")
-    for r in RULES.values():
+    for r in rules:
         table.add_row(r.id, r.severity, r.origin, r.summary)
     _console().print(table)
     return EXIT_OK
@@ -105,9 +101,9 @@ def cmd_rules(args: argparse.Namespace) -> int:
 # --- base ----------------------------------------------------------------------------------
 
 def cmd_base_build(args: argparse.Namespace) -> int:
-    from nestbuild.building import baseimage
+    from nestbuild import build_base
 
-    built = baseimage.build_base(args.name, tag=args.tag)
+    built = build_base(args.name, tag=args.tag)
     if args.format == "json":
         sys.stdout.write(json.dumps({"name": built.name, "tag": built.tag,
                                      "image_id": built.image_id,
@@ -118,10 +114,10 @@ def cmd_base_build(args: argparse.Namespace) -> int:
 
 
 def cmd_base_list(args: argparse.Namespace) -> int:
-    from nestbuild.building import baseimage
+    from nestbuild import UPSTREAM_BASES, list_recipes
 
-    recipes = baseimage.list_recipes()
-    upstream = baseimage.UPSTREAM_BASES
+    recipes = list_recipes()
+    upstream = UPSTREAM_BASES
     if args.format == "json":
         sys.stdout.write(json.dumps(
             [{"name": r.name, "kind": "recipe", "description": r.description,

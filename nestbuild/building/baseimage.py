@@ -63,7 +63,7 @@ def recipes_dir() -> Path:
     env = os.environ.get("NESTBUILD_BASE_IMAGES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "base-images"
+    return Path(__file__).resolve().parents[2] / "base-images"
 
 
 def list_recipes() -> list[Recipe]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from nestbuild.errors import UsageError
+from nestbuild.validation.kernelconf import kargs_problem
 
 KARGS_DIR = "/usr/lib/bootc/kargs.d"
 #: /etc, not /usr/lib: module choices are node configuration, and the strict policy allows /etc.
@@ -26,7 +27,7 @@ def profiles_dir() -> Path:
     env = os.environ.get("NESTBUILD_KERNEL_PROFILES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "kernel"
+    return Path(__file__).resolve().parents[2] / "kernel"
 
 
 @dataclass
@@ -52,13 +53,11 @@ def _profile(kind: str, name: str, suffix: str) -> Path:
 
 def render(settings: KernelSettings) -> dict[str, tuple[bytes, int]]:
     """Image path -> (content, mode) for the selected profiles; checked before use."""
-    from nestbuild.validation.lints import parse_kargs
-
     files: dict[str, tuple[bytes, int]] = {}
     for i, name in enumerate(settings.kargs):
         path = _profile("kargs", name, ".toml")
         data = path.read_bytes()
-        problem = parse_kargs(data)
+        problem = kargs_problem(data)
         if problem:
             raise UsageError(f"{path}: {problem}")
         files[f"{KARGS_DIR}/{10 + i * 10:02d}-{path.stem}.toml"] = (data, 0o644)
@@ -89,16 +88,6 @@ def _modules(path: Path) -> tuple[list[str], list[str]]:
             raise UsageError(f"{path}: {key} must be a list of module names")
         out.append(list(items))
     return out[0], out[1]
-
-
-def modules_to_load(text: str) -> list[str]:
-    """Module names in a modules-load.d file."""
-    names = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].split(";", 1)[0].strip()
-        if line:
-            names.append(line)
-    return names
 
 
 def from_node(node: object, source: str) -> KernelSettings:

@@ -1,10 +1,19 @@
-"""A finding: one rule's verdict on one path (or on the image)."""
+"""A finding: one rule's verdict on one path (or on the image), with the policy's severity."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from nestbuild.validation.rules import RULES
+from nestbuild.validation.declare import Context, View
+from nestbuild.validation.lints import Raw, path_policy
+from nestbuild.validation.rules import LINTS, RULES
+from nestbuild.validation.severity import OFF, RANK
+
+if TYPE_CHECKING:
+    from nestbuild.validation.changeset import Change
+    from nestbuild.validation.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -35,3 +44,39 @@ class Finding:
         if self.inherited:
             out["inherited"] = True
         return out
+
+
+def evaluate(
+    *,
+    policy: Policy,
+    changes: Sequence[Change],
+    merged: View,
+    base: View | None,
+    layer_raws: Iterable[Raw],
+) -> list[Finding]:
+    """All findings, with the policy's severities, sorted by severity then path.
+
+    Every declared lint runs on the merged tree; with a base, on the base alone too, and
+    what the base finds as well is marked inherited (the fix belongs to the base).
+    """
+    raws = [*layer_raws, *path_policy(changes, policy)]
+    image = Context(merged, changes)
+    hits = [(lint.rule.id, hit) for lint in LINTS for hit in lint.check(image)]
+    inherited: set[tuple[str, str | None, str]] = set()
+    if base is not None:
+        alone = Context(base)
+        inherited = {(lint.rule.id, hit.path, hit.message)
+                     for lint in LINTS for hit in lint.check(alone)}
+
+    findings = []
+    for r in raws:
+        sev = policy.severity(r.rule, refused=r.refused)
+        if sev != OFF:
+            findings.append(Finding(r.rule, sev, r.path, r.message, r.layer, r.inherited))
+    for rule, hit in hits:
+        sev = policy.severity(rule)
+        if sev != OFF:
+            findings.append(Finding(rule, sev, hit.path, hit.message, hit.layer,
+                                    (rule, hit.path, hit.message) in inherited))
+    findings.sort(key=lambda f: (RANK[f.severity], f.path or "", f.rule))
+    return findings

@@ -1,23 +1,26 @@
-"""The rules, evaluated on an image's files without running anything inside it.
+"""Every rule, declared once beside its check, evaluated on an image's files without running
+anything inside it.
 
-Three kinds of check, by what they need to see:
+Rules are declared in catalogue order (``nestbuild rules`` lists them as they come here):
+bootc's lints first, then nestbuild's. Most are lints (``@lint``): ``evaluate`` gives each a
+:class:`~nestbuild.validation.declare.Context`, the merged tree and the changeset. The others
+are declared with ``rule()`` and reported by the code that sees what they are about:
 
-* layer checks watch every entry of the derived layers as it streams by (what a node refuses,
-  by nodetree's verdict; secrets): a secret deleted by a later layer is still in the earlier
-  layer's blob. What a node refuses in the base's layers comes from the base index;
-* change checks look at the changeset (path policy, setuid, ownership, /var content, ...);
-* image checks look at the final tree through targeted lookups (bootc's structural lints).
-  They run on the base as well, so a finding the base already has is marked inherited.
+* the layer scan watches every entry of the derived layers as it streams by (what a node
+  refuses, by nodetree's verdict; non-UTF-8 names; secrets): a secret deleted by a later
+  layer is still in the earlier layer's blob. What a node refuses in the base's layers comes
+  from the base index;
+* the path policy judges the changeset by the policy's globs;
+* the base's location (validate) reports an ``ostree.final-diffid`` that names no layer.
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from nestbuild._image import paths
 from nestbuild._image.tree import (
@@ -36,24 +39,343 @@ from nestbuild.node import nodetree
 from nestbuild.node.nodetree import SymlinkGuard, dropped_by, refusal
 from nestbuild.node.nodetree import keeps_toplevels as node_keeps_toplevels
 from nestbuild.validation.changeset import ADDED, DELETED, Change
-from nestbuild.validation.findings import Finding
-from nestbuild.validation.policy import Policy
+from nestbuild.validation.declare import Context, Hit, View, lint, rule
+from nestbuild.validation.kernelconf import kargs_problem, modules_to_load
+from nestbuild.validation.severity import ERROR, WARNING
+
+if TYPE_CHECKING:
+    from nestbuild.validation.policy import Policy
 
 API_DIRS = ("dev", "proc", "sys", "run", "tmp", "var")
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
-class View(Protocol):
-    """A read-only file tree: the base index or the merged image."""
+# --- bootc's lints (bootc container lint: same names, fatal -> error, warn -> warning) --------
 
-    def get(self, path: str) -> Entry | None: ...
-    def below(self, prefix: str) -> Iterator[Entry]: ...
-    def content(self, path: str) -> bytes | None: ...
+@lint("api-base-directories", ERROR,
+      "the API filesystem directories /dev /proc /sys /run /tmp /var must be directories",
+      fix="recreate the directory; never replace it with a file or symlink", origin="bootc")
+def api_base_directories(ctx: Context) -> Iterator[Hit]:
+    for d in API_DIRS:
+        e = ctx.tree.get(f"/{d}")
+        if e is None:
+            yield Hit(f"/{d}", f"missing API filesystem base directory /{d}")
+        elif e.type != DIR:
+            yield Hit(f"/{d}", f"expected a directory for /{d}, found a {e.type}")
 
+
+@lint("baseimage-root", ERROR,
+      "a bootable base needs /sysroot and /ostree -> sysroot/ostree",
+      fix="build FROM a bootable base image, or restore /sysroot and the /ostree link",
+      origin="bootc")
+def baseimage_root(ctx: Context) -> Iterator[Hit]:
+    sysroot = ctx.tree.get("/sysroot")
+    if sysroot is None or sysroot.type != DIR:
+        yield Hit("/sysroot",
+                  "missing /sysroot" if sysroot is None else "/sysroot is not a directory")
+    ostree = ctx.tree.get("/ostree")
+    if ostree is None:
+        yield Hit("/ostree", "missing ostree -> sysroot/ostree link")
+    elif ostree.type != SYMLINK or ostree.link != "sysroot/ostree":
+        yield Hit("/ostree",
+                  f"expected /ostree -> sysroot/ostree, not {ostree.type} {ostree.link!r}")
+
+
+@lint("baseimage-composefs", WARNING,
+      "/usr/lib/ostree/prepare-root.conf should enable composefs",
+      fix="set [composefs] enabled = yes in /usr/lib/ostree/prepare-root.conf", origin="bootc")
+def baseimage_composefs(ctx: Context) -> Iterator[Hit]:
+    conf = nodetree.prepare_root(ctx.tree.content(paths.PREPARE_ROOT_CONF))
+    if not nodetree.composefs_enabled(conf):
+        yield Hit(paths.PREPARE_ROOT_CONF, "composefs is not enabled in prepare-root.conf")
+
+
+@lint("bootc-kargs", ERROR,
+      "files in /usr/lib/bootc/kargs.d must be valid kargs TOML",
+      fix="write kargs = [\"...\"] and optionally match-architectures = [...]; nothing else",
+      origin="bootc")
+def bootc_kargs(ctx: Context) -> Iterator[Hit]:
+    d = ctx.tree.get(paths.KARGS_DIR)
+    if d is not None and d.type != DIR:
+        yield Hit(paths.KARGS_DIR, "kargs.d is not a directory")
+        return
+    for e in _children(ctx.tree, paths.KARGS_DIR):
+        if not e.path.endswith(".toml") or e.type not in (FILE, HARDLINK):
+            continue
+        data = ctx.tree.content(e.path)
+        if data is None:
+            yield Hit(e.path, "too large to be a kargs file")
+            continue
+        problem = kargs_problem(data)
+        if problem:
+            yield Hit(e.path, problem)
+
+
+@lint("buildah-injected", WARNING,
+      "an empty /etc/hostname or /etc/resolv.conf was injected by the build tool",
+      fix="harmless on bootc nodes (dropped on import); they are buildah's RUN-step mount "
+          "points (buildah bud --dns=none avoids resolv.conf)", origin="bootc")
+def buildah_injected(ctx: Context) -> Iterator[Hit]:
+    for name in ("/etc/hostname", "/etc/resolv.conf"):
+        e = ctx.tree.get(name)
+        if e is not None and e.type in (FILE, HARDLINK) and e.size == 0:
+            yield Hit(name, "empty file; probably synthesized by the container build")
+
+
+@lint("etc-usretc", ERROR,
+      "/usr/etc is an ostree implementation detail and must not ship beside /etc",
+      fix="put configuration in /etc; remove /usr/etc", origin="bootc")
+def etc_usretc(ctx: Context) -> Iterator[Hit]:
+    if ctx.tree.get("/etc") is not None and ctx.tree.get("/usr/etc") is not None:
+        yield Hit("/usr/etc", "found /usr/etc beside /etc")
+
+
+@lint("kernel", ERROR,
+      "exactly one kernel (/usr/lib/modules/KVER/vmlinuz) is supported in an image",
+      fix="remove the extra kernel directories under /usr/lib/modules", origin="bootc")
+def kernel(ctx: Context) -> Iterator[Hit]:
+    if len(ctx.kernels) > 1:
+        yield Hit(paths.MODULES_DIR, f"{len(ctx.kernels)} kernels found "
+                                     f"({', '.join(ctx.kernels)}); only one is supported")
+
+
+@lint("nonempty-boot", WARNING,
+      "/boot must exist and be empty; the node masks it at runtime",
+      fix="install kernels to /usr/lib/modules/KVER; leave /boot empty", origin="bootc")
+def nonempty_boot(ctx: Context) -> Iterator[Hit]:
+    if ctx.tree.get("/boot") is None:
+        yield Hit("/boot", "missing /boot directory")
+    yield from _not_empty(ctx, "/boot")
+
+
+@lint("nonempty-run-tmp", WARNING,
+      "content in /run or /tmp is dropped by the node",
+      fix="create runtime files at boot (tmpfiles.d, systemd units), not in the image",
+      origin="bootc")
+def nonempty_run_tmp(ctx: Context) -> Iterator[Hit]:
+    yield from _not_empty(ctx, "/run")
+    yield from _not_empty(ctx, "/tmp")
+
+
+def _not_empty(ctx: Context, d: str) -> Iterator[Hit]:
+    """What ``d`` holds; what the derived layers put there is reported as dropped-path."""
+    for e in _children(ctx.tree, d):
+        if e.path not in ctx.changed:
+            yield Hit(e.path, f"{d} is not empty")
+
+
+@lint("sysusers", WARNING,
+      "users and groups in /etc/passwd and /etc/group should come from sysusers.d",
+      fix="declare them in /usr/lib/sysusers.d/NAME.conf (u NAME UID) instead of useradd",
+      origin="bootc")
+def sysusers(ctx: Context) -> Iterator[Hit]:
+    users, groups = _sysusers_declared(ctx.tree)
+    for path, declared, what in ((paths.PASSWD, users, "user"), (paths.GROUP, groups, "group")):
+        data = ctx.tree.content(path)
+        for line in (data or b"").decode("utf-8", "replace").splitlines():
+            name = line.split(":", 1)[0].strip()
+            if name and not name.startswith("#") and name not in declared:
+                yield Hit(path, f"{what} {name!r} has no sysusers.d entry")
+
+
+#: Reported by the layer scan (LayerScanner), as each entry of a derived layer streams by.
+UTF8 = rule("utf8", ERROR,
+            "file names and symlink targets must be UTF-8 (ostree refuses others)",
+            fix="rename the file", origin="bootc")
+
+
+@lint("var-log", WARNING,
+      "log files in /var/log are per-machine state and should not ship in an image",
+      fix="remove them in the same RUN step that creates them", origin="bootc")
+def var_log(ctx: Context) -> Iterator[Hit]:
+    for e in ctx.tree.below("/var/log"):
+        if e.is_file and e.size > 0:
+            yield Hit(e.path, "non-empty log file")
+
+
+@lint("var-run", ERROR,
+      "/var/run must be a symlink to /run",
+      fix="do not create /var/run; it is a link to ../run", origin="bootc")
+def var_run(ctx: Context) -> Iterator[Hit]:
+    e = ctx.tree.get("/var/run")
+    if e is not None and e.type != SYMLINK:
+        yield Hit("/var/run", "not a symlink: /var/run")
+
+
+@lint("var-tmpfiles", WARNING,
+      "content in /var without tmpfiles.d entries is applied only on first install",
+      fix="declare /var directories in tmpfiles.d", origin="bootc")
+def var_tmpfiles(ctx: Context) -> Iterator[Hit]:
+    """For /var content the derived layers did not add (they get var-content instead, with
+    the lines to write)."""
+    declared = _tmpfiles_declared(ctx.tree)
+    for e in ctx.tree.below("/var"):
+        if e.path in ctx.changed or e.path in declared or paths.under(e.path, "/var/log"):
+            continue
+        if e.type in (DIR, SYMLINK):
+            yield Hit(e.path, f"no tmpfiles.d entry: {_tmpfiles_line(e)}")
+        else:
+            yield Hit(e.path, "non-directory, non-symlink content in /var")
+
+
+# --- nestbuild's ---------------------------------------------------------------------------
+
+#: The policy's verdict on the changeset: path_policy() below, run by evaluate.
+PATH_POLICY = rule("path-policy", ERROR,
+                   "the image changes a path the policy does not allow",
+                   fix="keep node changes in /etc and /var, or allow the path in the policy")
+
+
+@lint("setuid", ERROR,
+      "a setuid or setgid bit was added",
+      fix="drop the bit (chmod u-s,g-s), or grant a capability to a dedicated service instead")
+def setuid(ctx: Context) -> Iterator[Hit]:
+    for c in ctx.changes:
+        a, b = c.after, c.before
+        if a is None or a.type == SYMLINK or not a.is_file:
+            continue
+        bits = a.mode & 0o6000
+        old = (b.mode & 0o6000) if b is not None and b.is_file else 0
+        if bits & ~old:
+            which = " and ".join(n for bit, n in ((0o4000, "setuid"), (0o2000, "setgid"))
+                                 if bits & ~old & bit)
+            yield Hit(c.path, f"{which} bit added (mode {a.mode:04o})", c.layer)
+
+
+@lint("file-capabilities", WARNING,
+      "a file gains Linux capabilities (security.capability)",
+      fix="grant capabilities to the service (AmbientCapabilities=) rather than the file")
+def file_capabilities(ctx: Context) -> Iterator[Hit]:
+    for c in ctx.changes:
+        a, b = c.after, c.before
+        if a is None or a.type == SYMLINK or not a.is_file:
+            continue
+        cap = a.xattrs.get("security.capability")
+        if cap is not None and (b is None or b.xattrs.get("security.capability") != cap):
+            yield Hit(c.path, "file capabilities added (security.capability)", c.layer)
+
+
+@lint("world-writable", ERROR,
+      "a world-writable file, or directory without the sticky bit",
+      fix="chmod o-w (or +t for a shared directory)")
+def world_writable(ctx: Context) -> Iterator[Hit]:
+    for c in ctx.changes:
+        a, b = c.after, c.before
+        if a is None or a.type == SYMLINK:
+            continue
+        if a.mode & 0o002 and not (b is not None and b.mode & 0o002):
+            if a.type == DIR and a.mode & 0o1000:
+                continue  # sticky shared directory, like /tmp
+            kind = "directory without the sticky bit" if a.type == DIR else a.type
+            yield Hit(c.path, f"world-writable {kind} (mode {a.mode:04o})", c.layer)
+
+
+@lint("ownership", WARNING,
+      "a file under /usr is owned by a non-root user or group",
+      fix="chown root:root; /usr is read-only on the node and owned by root")
+def ownership(ctx: Context) -> Iterator[Hit]:
+    for c in ctx.changes:
+        a, b = c.after, c.before
+        if a is None or a.type == SYMLINK:
+            continue
+        if paths.under(c.path, "/usr") and (a.uid or a.gid) and not (
+            b is not None and (b.uid, b.gid) == (a.uid, a.gid)
+        ):
+            yield Hit(c.path, f"owned by {a.uid}:{a.gid} under /usr", c.layer)
+
+
+#: Reported by the layer scan (LayerScanner), from names and content of derived layers.
+SECRET = rule("secret", ERROR,
+              "a private key or credential is baked into a layer (deleting it later keeps it "
+              "there)",
+              fix="mount secrets at build time (--secret) or provision them on the node")
+
+
+@lint("kmod-kernel-mismatch", ERROR,
+      "kernel modules for a kernel the image does not carry will never load",
+      fix="build modules for the image's kernel (ostree.linux label / /usr/lib/modules/KVER)")
+def kmod_kernel_mismatch(ctx: Context) -> Iterator[Hit]:
+    """Module files for another kernel, and modules-load.d names no kernel has."""
+    for c in ctx.changes:
+        if c.after is None or not c.path.endswith(MODULE_SUFFIXES):
+            continue
+        if not paths.under(c.path, paths.MODULES_DIR):
+            yield Hit(c.path, "kernel module outside /usr/lib/modules/KVER is never loaded",
+                      c.layer)
+            continue
+        kver = c.path.split("/")[4]
+        if kver not in ctx.kernels:
+            have = ", ".join(ctx.kernels) or "none"
+            yield Hit(c.path, f"module for kernel {kver}; the image carries {have}", c.layer)
+    yield from _modules_load(ctx)
+
+
+def _modules_load(ctx: Context) -> Iterator[Hit]:
+    """Modules a derived modules-load.d file asks for must exist for the image's kernel."""
+    available: dict[str, set[str]] = {}
+    for c in ctx.changes:
+        if c.after is None or not c.path.endswith(".conf") or not any(
+                c.path.startswith(d + "/") for d in paths.MODULES_LOAD_DIRS):
+            continue
+        data = ctx.tree.content(c.path)
+        if data is None:
+            continue
+        for name in modules_to_load(data.decode("utf-8", "replace")):
+            if not ctx.kernels:
+                yield Hit(c.path, f"module {name} to load, but the image carries no kernel",
+                          c.layer)
+                continue
+            for kver in ctx.kernels:
+                have = available.setdefault(kver, _kernel_modules(ctx.tree, kver))
+                if name.replace("-", "_") not in have:
+                    yield Hit(c.path, f"module {name} to load is not in kernel {kver}", c.layer)
+
+
+@lint("dropped-path", WARNING,
+      "the node drops this content on import (/run, /tmp, /boot, other top-levels)",
+      fix="put content under /usr, /etc or /var (via tmpfiles.d)")
+def dropped_path(ctx: Context) -> Iterator[Hit]:
+    """What the node drops (nodetree's DROP verdict), once per top-most added directory."""
+    keeps = node_keeps_toplevels(ctx.tree.content(paths.PREPARE_ROOT_CONF))
+    live = [c for c in ctx.changes if c.after is not None and dropped_by(c.path, keeps) is not None]
+    for top, group in _topmost(live, {ADDED}).items():
+        yield Hit(top, f"{_describe(group)}; {dropped_by(top, keeps)}", group[0].layer)
+
+
+@lint("var-content", WARNING,
+      "/var content reaches only freshly installed nodes, never an update",
+      fix="create it at boot with tmpfiles.d (lines given) or StateDirectory=")
+def var_content(ctx: Context) -> Iterator[Hit]:
+    live = [c for c in ctx.changes if c.after is not None and paths.under(c.path, "/var")
+            and c.path != "/var" and not paths.under(c.path, "/var/log")]
+    for top, group in _topmost(live, {ADDED}).items():
+        lines = [_tmpfiles_line(c.after) for c in group if c.after is not None][:8]
+        more = "" if len(group) <= 8 else f" (+{len(group) - 8} more)"
+        files = any(c.after is not None and c.after.is_file for c in group)
+        hint = " and ship files under /usr/share/factory" if files else ""
+        yield Hit(top, f"{_describe(group)}; /var content reaches only freshly installed nodes. "
+                       f"tmpfiles.d{hint}: " + "; ".join(lines) + more, group[0].layer)
+
+
+#: Reported where the base is located (validate), before any layer is read.
+FINAL_DIFFID = rule("final-diffid", ERROR,
+                    "ostree.final-diffid names a layer the image no longer has (squashed?); "
+                    "the node refuses it",
+                    fix="never squash a derived image; rebuild without --squash")
+
+#: Reported by the layer scan, the overlay and the base index: nodetree's REFUSE verdict.
+UNSAFE_PATH = rule("unsafe-path", ERROR,
+                   "a layer entry the node refuses (always an error, whatever the policy says: "
+                   "in the base's layers too) or that is dangerous to unpack",
+                   fix="remove the entry ('..' paths, malformed whiteouts, device nodes, fifos, "
+                       "/usr/etc, non-UTF-8 names, entries below a symlink, escaping links)")
+
+
+# --- findings the lints do not make ---------------------------------------------------------
 
 @dataclass
 class Raw:
-    """A finding before the policy sets its severity (``off`` drops it)."""
+    """A finding of a rule that is not a lint, before the policy sets its severity."""
 
     rule: str
     path: str | None
@@ -64,8 +386,6 @@ class Raw:
     #: It comes from the base's layers: the derived layers did not cause it.
     inherited: bool = False
 
-
-# --- layer checks -----------------------------------------------------------------------
 
 _PEM_PRIVATE = re.compile(rb"-----BEGIN ((?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY"
                           rb"(?: BLOCK)?)-----")
@@ -83,7 +403,7 @@ def shown(path: str) -> str:
 
 def refusal_raw(layer: int, path: str, reason: str, *, inherited: bool = False) -> Raw:
     """A node refusal (nodetree's REFUSE verdict) as an unsafe-path finding."""
-    return Raw("unsafe-path", shown(path), f"{reason}; the node refuses the image", layer,
+    return Raw(UNSAFE_PATH.id, shown(path), f"{reason}; the node refuses the image", layer,
                refused=True, inherited=inherited)
 
 
@@ -108,13 +428,13 @@ class LayerScanner:
             return
         e = item
         if not is_utf8(e.path):
-            self.raws.append(Raw("utf8", shown(e.path), "non-UTF-8 file name", e.layer))
+            self.raws.append(Raw(UTF8.id, shown(e.path), "non-UTF-8 file name", e.layer))
             return
         if e.type == SYMLINK:
             if not is_utf8(e.link):
-                self.raws.append(Raw("utf8", e.path, "non-UTF-8 symlink target", e.layer))
+                self.raws.append(Raw(UTF8.id, e.path, "non-UTF-8 symlink target", e.layer))
             elif link_escapes(e.path, e.link):
-                self.raws.append(Raw("unsafe-path", e.path,
+                self.raws.append(Raw(UNSAFE_PATH.id, e.path,
                                      f"symlink to {e.link!r} climbs out of the root", e.layer))
         if e.type == FILE and e.size and _SSH_HOST_KEY.search(e.path):
             self._secret(e, "an SSH host private key: every node would share it")
@@ -145,12 +465,25 @@ class LayerScanner:
         if _SSH_HOST_KEY.search(e.path):
             why = "an SSH host private key: every node would share it"
         self._secret_paths.add((e.path, e.layer))
-        self.raws.append(Raw("secret", e.path, f"{why} (layer {e.layer})", e.layer))
+        self.raws.append(Raw(SECRET.id, e.path, f"{why} (layer {e.layer})", e.layer))
 
 
-# --- change checks ----------------------------------------------------------------------
+def path_policy(changes: Sequence[Change], policy: Policy) -> list[Raw]:
+    """Changed paths the policy does not allow, once per top-most added or deleted directory."""
+    bad = [c for c in changes if not policy.path_allowed(c.path)[0] and not (
+        c.kind == ADDED and c.type == DIR and policy.leads_to_allowed(c.path))]
+    out = []
+    for top, group in _topmost(bad, {ADDED, DELETED}).items():
+        _, deny = policy.path_allowed(top)
+        why = f"denied by {deny}" if deny else f"policy {policy.name} allows only " + ", ".join(
+            policy.allow[:4]) + (" ..." if len(policy.allow) > 4 else "")
+        out.append(Raw(PATH_POLICY.id, top, f"{_describe(group)}; {why}", group[0].layer))
+    return out
 
-def _topmost(changes: list[Change], kinds: set[str]) -> dict[str, list[Change]]:
+
+# --- what several checks read ----------------------------------------------------------------
+
+def _topmost(changes: Sequence[Change], kinds: set[str]) -> dict[str, list[Change]]:
     """Group changes under the highest changed path that covers them (an added directory)."""
     groups: dict[str, list[Change]] = {}
     covering: list[str] = []
@@ -173,77 +506,11 @@ def _describe(group: list[Change]) -> str:
     return f"{what}" + (f", with {more} path{'s' if more > 1 else ''} below" if more else "")
 
 
-def path_policy(changes: list[Change], policy: Policy) -> list[Raw]:
-    bad = [c for c in changes if not policy.path_allowed(c.path)[0] and not (
-        c.kind == ADDED and c.type == DIR and policy.leads_to_allowed(c.path))]
-    out = []
-    for top, group in _topmost(bad, {ADDED, DELETED}).items():
-        _, deny = policy.path_allowed(top)
-        why = f"denied by {deny}" if deny else f"policy {policy.name} allows only " + ", ".join(
-            policy.allow[:4]) + (" ..." if len(policy.allow) > 4 else "")
-        out.append(Raw("path-policy", top, f"{_describe(group)}; {why}", group[0].layer))
-    return out
-
-
-def permission_checks(changes: list[Change]) -> list[Raw]:
-    out = []
-    for c in changes:
-        a, b = c.after, c.before
-        if a is None or a.type == SYMLINK:
-            continue
-        if a.is_file:
-            bits = a.mode & 0o6000
-            old = (b.mode & 0o6000) if b is not None and b.is_file else 0
-            if bits & ~old:
-                which = " and ".join(n for bit, n in ((0o4000, "setuid"), (0o2000, "setgid"))
-                                     if bits & ~old & bit)
-                out.append(Raw("setuid", c.path, f"{which} bit added (mode {a.mode:04o})", c.layer))
-            cap = a.xattrs.get("security.capability")
-            if cap is not None and (b is None or b.xattrs.get("security.capability") != cap):
-                out.append(Raw("file-capabilities", c.path,
-                               "file capabilities added (security.capability)", c.layer))
-        if a.mode & 0o002 and not (b is not None and b.mode & 0o002):
-            if a.type == DIR and a.mode & 0o1000:
-                pass  # sticky shared directory, like /tmp
-            else:
-                kind = "directory without the sticky bit" if a.type == DIR else a.type
-                out.append(Raw("world-writable", c.path,
-                               f"world-writable {kind} (mode {a.mode:04o})", c.layer))
-        if paths.under(c.path, "/usr") and (a.uid or a.gid) and not (
-            b is not None and (b.uid, b.gid) == (a.uid, a.gid)
-        ):
-            out.append(Raw("ownership", c.path, f"owned by {a.uid}:{a.gid} under /usr", c.layer))
-    return out
-
-
-def kernel_dirs(view: View) -> list[str]:
-    """The /usr/lib/modules/KVER directories that hold a vmlinuz."""
-    out = []
-    for e in view.below(paths.MODULES_DIR):
-        if e.path.endswith("/vmlinuz") and e.path.count("/") == 5 and e.is_file:
-            out.append(posixpath.basename(posixpath.dirname(e.path)))
-    return sorted(out)
-
-
-def kmod_mismatch(changes: list[Change], kernels: list[str]) -> list[Raw]:
-    out = []
-    for c in changes:
-        if c.after is None or not c.path.endswith(MODULE_SUFFIXES):
-            continue
-        if not paths.under(c.path, paths.MODULES_DIR):
-            out.append(Raw("kmod-kernel-mismatch", c.path,
-                           "kernel module outside /usr/lib/modules/KVER is never loaded", c.layer))
-            continue
-        kver = c.path.split("/")[4]
-        if kver not in kernels:
-            have = ", ".join(kernels) or "none"
-            out.append(Raw("kmod-kernel-mismatch", c.path,
-                           f"module for kernel {kver}; the image carries {have}", c.layer))
-    return out
-
-
-def composefs_enabled(view: View) -> bool:
-    return nodetree.composefs_enabled(nodetree.prepare_root(view.content(paths.PREPARE_ROOT_CONF)))
+def _children(view: View, path: str) -> Iterator[Entry]:
+    depth = path.count("/") + 1
+    for e in view.below(path):
+        if e.path.count("/") == depth:
+            yield e
 
 
 def _kernel_modules(view: View, kver: str) -> set[str]:
@@ -259,180 +526,6 @@ def _kernel_modules(view: View, kver: str) -> set[str]:
     for line in builtin.decode("utf-8", "replace").splitlines():
         names.add(posixpath.basename(line.strip()).split(".ko", 1)[0].replace("-", "_"))
     return names
-
-
-def modules_load(changes: list[Change], merged: View, kernels: list[str]) -> list[Raw]:
-    """Modules a derived modules-load.d file asks for must exist for the image's kernel."""
-    from nestbuild.building.kernel import modules_to_load
-
-    out: list[Raw] = []
-    available: dict[str, set[str]] = {}
-    for c in changes:
-        if c.after is None or not c.path.endswith(".conf") or not any(
-                c.path.startswith(d + "/") for d in paths.MODULES_LOAD_DIRS):
-            continue
-        data = merged.content(c.path)
-        if data is None:
-            continue
-        for name in modules_to_load(data.decode("utf-8", "replace")):
-            if not kernels:
-                out.append(Raw("kmod-kernel-mismatch", c.path,
-                               f"module {name} to load, but the image carries no kernel",
-                               c.layer))
-                continue
-            for kver in kernels:
-                have = available.setdefault(kver, _kernel_modules(merged, kver))
-                if name.replace("-", "_") not in have:
-                    out.append(Raw("kmod-kernel-mismatch", c.path,
-                                   f"module {name} to load is not in kernel {kver}", c.layer))
-    return out
-
-
-def dropped(changes: list[Change], keeps_toplevels: bool) -> list[Raw]:
-    """What the node drops (nodetree's DROP verdict), once per top-most added directory."""
-    live = [c for c in changes
-            if c.after is not None and dropped_by(c.path, keeps_toplevels) is not None]
-    out = []
-    for top, group in _topmost(live, {ADDED}).items():
-        out.append(Raw("dropped-path", top,
-                       f"{_describe(group)}; {dropped_by(top, keeps_toplevels)}",
-                       group[0].layer))
-    return out
-
-
-def tmpfiles_line(e: Entry) -> str:
-    owner = f"{e.uid} {e.gid}" if (e.uid or e.gid) else "root root"
-    if e.type == DIR:
-        return f"d {e.path} {e.mode:04o} {owner} -"
-    if e.type == SYMLINK:
-        return f"L {e.path} - - - - {e.link}"
-    return f"C {e.path} {e.mode:04o} {owner} - /usr/share/factory{e.path}"
-
-
-def var_content(changes: list[Change]) -> list[Raw]:
-    live = [c for c in changes if c.after is not None and paths.under(c.path, "/var")
-            and c.path != "/var" and not paths.under(c.path, "/var/log")]
-    out = []
-    for top, group in _topmost(live, {ADDED}).items():
-        lines = [tmpfiles_line(c.after) for c in group if c.after is not None][:8]
-        more = "" if len(group) <= 8 else f" (+{len(group) - 8} more)"
-        files = any(c.after is not None and c.after.is_file for c in group)
-        hint = " and ship files under /usr/share/factory" if files else ""
-        out.append(Raw(
-            "var-content", top,
-            f"{_describe(group)}; /var content reaches only freshly installed nodes. "
-            f"tmpfiles.d{hint}: " + "; ".join(lines) + more,
-            group[0].layer,
-        ))
-    return out
-
-
-# --- image checks (structural, bootc's lints) ---------------------------------------------
-
-def image_checks(view: View) -> list[Raw]:
-    out: list[Raw] = []
-
-    for d in API_DIRS:
-        e = view.get(f"/{d}")
-        if e is None:
-            out.append(Raw("api-base-directories", f"/{d}",
-                           f"missing API filesystem base directory /{d}"))
-        elif e.type != DIR:
-            out.append(Raw("api-base-directories", f"/{d}",
-                           f"expected a directory for /{d}, found a {e.type}"))
-
-    sysroot = view.get("/sysroot")
-    if sysroot is None or sysroot.type != DIR:
-        out.append(Raw("baseimage-root", "/sysroot",
-                       "missing /sysroot" if sysroot is None else "/sysroot is not a directory"))
-    ostree = view.get("/ostree")
-    if ostree is None:
-        out.append(Raw("baseimage-root", "/ostree", "missing ostree -> sysroot/ostree link"))
-    elif ostree.type != SYMLINK or ostree.link != "sysroot/ostree":
-        out.append(Raw("baseimage-root", "/ostree",
-                       f"expected /ostree -> sysroot/ostree, not {ostree.type} {ostree.link!r}"))
-
-    if not composefs_enabled(view):
-        out.append(Raw("baseimage-composefs", paths.PREPARE_ROOT_CONF,
-                       "composefs is not enabled in prepare-root.conf"))
-
-    out.extend(kargs_check(view))
-
-    for name in ("/etc/hostname", "/etc/resolv.conf"):
-        e = view.get(name)
-        if e is not None and e.type in (FILE, HARDLINK) and e.size == 0:
-            out.append(Raw("buildah-injected", name,
-                           "empty file; probably synthesized by the container build"))
-
-    if view.get("/etc") is not None and view.get("/usr/etc") is not None:
-        out.append(Raw("etc-usretc", "/usr/etc", "found /usr/etc beside /etc"))
-
-    kernels = kernel_dirs(view)
-    if len(kernels) > 1:
-        out.append(Raw("kernel", paths.MODULES_DIR,
-                       f"{len(kernels)} kernels found ({', '.join(kernels)}); "
-                       "only one is supported"))
-
-    if view.get("/boot") is None:
-        out.append(Raw("nonempty-boot", "/boot", "missing /boot directory"))
-    for d in ("/boot", "/run", "/tmp"):
-        rule = "nonempty-boot" if d == "/boot" else "nonempty-run-tmp"
-        for e in _children(view, d):
-            out.append(Raw(rule, e.path, f"{d} is not empty"))
-
-    out.extend(sysusers_check(view))
-
-    for e in view.below("/var/log"):
-        if e.is_file and e.size > 0:
-            out.append(Raw("var-log", e.path, "non-empty log file"))
-
-    var_run = view.get("/var/run")
-    if var_run is not None and var_run.type != SYMLINK:
-        out.append(Raw("var-run", "/var/run", "not a symlink: /var/run"))
-    return out
-
-
-def _children(view: View, path: str) -> Iterator[Entry]:
-    depth = path.count("/") + 1
-    for e in view.below(path):
-        if e.path.count("/") == depth:
-            yield e
-
-
-def kargs_check(view: View) -> list[Raw]:
-    out = []
-    d = view.get(paths.KARGS_DIR)
-    if d is not None and d.type != DIR:
-        return [Raw("bootc-kargs", paths.KARGS_DIR, "kargs.d is not a directory")]
-    for e in _children(view, paths.KARGS_DIR):
-        if not e.path.endswith(".toml") or e.type not in (FILE, HARDLINK):
-            continue
-        data = view.content(e.path)
-        if data is None:
-            out.append(Raw("bootc-kargs", e.path, "too large to be a kargs file"))
-            continue
-        problem = parse_kargs(data)
-        if problem:
-            out.append(Raw("bootc-kargs", e.path, problem))
-    return out
-
-
-def parse_kargs(data: bytes) -> str | None:
-    """The problem with a kargs.d TOML file, as bootc would see it; None if it is valid."""
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        return f"invalid TOML: {exc}"
-    unknown = set(doc) - {"kargs", "match-architectures"}
-    if unknown:
-        return f"unknown key(s) {', '.join(sorted(unknown))}"
-    kargs = doc.get("kargs")
-    if not isinstance(kargs, list) or not all(isinstance(k, str) for k in kargs):
-        return "kargs must be a list of strings"
-    arches = doc.get("match-architectures", [])
-    if not isinstance(arches, list) or not all(isinstance(a, str) for a in arches):
-        return "match-architectures must be a list of strings"
-    return None
 
 
 def _sysusers_declared(view: View) -> tuple[set[str], set[str]]:
@@ -456,19 +549,7 @@ def _sysusers_declared(view: View) -> tuple[set[str], set[str]]:
     return users, groups
 
 
-def sysusers_check(view: View) -> list[Raw]:
-    users, groups = _sysusers_declared(view)
-    out = []
-    for path, declared, what in ((paths.PASSWD, users, "user"), (paths.GROUP, groups, "group")):
-        data = view.content(path)
-        for line in (data or b"").decode("utf-8", "replace").splitlines():
-            name = line.split(":", 1)[0].strip()
-            if name and not name.startswith("#") and name not in declared:
-                out.append(Raw("sysusers", path, f"{what} {name!r} has no sysusers.d entry"))
-    return out
-
-
-def tmpfiles_declared(view: View) -> set[str]:
+def _tmpfiles_declared(view: View) -> set[str]:
     declared = set()
     for d in paths.TMPFILES_DIRS:
         for e in _children(view, d):
@@ -480,66 +561,10 @@ def tmpfiles_declared(view: View) -> set[str]:
     return declared
 
 
-def var_tmpfiles(view: View, skip: set[str]) -> list[Raw]:
-    """bootc's var-tmpfiles for /var content the derived layers did not add (they get
-    var-content instead, with the lines to write)."""
-    declared = tmpfiles_declared(view)
-    out = []
-    for e in view.below("/var"):
-        if e.path in skip or e.path in declared or paths.under(e.path, "/var/log"):
-            continue
-        if e.type in (DIR, SYMLINK):
-            out.append(Raw("var-tmpfiles", e.path, f"no tmpfiles.d entry: {tmpfiles_line(e)}"))
-        else:
-            out.append(Raw("var-tmpfiles", e.path, "non-directory, non-symlink content in /var"))
-    return out
-
-
-# --- putting it together ----------------------------------------------------------------
-
-def evaluate(
-    *,
-    policy: Policy,
-    changes: list[Change],
-    merged: View,
-    base: View | None,
-    layer_raws: Iterable[Raw],
-) -> list[Finding]:
-    """All findings, with the policy's severities, sorted by severity then path."""
-    changed = {c.path for c in changes}
-    raws: list[Raw] = list(layer_raws)
-    raws += path_policy(changes, policy)
-    raws += permission_checks(changes)
-    kernels = kernel_dirs(merged)
-    raws += kmod_mismatch(changes, kernels)
-    raws += modules_load(changes, merged, kernels)
-    raws += dropped(changes, node_keeps_toplevels(merged.content(paths.PREPARE_ROOT_CONF)))
-    raws += var_content(changes)
-
-    image = [r for r in image_checks(merged) if not _derived_content(r, changed)]
-    image += var_tmpfiles(merged, changed)
-    inherited: set[tuple[str, str | None, str]] = set()
-    if base is not None:
-        inherited = {(r.rule, r.path, r.message) for r in image_checks(base)}
-        inherited |= {(r.rule, r.path, r.message) for r in var_tmpfiles(base, set())}
-
-    findings = []
-    for r in raws:
-        sev = policy.severity(r.rule, refused=r.refused)
-        if sev != "off":
-            findings.append(Finding(r.rule, sev, r.path, r.message, r.layer, r.inherited))
-    for r in image:
-        sev = policy.severity(r.rule)
-        if sev != "off":
-            findings.append(Finding(r.rule, sev, r.path, r.message, None,
-                                    (r.rule, r.path, r.message) in inherited))
-    from nestbuild.validation.severity import RANK
-
-    findings.sort(key=lambda f: (RANK[f.severity], f.path or "", f.rule))
-    return findings
-
-
-def _derived_content(r: Raw, changed: set[str]) -> bool:
-    """nonempty-boot/run-tmp entries the derived layers added are reported as dropped-path."""
-    return r.rule in ("nonempty-boot", "nonempty-run-tmp") and r.path in changed and (
-        r.message.endswith("is not empty"))
+def _tmpfiles_line(e: Entry) -> str:
+    owner = f"{e.uid} {e.gid}" if (e.uid or e.gid) else "root root"
+    if e.type == DIR:
+        return f"d {e.path} {e.mode:04o} {owner} -"
+    if e.type == SYMLINK:
+        return f"L {e.path} - - - - {e.link}"
+    return f"C {e.path} {e.mode:04o} {owner} - /usr/share/factory{e.path}"

@@ -214,7 +214,7 @@ def _with_source(policy: Policy, source: str) -> Policy:
     return policy
 
 
-def resolve(policy_file: Path | None, preset_name: str | None) -> Policy:
+def load_policy(policy_file: Path | None = None, preset_name: str | None = None) -> Policy:
     """The policy for a run: an explicit file, else a preset, else the project's, else strict."""
     if policy_file is not None:
         return load(policy_file)
@@ -233,3 +233,7 @@ def resolve(policy_file: Path | None, preset_name: str | None) -> Policy:
             return load(target if target.is_absolute() else base / target)
         return from_node(node, source)
     return preset(DEFAULT_PRESET)
+
+
+#: The name the command modules used before the public API had one.
+resolve = load_policy

@@ -87,6 +87,14 @@ class Report:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
 
+    def diff_to_json(self) -> dict[str, Any]:
+        """The changeset alone, as ``nestbuild diff --format json`` shows it: no policy, no
+        findings, and a summary that counts only changes."""
+        data = self.to_json()
+        out = {k: data[k] for k in ("version", "image", "base", "changes", "notes")}
+        out["summary"] = {"changes": len(self.changes)}
+        return out
+
     def to_sarif(self) -> dict[str, Any]:
         used = sorted({f.rule for f in self.findings})
         level = {ERROR: "error", WARNING: "warning", INFO: "note"}

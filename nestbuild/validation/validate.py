@@ -23,7 +23,7 @@ from nestbuild.errors import ImageError
 from nestbuild.node.nodetree import SymlinkGuard
 from nestbuild.validation import baseindex, lints
 from nestbuild.validation.changeset import Change, Overlay
-from nestbuild.validation.findings import Finding
+from nestbuild.validation.findings import Finding, evaluate
 from nestbuild.validation.policy import Policy, preset
 from nestbuild.validation.report import BaseInfo, Report
 
@@ -67,7 +67,7 @@ def _final_diffid(image: ImageSource, raws: list[lints.Raw]) -> int | None:
     diff_ids = image.config.diff_ids
     if final in diff_ids:
         return diff_ids.index(final) + 1
-    raws.append(lints.Raw("final-diffid", None,
+    raws.append(lints.Raw(lints.FINAL_DIFFID.id, None,
                           f"ostree.final-diffid {final[:19]}... is not among the image's "
                           "layers; import fails with 'Missing ostree.final-diffid'",
                           refused=True))
@@ -203,7 +203,7 @@ def validate(image_ref: str, *, base_ref: str | None = None, policy: Policy | No
     """
     policy = policy or preset("strict")
     a = analyze(image_ref, base_ref, progress, as_base=as_base)
-    findings: list[Finding] = lints.evaluate(
+    findings: list[Finding] = evaluate(
         policy=policy,
         changes=a.changes,
         merged=a.overlay,

@@ -1,0 +1,161 @@
+"""Declaring a rule once: its id, default severity, description and fix, next to its check.
+
+A lint is one function under ``@lint(id, severity, summary, fix=...)``: it receives a
+:class:`Context` and yields :class:`Hit` s; the decorator registers it, and ``evaluate`` runs
+every registered lint. A rule that other code reports (the layer scan, the path policy, the
+base's location) is declared by :func:`rule` beside that code, and reported by its ``id``.
+
+Mistakes fail when the module is imported, not when an image happens to trigger them: a
+duplicate id, a severity or origin that does not exist, a missing text. The catalogue lists
+rules in the order they are declared (``nestbuild rules``, docs/reference/policy.md).
+
+Ids are part of the JSON/SARIF contract and of every policy file: never rename one.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+
+from nestbuild._image import paths
+from nestbuild.validation.severity import LEVELS, Severity
+
+if TYPE_CHECKING:
+    from nestbuild._image.tree import Entry
+    from nestbuild.validation.changeset import Change
+
+#: bootc's lints keep bootc's names and meanings (``bootc container lint``); the rest are ours.
+Origin = Literal["bootc", "nestbuild"]
+ORIGINS: tuple[Origin, ...] = ("bootc", "nestbuild")
+_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    severity: Severity
+    summary: str
+    remedy: str
+    origin: Origin = "nestbuild"
+    #: Lint packs the rule belongs to: names a policy can one day switch on or off together.
+    packs: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "severity": self.severity, "origin": self.origin,
+                "summary": self.summary, "remedy": self.remedy}
+
+
+class View(Protocol):
+    """A read-only file tree: the base index or the merged image."""
+
+    def get(self, path: str) -> Entry | None: ...
+    def below(self, prefix: str) -> Iterator[Entry]: ...
+    def content(self, path: str) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a lint looks at: a tree, and what the derived layers changed in it.
+
+    Lints run on the image (base and derived layers merged, with their changes) and, when
+    there is a base, on the base alone (no changes): what the base already has is marked
+    inherited. A lint about changes therefore finds nothing in the base.
+    """
+
+    tree: View
+    changes: Sequence[Change] = ()
+
+    @cached_property
+    def changed(self) -> frozenset[str]:
+        """The paths the derived layers changed."""
+        return frozenset(c.path for c in self.changes)
+
+    @cached_property
+    def kernels(self) -> tuple[str, ...]:
+        """The kernel versions: the /usr/lib/modules/KVER directories that hold a vmlinuz."""
+        out = []
+        for e in self.tree.below(paths.MODULES_DIR):
+            if e.path.endswith("/vmlinuz") and e.path.count("/") == 5 and e.is_file:
+                out.append(posixpath.basename(posixpath.dirname(e.path)))
+        return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One thing a lint found; the lint's id and the policy's severity are added to it."""
+
+    path: str | None
+    message: str
+    #: The image layer to blame, when one is.
+    layer: int | None = None
+
+
+Check = Callable[[Context], Iterable[Hit]]
+_C = TypeVar("_C", bound=Check)
+
+
+@dataclass(frozen=True)
+class Lint:
+    rule: Rule
+    check: Check
+
+
+_RULES: dict[str, Rule] = {}
+_LINTS: list[Lint] = []
+
+
+def _problem(r: Rule) -> str | None:
+    if not _NAME.match(r.id):
+        return "an id is lowercase words joined by '-'"
+    if r.id in _RULES:
+        return "declared twice"
+    if r.severity not in LEVELS:
+        return f"unknown severity {r.severity!r} (known: {', '.join(LEVELS)})"
+    if r.origin not in ORIGINS:
+        return f"unknown origin {r.origin!r} (known: {', '.join(ORIGINS)})"
+    if not r.summary.strip() or not r.remedy.strip():
+        return "a rule says what it checks and how to fix it"
+    if not all(isinstance(p, str) and _NAME.match(p) for p in r.packs):
+        return "a pack name is lowercase words joined by '-'"
+    return None
+
+
+def _declare(r: Rule) -> Rule:
+    problem = _problem(r)
+    if problem is not None:
+        raise ValueError(f"rule {r.id!r}: {problem}")
+    _RULES[r.id] = r
+    return r
+
+
+def rule(id: str, severity: Severity, summary: str, *, fix: str,
+         origin: Origin = "nestbuild", packs: Iterable[str] = ()) -> Rule:
+    """Declare a rule that is not a lint (the code that reports it uses ``.id``)."""
+    return _declare(Rule(id, severity, summary, fix, origin, tuple(packs)))
+
+
+def lint(id: str, severity: Severity, summary: str, *, fix: str,
+         origin: Origin = "nestbuild", packs: Iterable[str] = ()) -> Callable[[_C], _C]:
+    """Declare the decorated function as the check of a new rule; ``evaluate`` runs it."""
+
+    def register(check: _C) -> _C:
+        _LINTS.append(Lint(_declare(Rule(id, severity, summary, fix, origin, tuple(packs))),
+                           check))
+        return check
+
+    return register
+
+
+def declared_rules() -> Mapping[str, Rule]:
+    """Every rule declared so far, in declaration order (read-only, kept up to date)."""
+    return MappingProxyType(_RULES)
+
+
+def declared_lints() -> tuple[Lint, ...]:
+    """Every lint declared so far, in declaration order."""
+    return tuple(_LINTS)
