@@ -40,9 +40,12 @@ _API: dict[str, str] = {
     "parse_reference": "nestbuild._image.reference",
     # building
     "build": "nestbuild.building.build",
-    "BuildOptions": "nestbuild.building.build",
+    "BuildOptions": "nestbuild.building.engine",
     "BuildResult": "nestbuild.building.build",
-    "BuildFailed": "nestbuild.building.build",
+    "BuildFailed": "nestbuild.building.engine",
+    "node_files": "nestbuild.building.build",
+    "project_policy": "nestbuild.building.build",
+    "init_project": "nestbuild.building.scaffold",
     # validation
     "validate": "nestbuild.validation.validate",
     "diff": "nestbuild.validation.validate",
@@ -84,7 +87,13 @@ if TYPE_CHECKING:
     from nestbuild.building.baseimage import UpstreamBase as UpstreamBase
     from nestbuild.building.baseimage import build_base as build_base
     from nestbuild.building.baseimage import list_recipes as list_recipes
-    from nestbuild.building.build import BuildFailed, BuildOptions, BuildResult, build
+    from nestbuild.building.build import BuildResult as BuildResult
+    from nestbuild.building.build import build as build
+    from nestbuild.building.build import node_files as node_files
+    from nestbuild.building.build import project_policy as project_policy
+    from nestbuild.building.engine import BuildFailed as BuildFailed
+    from nestbuild.building.engine import BuildOptions as BuildOptions
+    from nestbuild.building.scaffold import init_project as init_project
     from nestbuild.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, NestbuildError, UsageError
     from nestbuild.node.status import NodeStatus
     from nestbuild.shipping.pull import PullResult, inspect, pull

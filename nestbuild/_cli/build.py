@@ -1,8 +1,9 @@
-"""``nestbuild build`` and ``nestbuild init``."""
+"""``nestbuild build`` and ``nestbuild init``, over the public API (the ``building`` names)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nestbuild import settings
-from nestbuild.errors import EXIT_FAILED, EXIT_OK
+from nestbuild.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 BUILD_KEYS = ("image", "containerfile", "context", "engine", "build-args", "labels", "secrets",
               "layers", "no-cache", "pull", "platform", "validate", "base")
@@ -105,10 +106,8 @@ class _Progress:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from nestbuild import project
+    from nestbuild import BuildOptions, build, node_files, project, project_policy
     from nestbuild._cli.common import check_output, write_output
-    from nestbuild.building.build import BuildOptions, build, result_json
-    from nestbuild.validation import policy as policy_mod
 
     check_output(args.digestfile, "--digestfile")
     proj = project.load()
@@ -121,8 +120,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         no_cache=bool(merged["no-cache"]), pull=bool(merged["pull"]),
         platform=merged["platform"], validate=bool(merged["validate"]),
     )
-    opts.extra_files = _extra_files(proj, args)
-    pol = policy_mod.resolve(None, None) if opts.validate else None
+    if args.trust_repo and not args.trust_key:
+        raise UsageError("--trust REPO needs --trust-key K.pub")
+    # kernel profiles and node trust files selected by flags or nestbuild.yaml
+    opts.extra_files = node_files(
+        kargs=args.kargs or [], modules=args.modules or [], trust_repo=args.trust_repo,
+        trust_keys=args.trust_key or [], project_nodes=proj.nodes,
+        project_source=str(proj.source))
+    pol = project_policy() if opts.validate else None
     progress = _Progress(args.verbose, args.quiet or args.format == "json")
     try:
         result = build(opts, policy=pol, log=progress.line, note=progress.note)
@@ -131,7 +136,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.digestfile is not None:
         write_output(args.digestfile, result.digest, "--digestfile")
     if args.format == "json":
-        sys.stdout.write(result_json(result))
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         from rich.console import Console
 
@@ -144,32 +149,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK if result.passed else EXIT_FAILED
 
 
-def _extra_files(proj: settings.ProjectSettings, args: argparse.Namespace
-                 ) -> dict[str, tuple[bytes, int]]:
-    """Kernel profiles and node trust files selected by flags or nestbuild.yaml."""
-    from nestbuild.building import kernel
-    from nestbuild.node import trust
-
-    files: dict[str, tuple[bytes, int]] = {}
-    source = str(proj.source)
-    ks = kernel.KernelSettings(list(args.kargs or []), list(args.modules or []))
-    if ks.empty and "kernel" in proj.nodes:
-        ks = kernel.from_node(proj.nodes["kernel"], source)
-    files.update(kernel.render(ks))
-    if args.trust_repo:
-        if not args.trust_key:
-            from nestbuild.errors import UsageError
-
-            raise UsageError("--trust REPO needs --trust-key K.pub")
-        files.update(trust.TrustSettings(args.trust_repo, args.trust_key).files())
-    elif "trust" in proj.nodes:
-        files.update(trust.from_node(proj.nodes["trust"], source).files())
-    return files
-
-
 def cmd_init(args: argparse.Namespace) -> int:
-    from nestbuild.building.scaffold import DEFAULT_BASE, init
+    from nestbuild import init_project
 
-    for path in init(args.directory, base=args.base or DEFAULT_BASE, force=args.force):
+    for path in init_project(args.directory, base=args.base, force=args.force):
         print(f"wrote {path}")
     return EXIT_OK

@@ -1,7 +1,8 @@
 """Reading container images from the places users keep them.
 
 ``open_image("oci:./out:v1")`` gives an :class:`~nestbuild._image.source.ImageSource` whatever the
-transport; everything above this package works on manifests, configs and layer tar streams.
+transport (:mod:`nestbuild._image.transports`); everything above this package works on manifests,
+configs and layer tar streams.
 
 The names below are loaded on first use: ``nestbuild._image.model`` (media types, which the
 registry client and signing need) must not drag in the image readers (tarfile, compression,
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nestbuild._image.model import Descriptor, ImageConfig, Manifest
     from nestbuild._image.reference import ImageRef, parse_reference
-    from nestbuild._image.source import ImageSource, open_image
+    from nestbuild._image.source import ImageSource
+    from nestbuild._image.transports import open_image
 
 __all__ = [
     "Descriptor",
@@ -35,7 +37,7 @@ _WHERE = {
     "ImageRef": "reference",
     "parse_reference": "reference",
     "ImageSource": "source",
-    "open_image": "source",
+    "open_image": "transports",
 }
 
 

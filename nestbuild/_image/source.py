@@ -1,4 +1,5 @@
-"""Image sources: one class per transport, one interface above them."""
+"""Image sources: one class per local transport, one interface above them (the registry's is
+:mod:`nestbuild._image.registry_source`; :mod:`nestbuild._image.transports` picks one)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ from nestbuild._image.model import (
     load_json_object,
     pick_platform,
 )
-from nestbuild._image.reference import ImageRef, parse_reference
+from nestbuild._image.reference import ImageRef
 from nestbuild._image.tarsplit import TarSplitStream
 from nestbuild._image.tree import READ_ERRORS
-from nestbuild._tools import run
+from nestbuild._tools import buildah, skopeo
 from nestbuild.errors import ImageError, LayerError, ToolError
 
 
@@ -346,10 +347,9 @@ class StorageSource(ImageSource):
         except (OSError, ValueError, KeyError):
             return None
 
-    def _skopeo(self, *args: str) -> bytes:
+    def _skopeo(self, *, config: bool = False) -> bytes:
         try:
-            argv = ["skopeo", "inspect", *args, f"containers-storage:{self.ref.name}"]
-            return run.run(argv).stdout
+            return skopeo.inspect_local(f"containers-storage:{self.ref.name}", config=config)
         except ToolError as exc:
             if "not known" in exc.message or "does not resolve" in exc.message \
                     or "no such image" in exc.message.lower():
@@ -358,14 +358,14 @@ class StorageSource(ImageSource):
 
     @cached_property
     def manifest(self) -> Manifest:
-        raw = self._direct[0] if self._direct else self._skopeo("--raw")
+        raw = self._direct[0] if self._direct else self._skopeo()
         digest = digest_of(raw)
         if b'"manifests"' in raw:
             raise ImageError(f"{self.ref}: is a manifest list; name one platform's image")
         return Manifest.parse(raw, digest, str(self.ref))
 
     def raw_config(self) -> bytes:
-        return self._direct[1] if self._direct else self._skopeo("--config", "--raw")
+        return self._direct[1] if self._direct else self._skopeo(config=True)
 
     def stored_layers(self) -> bool:
         return False
@@ -532,27 +532,5 @@ _STORE: _Store | None = None
 def _store() -> _Store:
     global _STORE
     if _STORE is None:
-        out = run.run(
-            ["buildah", "info", "--format", "{{.store.GraphRoot}}\t{{.store.GraphDriverName}}"],
-            what="locating containers-storage",
-        ).stdout.decode().strip()
-        graphroot, _, driver = out.partition("\t")
-        _STORE = _Store(Path(graphroot), driver)
+        _STORE = _Store(*buildah.store_location())
     return _STORE
-
-
-def open_image(ref: str | ImageRef) -> ImageSource:
-    """Open an image by reference; nothing is read until asked for."""
-    if isinstance(ref, str):
-        ref = parse_reference(ref)
-    if ref.transport == "oci":
-        return OCILayoutSource(ref)
-    if ref.transport == "oci-archive":
-        return OCIArchiveSource(ref)
-    if ref.transport == "containers-storage":
-        return StorageSource(ref)
-    if ref.transport == "docker":
-        from nestbuild.shipping.pull import RegistrySource
-
-        return RegistrySource(ref)
-    raise ImageError(f"{ref}: the {ref.transport} transport is not supported")

@@ -116,19 +116,20 @@ def _decode(entry: object, source: str) -> Credentials | None:
 
 
 def _helper(name: str, host: str) -> Credentials | None:
-    import subprocess  # here: most lookups never run a helper, and every command looks up
+    # imported here: most lookups never run a helper, and every command looks up
+    from nestbuild._tools import run
 
     binary = f"docker-credential-{name}"
     if not name or "/" in name or "\0" in name:  # a name, never a path to some program
         raise UsageError(f"credential helper {binary!r} is not a helper name")
     try:
-        proc = subprocess.run([binary, "get"], input=host.encode(), capture_output=True,
-                              timeout=30, check=False)
-    except FileNotFoundError:
+        proc = run.run([binary, "get"], input=host.encode(), timeout=30, check=False,
+                       secret=True)
+    except run.NotInstalled:
         raise UsageError(f"credential helper {binary} is configured but not installed") from None
-    except OSError as exc:  # there, but not a program this user may run
-        raise UsageError(f"credential helper {binary} cannot run ({exc.strerror})") from None
-    except subprocess.TimeoutExpired:
+    except run.CannotRun as exc:  # there, but not a program this user may run
+        raise UsageError(f"credential helper {binary} cannot run ({exc.reason})") from None
+    except run.TimedOut:
         raise UsageError(f"credential helper {binary} did not answer in 30 s") from None
     if proc.returncode != 0:
         return None  # "credentials not found in native keychain"

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from nestbuild._tools import run
@@ -109,7 +108,7 @@ def bud(containerfile: Path, context: Path, tag: str, *,
         proc = run.popen(args)
         try:
             log, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except run.TimeoutExpired:
             proc.kill()
             proc.communicate()
             raise ToolError(f"{what}: buildah timed out after {timeout:.0f}s") from None
@@ -120,6 +119,68 @@ def bud(containerfile: Path, context: Path, tag: str, *,
         if proc.returncode != 0:
             raise run.command_failed(args, proc.returncode, log, what)
         return iidfile.read_text().strip().removeprefix("sha256:")
+
+
+def bud_logged(containerfile: Path, context: Path, tag: str, *, isolation: str,
+               iidfile: Path, logfile: Path, log: Callable[[str], None] | None = None,
+               build_args: Mapping[str, str] | None = None,
+               labels: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
+               layers: bool = False, annotations: Mapping[str, str] | None = None,
+               no_cache: bool = False, pull: bool = False,
+               platform: str | None = None) -> int:
+    """A ``buildah bud`` whose log (stdout and stderr, in order) is copied to ``logfile`` and
+    handed to ``log`` line by line as it arrives; returns buildah's exit status (the caller
+    reads the failure's cause from the log and the image id from ``iidfile``).
+
+    Without ``pull`` the base must already be in local storage (``--pull-never``): the caller
+    has pinned it by digest.
+    """
+    args = ["buildah", "bud", "--isolation", isolation, "-f", str(containerfile), "-t", tag,
+            "--iidfile", str(iidfile)]
+    for k, v in (build_args or {}).items():
+        args += ["--build-arg", f"{k}={v}"]
+    for k, v in (labels or {}).items():
+        args += ["--label", f"{k}={v}"]
+    for secret in secrets:
+        args += ["--secret", secret]
+    if layers:
+        args.append("--layers")
+        for k, v in (annotations or {}).items():
+            args += ["--annotation", f"{k}={v}"]
+    if no_cache:
+        args.append("--no-cache")
+    args.append("--pull" if pull else "--pull-never")
+    if platform:
+        args += ["--platform", platform]
+    args.append(str(context))
+    proc = run.popen(args)
+    assert proc.stdout is not None
+    try:
+        with open(logfile, "wb") as out:
+            for raw in proc.stdout:
+                out.write(raw)
+                if log is not None:
+                    log(raw.decode(errors="replace").rstrip("\n"))
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc.wait()
+
+
+def pull(ref: str) -> None:
+    """Pull ``ref`` into local storage (as podman would resolve and store it)."""
+    run.run(["buildah", "pull", "--quiet", ref], what=f"pulling {ref}")
+
+
+def store_location() -> tuple[Path, str]:
+    """Local storage's graph root and driver (overlay, vfs), as buildah is configured."""
+    out = run.run(
+        ["buildah", "info", "--format", "{{.store.GraphRoot}}\t{{.store.GraphDriverName}}"],
+        what="locating containers-storage",
+    ).stdout.decode().strip()
+    graphroot, _, driver = out.partition("\t")
+    return Path(graphroot), driver
 
 
 def add_files(image: str, files: Mapping[str, tuple[bytes, int]], *, created_by: str,

@@ -9,7 +9,6 @@ import contextlib
 import fcntl
 import io
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +100,7 @@ class TarCommit:
         self._proc = run.popen(
             ["ostree", f"--repo={repo}", "commit", "--orphan", "--tree=tar=/dev/stdin",
              f"--subject={subject}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors.fileno())
+            stdin=run.PIPE, stdout=run.PIPE, stderr=self._errors.fileno())
         assert self._proc.stdin is not None
         with contextlib.suppress(OSError):  # fewer, larger writes: ostree reads in parallel
             fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)

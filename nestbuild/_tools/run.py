@@ -1,7 +1,9 @@
 """The one place nestbuild starts other programs.
 
 Argument lists only, never a shell string, so user input cannot become shell syntax. A missing
-tool or a failing command becomes a ``ToolError`` with a one-line cause and the tail of its log.
+tool or a failing command becomes a ``ToolError`` with a one-line cause and the tail of its log
+(never for a command whose output is a secret: see ``run(secret=True)``). Other modules use the
+names below (``PIPE``, ``TimeoutExpired``, ...), never ``subprocess`` itself.
 """
 
 from __future__ import annotations
@@ -28,13 +30,41 @@ PACKAGES = {
 
 LOG_TAIL_LINES = 20
 
+PIPE = subprocess.PIPE
+STDOUT = subprocess.STDOUT
+DEVNULL = subprocess.DEVNULL
+TimeoutExpired = subprocess.TimeoutExpired
+CompletedProcess = subprocess.CompletedProcess
+Popen = subprocess.Popen
+
+
+class NotInstalled(ToolError):
+    """The program is not on PATH."""
+
+
+class TimedOut(ToolError):
+    """The program did not finish within its time limit (it was killed)."""
+
+
+class CannotRun(ToolError):
+    """The program is there but could not be started (not executable, wrong format)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        #: The system's one-line reason ("Permission denied").
+        self.reason = reason
+
 
 def which(tool: str) -> str:
-    """Return the tool's path or raise a ToolError saying how to install it."""
+    """Return the tool's path or raise a NotInstalled saying how to install it (a CannotRun
+    if it is on PATH but not executable)."""
     path = shutil.which(tool)
     if path is None:
+        if os.sep not in tool and any(os.path.isfile(os.path.join(d, tool))
+                                      for d in os.get_exec_path() if d):
+            raise CannotRun(f"{tool} cannot run (Permission denied)", "Permission denied")
         pkg = PACKAGES.get(tool, tool)
-        raise ToolError(f"{tool} is not installed (on Debian: apt-get install {pkg})")
+        raise NotInstalled(f"{tool} is not installed (on Debian: apt-get install {pkg})")
     return path
 
 
@@ -51,10 +81,13 @@ def run(
     check: bool = True,
     timeout: float | None = None,
     what: str | None = None,
+    secret: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command to completion with its output captured.
+    """Run a command to completion with its output captured; ``input`` goes to its stdin.
 
-    ``what`` names the action for the error message ("building the image").
+    ``what`` names the action for the error message ("building the image"). ``secret``: the
+    input or output holds a secret (a docker-credential program's answer), so no error quotes
+    either.
     """
     args = [str(a) for a in argv]
     args[0] = which(args[0])
@@ -72,11 +105,22 @@ def run(
             timeout=timeout,
             check=False,
         )
-    except subprocess.TimeoutExpired as exc:
-        raise ToolError(f"{Path(args[0]).name} timed out after {timeout:.0f}s") from exc
+    except subprocess.TimeoutExpired:
+        # not chained: the exception holds the output so far
+        raise TimedOut(f"{Path(args[0]).name} timed out after {timeout:.0f}s") from None
+    except OSError as exc:
+        raise _cannot_run(args, exc) from None
     if check and proc.returncode != 0:
+        if secret:
+            cause = f"{what}: " if what else ""
+            raise ToolError(f"{cause}{Path(args[0]).name} exited with status {proc.returncode}")
         raise command_failed(args, proc.returncode, proc.stderr or proc.stdout, what)
     return proc
+
+
+def _cannot_run(args: Sequence[str], exc: OSError) -> CannotRun:
+    reason = exc.strerror or type(exc).__name__
+    return CannotRun(f"{Path(args[0]).name} cannot run ({reason})", reason)
 
 
 def command_failed(
@@ -105,4 +149,8 @@ def popen(
     if env is not None:
         full_env = dict(os.environ)
         full_env.update(env)
-    return subprocess.Popen(args, env=full_env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr)
+    try:
+        return subprocess.Popen(args, env=full_env, cwd=cwd, stdin=stdin, stdout=stdout,
+                                stderr=stderr)
+    except OSError as exc:
+        raise _cannot_run(args, exc) from None

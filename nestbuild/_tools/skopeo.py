@@ -1,5 +1,7 @@
-"""The one small interface to skopeo, for what the node side needs from a registry before
-it moves: the manifest digest to pin, and the config (architecture, labels)."""
+"""The one small interface to skopeo: copies between local stores (containers-storage, the
+Docker engine, OCI layouts), local storage's manifests and configs as podman resolves names, and
+what the node side needs from a registry before it moves: the manifest digest to pin, and the
+config (architecture, labels)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,27 @@ def _flags(authfile: Path | None, tls_verify: bool, cert_dir: Path | None) -> li
     if not tls_verify:
         flags.append("--tls-verify=false")
     return flags
+
+
+def copy(source: str, dest: str, *, what: str, preserve_digests: bool = False,
+         src_daemon_host: str | None = None, dest_daemon_host: str | None = None) -> None:
+    """``skopeo copy`` between two local transports (``oci:``, ``containers-storage:``,
+    ``docker-daemon:``); ``what`` names the step in errors."""
+    args = ["skopeo", "copy", "--quiet"]
+    if preserve_digests:
+        args.append("--preserve-digests")
+    if src_daemon_host is not None:
+        args += ["--src-daemon-host", src_daemon_host]
+    if dest_daemon_host is not None:
+        args += ["--dest-daemon-host", dest_daemon_host]
+    run.run([*args, source, dest], what=what)
+
+
+def inspect_local(ref: str, *, config: bool = False) -> bytes:
+    """The exact manifest (or, with ``config``, config) bytes of a local image such as
+    ``containers-storage:NAME``, its name resolved as podman resolves it."""
+    flags = ["--config", "--raw"] if config else ["--raw"]
+    return run.run(["skopeo", "inspect", *flags, ref]).stdout
 
 
 def inspect(image: str, *, authfile: Path | None = None, tls_verify: bool = True,

@@ -14,50 +14,27 @@ cache hands back an image recorded otherwise, records it again in an empty layer
 
 from __future__ import annotations
 
-import contextlib
-import json
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nestbuild._image import ImageSource, open_image
-from nestbuild._image.model import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME
-from nestbuild._tools import buildah, isolation, run
+from nestbuild._image.model import ANNOTATION_BASE_DIGEST
+from nestbuild._tools import buildah
 from nestbuild.building import containerfile
-from nestbuild.errors import EXIT_FAILED, ImageError, NestbuildError, ToolError, UsageError
+from nestbuild.building.engine import (
+    BuildOptions,
+    Engine,
+    EngineJob,
+    LogSink,
+    ResolvedBase,
+)
+from nestbuild.errors import ImageError, UsageError
 from nestbuild.validation.policy import Policy
 from nestbuild.validation.report import Report
-
-#: Called with each line of the engine's build log as it arrives.
-LogSink = Callable[[str], None]
-
-
-class BuildFailed(NestbuildError):
-    """The user's build failed (a RUN step exited non-zero): exit 1, like a failed test."""
-
-    exit_code = EXIT_FAILED
-
-
-@dataclass
-class BuildOptions:
-    context: Path = Path(".")
-    containerfile: Path | None = None
-    image: str | None = None
-    engine: str = "buildah"
-    build_args: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    secrets: list[str] = field(default_factory=list)
-    layers: bool = False
-    no_cache: bool = False
-    pull: bool = False
-    platform: str | None = None
-    validate: bool = True
-    docker_host: str | None = None
-    #: Files to add as one layer after the build (kernel profiles, node trust files).
-    extra_files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,19 +82,6 @@ def find_containerfile(context: Path, explicit: Path | None) -> Path:
     raise UsageError(f"{context}: no Containerfile or Dockerfile (use -f FILE)")
 
 
-@dataclass(frozen=True)
-class ResolvedBase:
-    name: str
-    digest: str
-    #: Its layers: the built image must start with them.
-    diff_ids: tuple[str, ...] = ()
-
-    @property
-    def record(self) -> dict[str, str]:
-        """The manifest annotations that name this base (as buildah writes them)."""
-        return {ANNOTATION_BASE_DIGEST: self.digest, ANNOTATION_BASE_NAME: self.name}
-
-
 def resolve_base(cf: containerfile.Containerfile, *, pull: bool,
                  log: LogSink | None = None) -> ResolvedBase:
     """The final stage's OS base, bootable, in local storage, with its digest."""
@@ -125,7 +89,7 @@ def resolve_base(cf: containerfile.Containerfile, *, pull: bool,
     if name == "scratch":
         raise ImageError(f"{cf.path}:{stage.line}: FROM scratch is not a bootable OS base")
     if pull:
-        run.run(["buildah", "pull", "--quiet", name], what=f"pulling {name}")
+        buildah.pull(name)
     src = open_image(f"containers-storage:{name}")
     try:
         digest = src.digest
@@ -139,6 +103,20 @@ def resolve_base(cf: containerfile.Containerfile, *, pull: bool,
     return ResolvedBase(name, digest, tuple(src.config.diff_ids))
 
 
+def _engine(name: str, cf: containerfile.Containerfile) -> Engine:
+    """The engine named ``name``, once it has accepted the Containerfile (imported here: a
+    build loads only the engine it uses)."""
+    if name == "docker":
+        from nestbuild.building.docker_engine import DockerEngine
+
+        docker = DockerEngine()
+        docker.check(cf)
+        return docker
+    from nestbuild.building.buildah_engine import BuildahEngine
+
+    return BuildahEngine()
+
+
 def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | None = None,
           note: Callable[[str], None] | None = None) -> BuildResult:
     """Build, check the recorded base, validate. Raises BuildFailed / NestbuildError."""
@@ -147,28 +125,16 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
     path = find_containerfile(opts.context, opts.containerfile)
     cf = containerfile.parse(path, opts.build_args)
     base = resolve_base(cf, pull=opts.pull, log=log)
+    engine = _engine(opts.engine, cf)
     tag = opts.image or f"localhost/{opts.context.resolve().name or 'image'}:latest"
 
     logdir = Path(tempfile.mkdtemp(prefix="nestbuild-build-"))
     logfile = logdir / "build.log"
-    if opts.engine == "docker":
-        from nestbuild.building import docker_engine
-
-        if cf.needs_buildkit:
-            raise UsageError(f"{cf.needs_buildkit}: needs BuildKit, which the Docker engine's "
-                             "classic builder does not have; use --engine buildah")
-        image_id = docker_engine.build(opts, path, tag, base.name, base.digest, logfile, log)
-        iso: str | None = None
-    else:
-        iso_mode = isolation.detect()
-        if iso_mode.reason:
-            say(f"RUN steps use {iso_mode.mode} isolation: {iso_mode.reason}")
-        image_id = _buildah_bud(opts, path, tag, iso_mode.mode, logfile, log, base)
-        iso = iso_mode.mode
+    built = engine.build(EngineJob(opts, path, tag, base, logfile, log, say))
+    image_id = built.image_id
 
     image = open_image(f"containers-storage:{tag}")
-    layered = opts.layers and opts.engine != "docker"
-    _check_built_on(image, tag, base, layered=layered)
+    _check_built_on(image, tag, base, layered=built.record_may_name_intermediate)
     rerecord = image.manifest.annotations.get(ANNOTATION_BASE_DIGEST) != base.digest
     if opts.extra_files:
         say(f"adding {len(opts.extra_files)} file(s): "
@@ -184,8 +150,8 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
         image_id = buildah.add_files(tag, {}, created_by=f"nestbuild: built on {base.name}",
                                      annotations=base.record)
         image = open_image(f"containers-storage:{tag}")
-    result = BuildResult(tag, image_id, image.digest, base.name, base.digest, opts.engine, iso,
-                         time.monotonic() - start, logfile)
+    result = BuildResult(tag, image_id, image.digest, base.name, base.digest, opts.engine,
+                         built.isolation, time.monotonic() - start, logfile)
     if opts.validate:
         from nestbuild.validation.validate import validate
 
@@ -211,64 +177,36 @@ def _check_built_on(image: ImageSource, tag: str, base: ResolvedBase, *, layered
         raise ImageError(f"{tag}: built on {recorded}, but {moved}")
 
 
-def _buildah_args(opts: BuildOptions, path: Path, tag: str, iso: str, iidfile: Path,
-                  base: ResolvedBase) -> list[str]:
-    args = ["buildah", "bud", "--isolation", iso, "-f", str(path), "-t", tag,
-            "--iidfile", str(iidfile)]
-    for k, v in opts.build_args.items():
-        args += ["--build-arg", f"{k}={v}"]
-    for k, v in opts.labels.items():
-        args += ["--label", f"{k}={v}"]
-    for secret in opts.secrets:
-        args += ["--secret", secret]
-    if opts.layers:
-        # buildah would record the last cached step's image as the base: record the real one
-        args.append("--layers")
-        for k, v in base.record.items():
-            args += ["--annotation", f"{k}={v}"]
-    if opts.no_cache:
-        args.append("--no-cache")
-    args.append("--pull-never" if not opts.pull else "--pull")
-    if opts.platform:
-        args += ["--platform", opts.platform]
-    args.append(str(opts.context))
-    return args
+def project_policy() -> Policy:
+    """The policy a project's build validates with: nestbuild.yaml's ``policy:``, else strict
+    (``build(policy=None)`` alone is strict, whatever the project says)."""
+    from nestbuild.validation.policy import resolve
+
+    return resolve(None, None)
 
 
-def _buildah_bud(opts: BuildOptions, path: Path, tag: str, iso: str, logfile: Path,
-                 log: LogSink | None, base: ResolvedBase) -> str:
-    iidfile = logfile.with_name("iid")
-    argv = _buildah_args(opts, path, tag, iso, iidfile, base)
-    proc = run.popen(argv)
-    assert proc.stdout is not None
-    with open(logfile, "wb") as out:
-        for raw in proc.stdout:
-            out.write(raw)
-            if log is not None:
-                log(raw.decode(errors="replace").rstrip("\n"))
-    code = proc.wait()
-    text = logfile.read_text(errors="replace")
-    if code != 0:
-        raise _build_error(text, code, logfile)
-    with contextlib.suppress(OSError):
-        return iidfile.read_text().strip().removeprefix("sha256:")
-    return text.split()[-1]
+def node_files(*, kargs: Sequence[str] = (), modules: Sequence[str] = (),
+               trust_repo: str | None = None, trust_keys: Sequence[Path] = (),
+               project_nodes: Mapping[str, object] | None = None,
+               project_source: str = "") -> dict[str, tuple[bytes, int]]:
+    """The files a build bakes into the image for its nodes (``BuildOptions.extra_files``):
+    kernel argument and module profiles, and node trust files for ``trust_repo``.
 
+    Each comes from the arguments, else from the project's ``kernel:`` and ``trust:`` settings
+    (``project_nodes``, read from ``project_source``); every profile and key is checked here.
+    """
+    from nestbuild.building import kernel
+    from nestbuild.node import trust
 
-def _build_error(text: str, code: int, logfile: Path) -> NestbuildError:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    cause = next((ln for ln in reversed(lines) if ln.startswith(("Error:", "error"))),
-                 lines[-1] if lines else f"buildah exited with status {code}")
-    cause = cause.removeprefix("Error: ").strip()
-    detail = run.tail(text) + f"\n(full log: {logfile})"
-    if "error building at STEP \"RUN" in text or "building at STEP \"RUN" in text:
-        return BuildFailed(f"build failed: {cause}", detail=detail)
-    return ToolError(f"buildah could not build the image: {cause}", detail=detail)
+    nodes = project_nodes or {}
+    files: dict[str, tuple[bytes, int]] = {}
+    ks = kernel.KernelSettings(list(kargs), list(modules))
+    if ks.empty and "kernel" in nodes:
+        ks = kernel.from_node(nodes["kernel"], project_source)
+    files.update(kernel.render(ks))
+    if trust_repo:
+        files.update(trust.TrustSettings(trust_repo, list(trust_keys)).files())
+    elif "trust" in nodes:
+        files.update(trust.from_node(nodes["trust"], project_source).files())
+    return files
 
-
-def write_digestfile(path: Path, digest: str) -> None:
-    path.write_text(digest)
-
-
-def result_json(result: BuildResult) -> str:
-    return json.dumps(result.to_json(), indent=2) + "\n"

@@ -46,8 +46,11 @@ rules:
 """
 
 
-def init(directory: Path, *, base: str = DEFAULT_BASE, force: bool = False) -> list[Path]:
-    """Write the starter files; refuse to overwrite unless ``force``."""
+def init_project(directory: Path, *, base: str | None = None,
+                 force: bool = False) -> list[Path]:
+    """Write the starter files (on ``base``, default the mini base); refuse to overwrite
+    unless ``force``."""
+    base = base or DEFAULT_BASE
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory}: not a directory")
     try:

@@ -1,4 +1,5 @@
-"""The way back from a registry: ``nestbuild pull``, ``inspect`` and the ``docker://`` transport.
+"""The way back from a registry: ``nestbuild pull`` and ``inspect`` (the ``docker://``
+transport they read through is :mod:`nestbuild._image.registry_source`).
 
 Every blob is verified against its digest as it streams in; a corrupt one is refused and
 nothing is stored under the destination name.
@@ -9,102 +10,25 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from nestbuild._image.layout import LayoutWriter
-from nestbuild._image.model import (
-    INDEX_TYPES,
-    Descriptor,
-    Manifest,
-    digest_of,
-    index_manifests,
-    pick_platform,
-)
+from nestbuild._image.model import INDEX_TYPES, Descriptor, digest_of, index_manifests
 from nestbuild._image.reference import ImageRef, parse_reference
-from nestbuild._image.source import BaseLookup, ImageSource, StorageSource, index_children
+
+# RegistrySource is re-exported for node.rebase until it imports it from where it is defined
+from nestbuild._image.registry_source import RegistrySource as RegistrySource
+from nestbuild._image.source import ImageSource
 from nestbuild._registry import reference
 from nestbuild._registry.access import RegistryAccess
 from nestbuild._registry.blobinfo import BlobInfo
-from nestbuild._registry.client import RegistryClient
-from nestbuild._registry.reference import RegistryRef
-from nestbuild._tools import run
+from nestbuild._tools import skopeo
 from nestbuild._util.cache import cache_dir
 from nestbuild._util.progress import Transfer
-from nestbuild.errors import ImageError, ToolError, UsageError
-
-
-class RegistrySource(ImageSource):
-    """``docker://HOST/REPO[:TAG|@DIGEST]``; blobs are fetched (verified) when read."""
-
-    def __init__(self, ref: ImageRef, access: RegistryAccess | None = None,
-                 client: RegistryClient | None = None) -> None:
-        self.ref = ref
-        self.target: RegistryRef = reference.parse(ref.name)
-        self.client = client or (access or RegistryAccess()).client(self.target.host)
-
-    @cached_property
-    def top(self) -> tuple[bytes, str]:
-        """What the reference names, exactly as stored (an image or an index)."""
-        got = self.client.get_manifest(self.target.repo, self.target.ref)
-        if got is None:
-            raise ImageError(f"docker://{self.target}: no such image in the registry")
-        return got
-
-    @cached_property
-    def manifest(self) -> Manifest:
-        raw, media_type = self.top
-        digest = self.target.digest or digest_of(raw)
-        if media_type in INDEX_TYPES or b'"manifests"' in raw:
-            desc = pick_platform(raw, str(self.ref))
-            got = self.client.get_manifest(self.target.repo, desc.digest)
-            if got is None:
-                raise ImageError(f"{self.ref}: the index names {desc.digest}, which is missing")
-            raw, digest = got[0], desc.digest
-        return Manifest.parse(raw, digest, str(self.ref))
-
-    #: download_blob hashes every blob as it arrives and refuses a mismatch; open_layer
-    #: still proves each layer's diff_id.
-    _blobs_verified = True
-
-    @contextlib.contextmanager
-    def _open_blob(self, desc: Descriptor) -> Iterator[BinaryIO]:
-        with tempfile.TemporaryFile(dir=cache_dir("spool")) as f:
-            self.client.download_blob(self.target.repo, desc.digest, f, desc.size)
-            f.seek(0)
-            yield f
-
-    def recorded_base(self, name: str | None, digest: str | None) -> BaseLookup:
-        """Local storage first (where builds leave the base), then this registry: the
-        recorded name must resolve to the recorded digest (see ImageSource.recorded_base)."""
-        why = "local storage cannot be read"
-        with contextlib.suppress(ToolError):
-            local, why = StorageSource(ImageRef("containers-storage", name or "")
-                                       ).recorded_base(name, digest)
-            if local is not None:
-                return local, ""
-        if not name or not digest:
-            return None, why
-        try:
-            named = reference.parse(name)
-        except UsageError:
-            return None, why
-        if named.host != self.target.host or named.digest is not None:
-            return None, why
-        got = self.client.get_manifest(named.repo, named.ref)
-        if got is None:
-            return None, f"{why}; {name} is not in {self.target.host} either"
-        raw, media_type = got
-        if digest_of(raw) == digest or (media_type in INDEX_TYPES
-                                        and digest in index_children(raw)):
-            return RegistrySource(ImageRef("docker", str(named.with_digest(digest))),
-                                  client=self.client), ""
-        return None, (f"{name} is {digest_of(raw)[:19]} in {self.target.host}, not the "
-                      f"recorded {digest[:19]}")
+from nestbuild.errors import UsageError
 
 
 @dataclass
@@ -165,9 +89,9 @@ def pull(
             tag = dest_ref.tag or target.tag or "latest"
             writer.tag(mdesc, tag)
             if dest_ref.transport == "containers-storage":
-                run.run(["skopeo", "copy", "--quiet", "--preserve-digests", f"oci:{root}:{tag}",
-                         f"containers-storage:{dest_ref.name}"],
-                        what=f"storing {target} in containers-storage")
+                skopeo.copy(f"oci:{root}:{tag}", f"containers-storage:{dest_ref.name}",
+                            preserve_digests=True,
+                            what=f"storing {target} in containers-storage")
         return PullResult(str(target), str(dest_ref), manifest.digest, total)
     finally:
         info.close()

@@ -13,7 +13,8 @@ import pytest
 from nestbuild._image import open_image
 from nestbuild._tools import buildah
 from nestbuild.building.baseimage import BuiltBase
-from nestbuild.building.build import BuildFailed, BuildOptions, build
+from nestbuild.building.build import build
+from nestbuild.building.engine import BuildFailed, BuildOptions
 from nestbuild.errors import ImageError, UsageError
 from tests.fixtures.images import EXAMPLES
 
