@@ -43,6 +43,7 @@ from nestbuild._tools import buildah
 from nestbuild.node import deploy
 from nestbuild.shipping.push import push
 from nestbuild.signing import keys
+from tests.fixtures import cli
 from tests.fixtures.registry import FaultProxy, Registry
 from tests.ocibuilder import BOOTABLE, Layer, bootable_base, write_platform_index
 
@@ -73,9 +74,8 @@ def environment(home: Path, extra: dict[str, str] | None = None) -> dict[str, st
 
 def nestbuild(*args: str, env: dict[str, str] | None = None, stdin: str = "",
               cwd: Path | None = None, home: Path) -> subprocess.CompletedProcess[str]:
-    """The installed executable, in an :func:`environment` of its own."""
-    return subprocess.run([str(NESTBUILD), *args], env=environment(home, env), input=stdin,
-                          capture_output=True, text=True, check=False, cwd=cwd, timeout=300)
+    """The CLI, in an :func:`environment` of its own."""
+    return cli.nestbuild(*args, env=environment(home, env), input=stdin, cwd=cwd)
 
 
 def one_line(r: subprocess.CompletedProcess[str]) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,15 +14,11 @@ from nestbuild.building.baseimage import BuiltBase
 from nestbuild.building.build import build
 from nestbuild.building.engine import BuildFailed, BuildOptions
 from nestbuild.errors import ImageError, UsageError
+from tests.fixtures.cli import nestbuild as nb
 from tests.fixtures.images import EXAMPLES
 
 #: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
 pytestmark = [pytest.mark.buildah]
-
-
-def nb(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nestbuild", *args], capture_output=True,
-                          text=True, cwd=cwd, check=False)
 
 
 @pytest.fixture

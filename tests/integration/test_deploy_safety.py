@@ -31,6 +31,7 @@ from nestbuild._tools import ostree
 from nestbuild.errors import EXIT_INPUT, NestbuildError
 from nestbuild.node import deploy
 from nestbuild.signing import keys
+from tests.fixtures import cli
 from tests.ocibuilder import BOOTABLE, Layer, bootable_base, compress, write_image
 
 #: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
@@ -300,11 +301,8 @@ class Fleet:
                          "--tls-verify", "false", "-q")
 
 
-def nestbuild(*args: str, env: dict[str, str] | None = None
-              ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nestbuild", *args], capture_output=True,
-                          text=True, check=False,
-                          env={**os.environ, "NESTBUILD_PASSWORD": PASSWORD, **(env or {})})
+def nestbuild(*args: str, env: dict[str, str] | None = None) -> cli.Result:
+    return cli.nestbuild(*args, env={**os.environ, "NESTBUILD_PASSWORD": PASSWORD, **(env or {})})
 
 
 @pytest.fixture

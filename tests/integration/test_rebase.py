@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import NestbuildError
 from nestbuild.node.host import Host
 from nestbuild.node.rebase import RebaseRefused, plan, repository
+from tests.fixtures.cli import nestbuild
 from tests.fixtures.images import EXAMPLES, BuildImage
 
 #: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
@@ -77,9 +77,8 @@ def test_rebase_pins_the_digest_and_checks(plain_registry: str, build_image: Bui
     with pytest.raises(RebaseRefused, match="room"):
         plan(image, via="rpm-ostree", host=Host(), apply=True, node_arch="amd64", node_free=10)
 
-    r = subprocess.run([sys.executable, "-m", "nestbuild", "rebase", dest, "--dry-run",
-                        "--tls-verify", "false", "--via", "rpm-ostree", "--format", "json"],
-                       capture_output=True, text=True, check=False)
+    r = nestbuild("rebase", dest, "--dry-run", "--tls-verify", "false",
+                  "--via", "rpm-ostree", "--format", "json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["command"][-1] == (
@@ -104,8 +103,6 @@ def test_repository_keeps_registry_ports() -> None:
 
 
 def test_missing_image_and_missing_tool(plain_registry: str, tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "nestbuild", "rebase",
-                        f"{plain_registry}/nodes/none:v1", "--tls-verify", "false"],
-                       capture_output=True, text=True, check=False)
+    r = nestbuild("rebase", f"{plain_registry}/nodes/none:v1", "--tls-verify", "false")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "nodes/none:v1" in r.stderr

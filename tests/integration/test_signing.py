@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from nestbuild.errors import NestbuildError, UsageError
 from nestbuild.signing import dsse, keys, payload
 from nestbuild.signing import signatures as signing
 from nestbuild.signing.layout_store import KIND, KIND_IMAGE, KIND_SIGS, LayoutStore
+from tests.fixtures import cli
 from tests.fixtures.common import run_in_pty
 from tests.ocibuilder import write_platform_index
 
@@ -509,10 +509,8 @@ def test_the_executable_signs_with_the_key_it_started_early(tmp_path: Path,
     before = snapshot(root)
     env = {k: v for k, v in os.environ.items() if k not in keys.PASSPHRASE_ENV}
 
-    def nestbuild(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "nestbuild", *args], env={**env, **extra},
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              check=False)
+    def nestbuild(*args: str, **extra: str) -> cli.Result:
+        return cli.nestbuild(*args, env={**env, **extra})
 
     r = nestbuild("sign", ref, "--key", str(key_path), "--identity", IDENTITY,
                   NESTBUILD_PASSWORD="wrong")

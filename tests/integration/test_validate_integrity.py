@@ -6,8 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import subprocess
-import sys
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +19,7 @@ from nestbuild._image.model import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME,
 from nestbuild._tools import run
 from nestbuild.building.baseimage import BuiltBase
 from nestbuild.shipping.push import push
+from tests.fixtures.cli import nestbuild as nb
 from tests.fixtures.images import unique_tag
 from tests.fixtures.registry import Registry
 from tests.ocibuilder import BOOTABLE, LAYER_TAR, Layer, bootable_base, derived, write_image
@@ -30,11 +29,6 @@ pytestmark = [pytest.mark.buildah, pytest.mark.podman]
 
 PEM_KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n"
            "-----END OPENSSH PRIVATE KEY-----\\n")
-
-
-def nb(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nestbuild", *args], capture_output=True,
-                          text=True, cwd=cwd, check=False)
 
 
 def validate_json(*args: str) -> tuple[int, dict[str, object] | None, str]:

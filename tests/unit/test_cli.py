@@ -22,12 +22,8 @@ from nestbuild._cli import (
     signing_key_argument,
 )
 from nestbuild._cli.main import build_parser, main
+from tests.fixtures.cli import nestbuild as run_cli
 from tests.ocibuilder import Layer, bootable_base, derived
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nestbuild", *args], capture_output=True,
-                          text=True, check=False)
 
 
 @pytest.fixture

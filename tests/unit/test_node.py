@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from nestbuild.signing import keys
-
-
-def nb(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nestbuild", *args], capture_output=True,
-                          text=True, check=False)
+from tests.fixtures.cli import nestbuild as nb
 
 
 def test_trust_files_extend_policy_and_rotate_keys(tmp_path: Path) -> None:

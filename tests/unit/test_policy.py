@@ -8,6 +8,7 @@ import pytest
 
 from nestbuild.errors import PolicyFileError
 from nestbuild.validation import policy
+from tests.fixtures.cli import nestbuild
 
 
 def test_globs_and_deny_over_allow() -> None:
@@ -92,9 +93,6 @@ def test_the_executable_refuses_bad_policy_and_project_files_in_one_line(
     """``validate --policy`` with a control character or a byte that is not UTF-8, and a
     ``nestbuild.yaml`` with a control character (validate reads its policy): exit 2, one line
     naming file and line, no traceback; before any image is read."""
-    import subprocess
-    import sys
-
     (tmp_path / "ctl.yaml").write_bytes(b"allow: [/etc/**\x07]\n")
     (tmp_path / "latin1.yaml").write_bytes(b"# r\xe9seau\nallow: [/etc/**]\n")
     project = tmp_path / "project"
@@ -109,6 +107,5 @@ def test_the_executable_refuses_bad_policy_and_project_files_in_one_line(
         ([], project,
          f"{project}/nestbuild.yaml:2: invalid YAML: control character U+0007 is not allowed"),
     ):
-        r = subprocess.run([sys.executable, "-m", "nestbuild", "validate", image, *args],
-                           capture_output=True, text=True, cwd=cwd, check=False)
+        r = nestbuild("validate", image, *args, cwd=cwd)
         assert (r.returncode, r.stderr) == (2, f"error: {expected}\n"), args
