@@ -23,7 +23,7 @@ from tests.fixtures.cli import nestbuild
 from tests.fixtures.images import EXAMPLES, BuildImage
 
 #: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
-pytestmark = [pytest.mark.skopeo]
+pytestmark = [pytest.mark.registry, pytest.mark.skopeo]  # its own docker-registry too
 
 
 @pytest.fixture(scope="module")
