@@ -65,14 +65,33 @@ _API: dict[str, str] = {
     # signing
     "sign": "nestbuild.signing.signatures",
     "attest": "nestbuild.signing.signatures",
+    "attest_validation": "nestbuild.signing.signatures",
     "verify": "nestbuild.signing.signatures",
+    "open_target": "nestbuild.signing.signatures",
+    "predicate_type_uri": "nestbuild.signing.signatures",
+    "generate_key_pair": "nestbuild.signing.signatures",
+    "load_signing_key": "nestbuild.signing.signatures",
+    "start_loading_key": "nestbuild.signing.signatures",
+    "load_public_keys": "nestbuild.signing.signatures",
+    "Target": "nestbuild.signing.signatures",
+    "KeyPair": "nestbuild.signing.signatures",
     "Signed": "nestbuild.signing.signatures",
     "Attested": "nestbuild.signing.signatures",
     "VerifyReport": "nestbuild.signing.signatures",
     # shipping
+    "push": "nestbuild.shipping.push",
+    "PushOptions": "nestbuild.shipping.push",
+    "PushResult": "nestbuild.shipping.push",
+    "PushRefused": "nestbuild.shipping.push",
+    "upload": "nestbuild.shipping.upload",
+    "Uploaded": "nestbuild.shipping.upload",
     "pull": "nestbuild.shipping.pull",
     "PullResult": "nestbuild.shipping.pull",
     "inspect": "nestbuild.shipping.pull",
+    "login": "nestbuild.shipping.credentials",
+    "logout": "nestbuild.shipping.credentials",
+    "StoredLogin": "nestbuild.shipping.credentials",
+    "RegistryAccess": "nestbuild._registry.access",
     # node
     "NodeStatus": "nestbuild.node.status",
 }
@@ -81,6 +100,7 @@ __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
     from nestbuild._image.reference import ImageRef, parse_reference
+    from nestbuild._registry.access import RegistryAccess as RegistryAccess
     from nestbuild.building.baseimage import UPSTREAM_BASES as UPSTREAM_BASES
     from nestbuild.building.baseimage import BuiltBase as BuiltBase
     from nestbuild.building.baseimage import Recipe as Recipe
@@ -96,15 +116,33 @@ if TYPE_CHECKING:
     from nestbuild.building.scaffold import init_project as init_project
     from nestbuild.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, NestbuildError, UsageError
     from nestbuild.node.status import NodeStatus
-    from nestbuild.shipping.pull import PullResult, inspect, pull
-    from nestbuild.signing.signatures import (
-        Attested,
-        Signed,
-        VerifyReport,
-        attest,
-        sign,
-        verify,
-    )
+    from nestbuild.shipping.credentials import StoredLogin as StoredLogin
+    from nestbuild.shipping.credentials import login as login
+    from nestbuild.shipping.credentials import logout as logout
+    from nestbuild.shipping.pull import PullResult as PullResult
+    from nestbuild.shipping.pull import inspect as inspect
+    from nestbuild.shipping.pull import pull as pull
+    from nestbuild.shipping.push import PushOptions as PushOptions
+    from nestbuild.shipping.push import PushRefused as PushRefused
+    from nestbuild.shipping.push import PushResult as PushResult
+    from nestbuild.shipping.push import push as push
+    from nestbuild.shipping.upload import Uploaded as Uploaded
+    from nestbuild.shipping.upload import upload as upload
+    from nestbuild.signing.signatures import Attested as Attested
+    from nestbuild.signing.signatures import KeyPair as KeyPair
+    from nestbuild.signing.signatures import Signed as Signed
+    from nestbuild.signing.signatures import Target as Target
+    from nestbuild.signing.signatures import VerifyReport as VerifyReport
+    from nestbuild.signing.signatures import attest as attest
+    from nestbuild.signing.signatures import attest_validation as attest_validation
+    from nestbuild.signing.signatures import generate_key_pair as generate_key_pair
+    from nestbuild.signing.signatures import load_public_keys as load_public_keys
+    from nestbuild.signing.signatures import load_signing_key as load_signing_key
+    from nestbuild.signing.signatures import open_target as open_target
+    from nestbuild.signing.signatures import predicate_type_uri as predicate_type_uri
+    from nestbuild.signing.signatures import sign as sign
+    from nestbuild.signing.signatures import start_loading_key as start_loading_key
+    from nestbuild.signing.signatures import verify as verify
     from nestbuild.validation.declare import Rule as Rule
     from nestbuild.validation.findings import Finding as Finding
     from nestbuild.validation.policy import Policy as Policy

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nestbuild.errors import UsageError
+
+if TYPE_CHECKING:
+    from nestbuild import RegistryAccess
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -59,11 +62,19 @@ def registry_flags(p: argparse.ArgumentParser) -> None:
                         "allows plain HTTP)")
 
 
-def registry_access(args: argparse.Namespace) -> Any:
-    from nestbuild._registry.access import RegistryAccess
+def registry_access(args: argparse.Namespace) -> RegistryAccess:
+    """What :func:`registry_flags` said, as every registry call takes it."""
+    from nestbuild import RegistryAccess
 
     return RegistryAccess(authfile=args.authfile, cert_dir=args.cert_dir,
                           tls_verify=args.tls_verify)
+
+
+def printable(text: str) -> str:
+    """``text`` from an image or a registry, safe to show on a terminal (no escapes)."""
+    from nestbuild._util.terminal import printable
+
+    return printable(text)
 
 
 def check_output(path: Path | None, option: str) -> None:

@@ -6,7 +6,6 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from nestbuild._cli.common import (
     check_output,
+    printable,
     registry_access,
     registry_flags,
     write_output,
@@ -38,126 +38,47 @@ def _password(args: argparse.Namespace) -> str:
     return text
 
 
-def _registry_host(text: str) -> str:
-    """``HOST[:PORT]`` of ``login REGISTRY`` and ``logout REGISTRY`` (``docker://`` and a
-    repository path dropped, as podman does): the key its credentials are stored under."""
-    host = text.removeprefix("docker://").split("/")[0]
-    if not re.fullmatch(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
-                        r"(?::[0-9]{1,5})?", host):
-        raise UsageError(f"{text!r}: not a registry name (HOST[:PORT])")
-    return host
-
-
 def cmd_login(args: argparse.Namespace) -> int:
-    from nestbuild._registry import auth
-    from nestbuild._registry.client import RegistryClient
+    from nestbuild import RegistryAccess, login
 
-    host = _registry_host(args.registry)
-    if not args.username:
-        raise UsageError("--username is required (the password comes from stdin or a prompt)")
-    creds = auth.Credentials(args.username, _password(args), "the login command")
-    with RegistryClient(host, cert_dir=args.cert_dir, tls_verify=args.tls_verify,
-                        credentials=creds) as client:
-        client.check_login()
-    path = auth.store(host, creds.username, creds.password, authfile=args.authfile)
-    print(f"Login Succeeded: {host} (credentials in {path})")
+    access = RegistryAccess(authfile=args.authfile, cert_dir=args.cert_dir,
+                            tls_verify=args.tls_verify)
+    stored = login(args.registry, args.username, lambda: _password(args), access=access)
+    print(f"Login Succeeded: {stored.host} (credentials in {stored.authfile})")
     return EXIT_OK
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
-    from nestbuild._registry import auth
+    from nestbuild import logout
 
-    host = _registry_host(args.registry)
-    path = auth.remove(host, authfile=args.authfile)
-    if path is None:
-        print(f"not logged in to {host}", file=sys.stderr)
+    removed = logout(args.registry, authfile=args.authfile)
+    if removed.authfile is None:
+        print(f"not logged in to {removed.host}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"Removed login credentials for {host} from {path}")
+    print(f"Removed login credentials for {removed.host} from {removed.authfile}")
     return EXIT_OK
 
 
-def _validate_for_push(image: str, args: argparse.Namespace) -> Any:
-    """The validation report of the image to push; an image without a base is checked as one."""
-    from nestbuild.validation import policy as policy_mod
-    from nestbuild.validation.validate import validate
-
-    pol = policy_mod.resolve(args.policy, args.preset)
-    report = validate(image, policy=pol)
-    if report.base is None:
-        report = validate(image, policy=pol, as_base=True)
-    return report
-
-
-def _default_dest(image: str) -> str:
-    from nestbuild._image.reference import parse_reference
-
-    ref = parse_reference(image)
-    if ref.transport == "containers-storage" and "/" in ref.name \
-            and any(c in ref.name.split("/")[0] for c in ".:"):
-        return ref.name
-    raise UsageError(f"{image}: name a destination (HOST/REPO[:TAG]); the image's own name "
-                     "does not say which registry")
-
-
 def cmd_push(args: argparse.Namespace) -> int:
-    from nestbuild._registry import reference
-    from nestbuild.shipping.push import push
+    from nestbuild import PushOptions, PushRefused, push
 
     check_output(args.digestfile, "--digestfile")
-    dest = args.dest or _default_dest(args.image)
-    target = reference.parse(dest)
-    key = None
-    if args.sign_key:
-        from nestbuild.signing import signatures as signing
-
-        # The passphrase is asked for now (never from a thread); scrypt overlaps validation.
-        key = signing.start_loading_key(args.sign_key, passphrase_file=args.passphrase_file)
-    report = None
-    if args.validate:
-        report = _validate_for_push(args.image, args)
-        if not report.passed:
-            if args.format == "json":
-                sys.stdout.write(report.dumps())
-            else:
-                report.render(_console())
-            print(f"{args.image}: failed validation ({report.errors} errors); nothing pushed "
-                  "(--no-validate pushes anyway)", file=sys.stderr)
-            return EXIT_FAILED
-    signatures: list[str] = []
-    attestations: list[str] = []
-    sign_then_tag = None
-    if key is not None:
-        from nestbuild._image import open_image
-        from nestbuild.validation import packages
-
-        package_list = packages.package_list(open_image(args.image))
-        signing_key = key()  # a wrong passphrase or a corrupt key stops here, before any upload
-
-        def sign_then_tag(digest: str, tags: list[str]) -> None:
-            """Signatures (and the attestation) go up before any tag moves to the image."""
-            for tag in tags:
-                t = signing.open_target(f"docker://{target.name}@{digest}",
-                                        identity=f"{target.name}:{tag}", store=client)
-                for s in signing.sign(t, signing_key):
-                    signatures.append(f"{s.tag} ({s.docker_reference})")
-            if report is not None:
-                att = signing.attest_validation(
-                    f"docker://{target.name}@{digest}", report, signing_key,
-                    identity=f"{target.name}:{tags[0]}", store=client)
-                attestations.append(f"{att.tag} ({att.predicate_type})")
-            if package_list is not None:
-                t = signing.open_target(f"docker://{target.name}@{digest}",
-                                        identity=f"{target.name}:{tags[0]}", store=client)
-                att = signing.attest(t, signing_key, package_list, packages.PREDICATE_TYPE)
-                attestations.append(f"{att.tag} ({att.predicate_type})")
-
-    access = registry_access(args)
-    with access.client(target.host) as client:
-        result = push(args.image, dest, tags=args.tag or (), compression=args.compression,
-                      jobs=args.jobs, quiet=args.quiet or args.format == "json", client=client,
-                      before_tags=sign_then_tag)
-    result.signatures += signatures
-    result.attestations += attestations
+    options = PushOptions(
+        image=args.image, destination=args.dest, tags=args.tag or (), sign_key=args.sign_key,
+        passphrase_file=args.passphrase_file, validate=args.validate, policy_file=args.policy,
+        preset=args.preset, compression=args.compression, jobs=args.jobs,
+        access=registry_access(args), quiet=args.quiet or args.format == "json")
+    try:
+        result = push(options)
+    except PushRefused as refused:
+        report = refused.report
+        if args.format == "json":
+            sys.stdout.write(report.dumps())
+        else:
+            report.render(_console())
+        print(f"{args.image}: failed validation ({report.errors} errors); nothing pushed "
+              "(--no-validate pushes anyway)", file=sys.stderr)
+        return EXIT_FAILED
     if args.digestfile:
         write_output(args.digestfile, result.digest + "\n", "--digestfile")
     if args.format == "json":
@@ -168,7 +89,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from nestbuild.shipping.pull import pull
+    from nestbuild import pull
 
     result = pull(args.image, args.dest, access=registry_access(args), jobs=args.jobs,
                   quiet=args.quiet or args.format == "json")
@@ -180,7 +101,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from nestbuild.shipping.pull import inspect
+    from nestbuild import inspect
 
     doc = inspect(args.image, access=registry_access(args))
     if args.format == "json":
@@ -188,8 +109,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.table import Table
     from rich.text import Text
-
-    from nestbuild._util.terminal import printable
 
     def text(value: object, style: str = "") -> Text:
         """What the image or the registry says, shown as it is (see nestbuild._util.terminal)."""

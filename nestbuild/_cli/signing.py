@@ -46,20 +46,12 @@ def _short(digest: str) -> str:
 # --- keygen --------------------------------------------------------------------------------
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from nestbuild.signing import keys
+    from nestbuild import generate_key_pair
 
-    prefix: Path = args.output_prefix
-    key_path, pub_path = keys.key_paths(prefix)
-    if not args.force:
-        # Before asking for a passphrase: nothing would be written anyway.
-        for path in (key_path, pub_path):
-            if path.exists() or path.is_symlink():
-                raise keys.KeyFileError(f"{path} already exists (use --force to replace it)")
-    passphrase = keys.get_passphrase(file=args.passphrase_file, confirm=True,
-                                     label="the new private key")
-    key_path, pub_path = keys.write_key_pair(prefix, passphrase, force=args.force)
-    print(f"private key: {key_path} (encrypted, mode 0600)")
-    print(f"public key:  {pub_path} (give this to nodes and verifiers)")
+    pair = generate_key_pair(args.output_prefix, force=args.force,
+                             passphrase_file=args.passphrase_file)
+    print(f"private key: {pair.private} (encrypted, mode 0600)")
+    print(f"public key:  {pair.public} (give this to nodes and verifiers)")
     return EXIT_OK
 
 
@@ -70,28 +62,25 @@ def _local_target(args: argparse.Namespace, *, need_identity: bool = True) -> An
     should not cost a prompt. Registry targets are opened later, while the key decrypts."""
     if args.image.startswith("docker://"):
         return None
-    from nestbuild.signing import signatures as signing
+    from nestbuild import open_target
 
-    target = signing.open_target(args.image, identity=args.identity, registry=registry_access(args))
-    if need_identity:
-        signing.signed_identity(target)  # a layout without --identity fails here
-    return target
+    return open_target(args.image, identity=args.identity, registry=registry_access(args),
+                       require_identity=need_identity)
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    from nestbuild.signing import keyfile
-
     annotations = _annotations(args.annotation)
     target = _local_target(args)
-    # Decrypted in a thread while the registry is reached and read: scrypt is most of a run,
-    # so it starts before signing's cryptography and the registry client are even imported.
-    key = keyfile.start_loading(args.key, passphrase_file=args.passphrase_file)
-    from nestbuild.signing import signatures as signing
+    # Decrypted in a thread while the registry is reached and read: scrypt is most of a run.
+    # (``nestbuild`` itself started it before parsing the command line; see __main__.)
+    from nestbuild import start_loading_key
+
+    key = start_loading_key(args.key, passphrase_file=args.passphrase_file)
+    from nestbuild import open_target, sign
 
     if target is None:
-        target = signing.open_target(args.image, identity=args.identity,
-                                     registry=registry_access(args))
-    results = signing.sign(target, key, annotations=annotations)
+        target = open_target(args.image, identity=args.identity, registry=registry_access(args))
+    results = sign(target, key, annotations=annotations)
     if args.format == "json":
         rows = [{"digest": r.digest, "platform": r.platform, "tag": r.tag,
                  "docker_reference": r.docker_reference, "added": r.added} for r in results]
@@ -107,11 +96,11 @@ def cmd_sign(args: argparse.Namespace) -> int:
 # --- verify --------------------------------------------------------------------------------
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from nestbuild.signing import signatures as signing
+    from nestbuild import load_public_keys, open_target, verify
 
-    public_keys = signing.load_public_keys(args.key)
-    target = signing.open_target(args.image, identity=args.identity, registry=registry_access(args))
-    report = signing.verify(target, public_keys, rule=args.signed_identity)
+    public_keys = load_public_keys(args.key)
+    target = open_target(args.image, identity=args.identity, registry=registry_access(args))
+    report = verify(target, public_keys, rule=args.signed_identity)
     if args.format == "json":
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
@@ -151,10 +140,9 @@ def _print_report(report: Any) -> None:
 # --- attest --------------------------------------------------------------------------------
 
 def cmd_attest(args: argparse.Namespace) -> int:
-    from nestbuild.signing import keyfile
-    from nestbuild.signing import signatures as signing
+    from nestbuild import attest, open_target, predicate_type_uri, start_loading_key
 
-    predicate_type = signing.predicate_type_uri(args.type)
+    predicate_type = predicate_type_uri(args.type)
     try:
         predicate = json.loads(args.predicate.read_bytes())
     except OSError as exc:
@@ -162,11 +150,10 @@ def cmd_attest(args: argparse.Namespace) -> int:
     except (ValueError, RecursionError):
         raise UsageError(f"{args.predicate} is not a JSON document") from None
     target = _local_target(args, need_identity=False)
-    key = keyfile.start_loading(args.key, passphrase_file=args.passphrase_file)
+    key = start_loading_key(args.key, passphrase_file=args.passphrase_file)
     if target is None:
-        target = signing.open_target(args.image, identity=args.identity,
-                                     registry=registry_access(args))
-    result = signing.attest(target, key, predicate, predicate_type)
+        target = open_target(args.image, identity=args.identity, registry=registry_access(args))
+    result = attest(target, key, predicate, predicate_type)
     if args.format == "json":
         sys.stdout.write(json.dumps({"image": args.image, "digest": result.digest,
                                      "tag": result.tag, "predicate_type": result.predicate_type,

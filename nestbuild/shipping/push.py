@@ -1,78 +1,116 @@
-"""``nestbuild push``: an image from local storage or an OCI layout into a registry, as OCI.
+"""``nestbuild push`` as one call: validate, upload, sign and attest, then move the tags.
 
-Order matters for the "nothing half-done" promise: blobs first (in parallel), then the
-manifest by digest, then tags, then signatures and attestations. A push that breaks leaves
-the tags where they were; running it again uploads only the blobs the registry lacks.
-
-Layers from containers-storage exist only uncompressed, so they are compressed here (in
-parallel threads; zlib and zstd release the GIL) into a spool file, which makes the upload
-resumable. What a layer compresses to is remembered (:mod:`nestbuild._registry.blobinfo`), so an
-unchanged re-push compresses nothing. Layers from an OCI layout or archive are sent as stored,
-and the manifest's exact bytes with them: its digest (and any signature made of it) survive.
+A CI script gets what the command does with ``nestbuild.push(PushOptions(...))``. The order is
+the promise: an image that fails validation is not uploaded at all; blobs and the manifest go
+up by digest (:func:`nestbuild.shipping.upload.upload`); signatures for every tag and the
+attestations (validation report, package list) are stored next; only then do the tags move, so
+a node that pulls a tag always finds it signed, and a push that breaks leaves the tags as they
+were.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tempfile
-import zlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
-from typing import IO, Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nestbuild._image import open_image
-from nestbuild._image.model import (
-    INDEX_TYPES,
-    OCI_CONFIG,
-    OCI_MANIFEST,
-    Descriptor,
-    digest_of,
-    index_manifests,
-)
-from nestbuild._image.source import ImageSource, OCILayoutSource
-from nestbuild._registry import reference
 from nestbuild._registry.access import RegistryAccess
-from nestbuild._registry.blobinfo import BlobInfo
-from nestbuild._registry.client import RegistryClient
-from nestbuild._util.cache import cache_dir
-from nestbuild._util.progress import Transfer
-from nestbuild.errors import LayerError, UsageError
+from nestbuild.errors import EXIT_FAILED, NestbuildError, UsageError
 
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-COMPRESSIONS = {"gzip": OCI_LAYER + "+gzip", "zstd": OCI_LAYER + "+zstd", "none": OCI_LAYER}
-#: gzip level 1: for OS trees it is within a few percent of level 6 and several times faster.
-GZIP_LEVEL = 1
-ZSTD_LEVEL = 3
-READ = 1 << 20
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from nestbuild._registry.client import RegistryClient
+    from nestbuild._registry.reference import RegistryRef
+    from nestbuild.shipping.upload import BlobOutcome, Uploaded
+    from nestbuild.signing.signatures import Attested, Signed
+    from nestbuild.validation.report import Report
 
 
 @dataclass(frozen=True)
-class BlobOutcome:
-    digest: str
-    size: int
-    #: "uploaded", "exists" (the registry had it) or "mounted" (from another repository).
-    status: str
+class PushOptions:
+    """What ``nestbuild push`` takes, one field per flag."""
+
+    #: The image to push: containers-storage (default), ``oci:DIR[:TAG]``,
+    #: ``oci-archive:FILE[:TAG]`` (a layout's index is pushed whole, its bytes unchanged).
+    image: str
+    #: ``[docker://]HOST/REPO[:TAG]``; None: the image's own name, if it names a registry.
+    destination: str | None = None
+    #: More tags for the same image.
+    tags: Sequence[str] = ()
+    #: A cosign key: sign every tag, attest the validation report and the package list.
+    sign_key: Path | None = None
+    #: Its passphrase's file (else NESTBUILD_PASSWORD / COSIGN_PASSWORD, else a prompt).
+    passphrase_file: Path | None = None
+    #: Refuse an image that fails the policy (False: push it unchecked, attest no report).
+    validate: bool = True
+    policy_file: Path | None = None
+    preset: str | None = None
+    #: For layers from containers-storage: gzip (every node reads it), zstd or none.
+    compression: str = "gzip"
+    #: Parallel blob uploads.
+    jobs: int = 4
+    access: RegistryAccess = field(default_factory=RegistryAccess)
+    #: No progress output.
+    quiet: bool = False
+
+
+class PushRefused(NestbuildError):
+    """The image failed validation: nothing was pushed. ``report`` says why."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, image: str, report: Report) -> None:
+        super().__init__(f"{image}: failed validation ({report.errors} errors); nothing pushed")
+        self.report = report
 
 
 @dataclass
 class PushResult:
-    repository: str
-    digest: str
-    media_type: str
-    tags: list[str]
-    blobs: list[BlobOutcome]
-    bytes_uploaded: int
-    signatures: list[str] = field(default_factory=list)
-    attestations: list[str] = field(default_factory=list)
+    """The pushed image, and what was signed and attested before its tags moved."""
+
+    uploaded: Uploaded
+    #: The validation report (None with ``validate=False``).
+    report: Report | None = None
+    #: One per tag (and per platform of an index), in the order they were stored.
+    signatures: list[Signed] = field(default_factory=list)
+    attestations: list[Attested] = field(default_factory=list)
+
+    @property
+    def image(self) -> RegistryRef:
+        """The pushed image, by digest."""
+        return self.uploaded.image
+
+    @property
+    def repository(self) -> str:
+        return self.uploaded.repository
+
+    @property
+    def digest(self) -> str:
+        return self.uploaded.digest
+
+    @property
+    def media_type(self) -> str:
+        return self.uploaded.media_type
+
+    @property
+    def tags(self) -> list[str]:
+        return self.uploaded.tags
+
+    @property
+    def blobs(self) -> list[BlobOutcome]:
+        return self.uploaded.blobs
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return self.uploaded.bytes_uploaded
 
     @property
     def reference(self) -> str:
-        return f"{self.repository}@{self.digest}"
+        """``HOST/REPO@sha256:...``: the reference to deploy."""
+        return self.uploaded.reference
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "reference": self.reference,
             "digest": self.digest,
@@ -81,231 +119,87 @@ class PushResult:
             "bytesUploaded": self.bytes_uploaded,
             "blobs": [{"digest": b.digest, "size": b.size, "status": b.status}
                       for b in self.blobs],
-            "signatures": self.signatures,
-            "attestations": self.attestations,
+            "signatures": [f"{s.tag} ({s.docker_reference})" for s in self.signatures],
+            "attestations": [f"{a.tag} ({a.predicate_type})" for a in self.attestations],
         }
 
 
-# -- compression --------------------------------------------------------------------------------
+def default_destination(image: str) -> str:
+    """Where ``image`` goes without a destination: its own name, if that names a registry."""
+    from nestbuild._image.reference import parse_reference
+
+    ref = parse_reference(image)
+    if ref.transport == "containers-storage" and "/" in ref.name \
+            and any(c in ref.name.split("/")[0] for c in ".:"):
+        return ref.name
+    raise UsageError(f"{image}: name a destination (HOST/REPO[:TAG]); the image's own name "
+                     "does not say which registry")
 
 
-class _Compressor:
-    def __init__(self, compression: str) -> None:
-        self.compression = compression
-        if compression == "gzip":
-            # wbits 31: a gzip member with a fixed header (no name, mtime 0): reproducible.
-            self._z: Any = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        elif compression == "zstd":
-            import zstandard
+def _validated(options: PushOptions) -> Report:
+    """The image's validation report; an image without a base is checked as one."""
+    from nestbuild.validation import policy
+    from nestbuild.validation.validate import validate
 
-            self._z = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=1).compressobj()
-        else:
-            self._z = None
-
-    def feed(self, data: bytes) -> bytes:
-        return data if self._z is None else bytes(self._z.compress(data))
-
-    def flush(self) -> bytes:
-        return b"" if self._z is None else bytes(self._z.flush())
+    pol = policy.resolve(options.policy_file, options.preset)
+    report = validate(options.image, policy=pol)
+    if report.base is None:
+        report = validate(options.image, policy=pol, as_base=True)
+    return report
 
 
-def compress_layer(stream: IO[bytes], out: IO[bytes], compression: str, diff_id: str,
-                   what: str) -> tuple[str, int]:
-    """Compress a layer's tar stream into ``out``; (digest, size) of the result.
+def push(options: PushOptions) -> PushResult:
+    """Validate, upload, sign and attest ``options.image``, then tag it (see the module).
 
-    The uncompressed bytes are hashed on the way: a store whose layer no longer matches its
-    diff ID is refused rather than pushed.
+    Raises :class:`PushRefused` (exit 1) when validation fails, before any upload; a wrong
+    passphrase or a corrupt key also stops the push before anything is uploaded.
     """
-    comp = _Compressor(compression)
-    raw_hash, out_hash = hashlib.sha256(), hashlib.sha256()
-    size = 0
-    while chunk := stream.read(READ):
-        raw_hash.update(chunk)
-        data = comp.feed(chunk)
-        if data:
-            out_hash.update(data)
-            out.write(data)
-            size += len(data)
-    tail = comp.flush()
-    out_hash.update(tail)
-    out.write(tail)
-    size += len(tail)
-    if "sha256:" + raw_hash.hexdigest() != diff_id:
-        raise LayerError(f"{what}: the stored layer does not match its diff ID {diff_id[:19]} "
-                         "(local storage is corrupt)")
-    return "sha256:" + out_hash.hexdigest(), size
+    from nestbuild._registry import reference
+    from nestbuild.shipping.upload import upload
 
-
-# -- the push -----------------------------------------------------------------------------------
-
-
-class _Pusher:
-    def __init__(self, client: RegistryClient, repo: str, *, compression: str, jobs: int,
-                 progress: Transfer, info: BlobInfo) -> None:
-        self.client, self.repo, self.compression, self.jobs = client, repo, compression, jobs
-        self.progress, self.info = progress, info
-        self.outcomes: list[BlobOutcome] = []
-
-    def _reuse(self, digest: str) -> str | None:
-        """'exists' or 'mounted' if the registry can have the blob without an upload."""
-        if self.client.has_blob(self.repo, digest):
-            return "exists"
-        for other in self.info.locations(digest, self.client.host):
-            if other != self.repo and self.client.mount_blob(self.repo, digest, other):
-                return "mounted"
-        return None
-
-    def _done(self, desc: Descriptor, status: str) -> Descriptor:
-        self.info.record_location(desc.digest, self.client.host, self.repo)
-        self.outcomes.append(BlobOutcome(desc.digest, desc.size, status))
-        return desc
-
-    def _upload(self, desc: Descriptor, f: BinaryIO) -> Descriptor:
-        bar = self.progress.blob(desc.digest[7:19], desc.size)
-        self.client.put_blob(self.repo, f, desc.digest, desc.size, bar.advance)
-        bar.finish("uploaded")
-        return self._done(desc, "uploaded")
-
-    def stored_blob(self, src: ImageSource, desc: Descriptor) -> Descriptor:
-        """A blob that exists as bytes in the source: copy it unless the registry has it."""
-        status = self._reuse(desc.digest)
-        if status:
-            self.progress.blob(desc.digest[7:19], desc.size).finish(status)
-            return self._done(desc, status)
-        with src.open_blob(desc) as f:
-            return self._upload(desc, f)
-
-    def storage_layer(self, src: ImageSource, index: int) -> Descriptor:
-        """A layer that exists only uncompressed: reuse a known compressed form, or make it."""
-        diff_id = src.config.diff_ids[index]
-        media_type = COMPRESSIONS[self.compression]
-        known = self.info.compressed(diff_id, self.compression)
-        if known is not None:
-            desc = Descriptor(known[2], known[0], known[1])
-            status = self._reuse(desc.digest)
-            if status:
-                self.progress.blob(desc.digest[7:19], desc.size).finish(status)
-                return self._done(desc, status)
-        spool_dir = cache_dir("spool")
-        with tempfile.TemporaryFile(dir=spool_dir) as spool:
-            with src.open_layer(index) as layer:
-                digest, size = compress_layer(layer.fileobj, spool, self.compression, diff_id,
-                                              f"{src.ref} layer {index}")
-            spool.flush()
-            self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
-            desc = Descriptor(media_type, digest, size)
-            status = self._reuse(digest)
-            if status:
-                self.progress.blob(digest[7:19], size).finish(status)
-                return self._done(desc, status)
-            return self._upload(desc, spool)
-
-    def blob_bytes(self, data: bytes, media_type: str) -> Descriptor:
-        desc = Descriptor(media_type, digest_of(data), len(data))
-        status = "exists"
-        if not self.client.has_blob(self.repo, desc.digest):
-            self.client.put_blob(self.repo, data, desc.digest, desc.size)
-            status = "uploaded"
-        self.outcomes.append(BlobOutcome(desc.digest, desc.size, status))
-        return desc
-
-    def image(self, src: ImageSource) -> tuple[bytes, str]:
-        """Push one image's blobs; the manifest bytes to store (not yet stored)."""
-        manifest = src.manifest
-        if src.stored_layers():
-            work = [partial(self.stored_blob, src, d)
-                    for d in [manifest.config, *manifest.layers]]
-            self._parallel(work)
-            return manifest.raw, manifest.media_type
-        config = src.raw_config()
-        layers = self._parallel([partial(self.storage_layer, src, i)
-                                 for i in range(len(manifest.layers))])
-        cdesc = self.blob_bytes(config, OCI_CONFIG)
-        doc: dict[str, Any] = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": cdesc.digest, "size": cdesc.size},
-            "layers": [
-                {"mediaType": d.media_type, "digest": d.digest, "size": d.size,
-                 **({"annotations": orig.annotations} if orig.annotations else {})}
-                for d, orig in zip(layers, manifest.layers, strict=True)],
-        }
-        if manifest.annotations:
-            doc["annotations"] = manifest.annotations
-        return json.dumps(doc, indent=2).encode(), OCI_MANIFEST
-
-    def _parallel(self, work: Sequence[Callable[[], Descriptor]]) -> list[Descriptor]:
-        if self.jobs <= 1 or len(work) <= 1:
-            return [w() for w in work]
-        with ThreadPoolExecutor(max_workers=min(self.jobs, len(work)),
-                                thread_name_prefix="nestbuild-push") as pool:
-            futures = [pool.submit(w) for w in work]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-
-
-def push(
-    source: str,
-    dest: str,
-    *,
-    tags: Sequence[str] = (),
-    compression: str = "gzip",
-    jobs: int = 4,
-    access: RegistryAccess | None = None,
-    quiet: bool = False,
-    client: RegistryClient | None = None,
-    before_tags: Callable[[str, list[str]], None] | None = None,
-) -> PushResult:
-    """Push ``source`` (any local transport) to ``dest`` (``[docker://]HOST/REPO[:TAG]``).
-
-    The image (or, from an OCI layout, a whole multi-platform index) is stored by digest first
-    and then under ``dest``'s tag and every ``tags`` entry. ``before_tags(digest, tags)`` runs
-    in between (signing): if it fails, no tag has moved.
-    """
-    if compression not in COMPRESSIONS:
-        raise UsageError(f"--compression {compression}: use one of {', '.join(COMPRESSIONS)}")
+    dest = options.destination or default_destination(options.image)
     target = reference.parse(dest)
+    loading = None
+    if options.sign_key is not None:
+        from nestbuild.signing import signatures
+
+        # The passphrase is asked for now (never from a thread); scrypt overlaps validation.
+        loading = signatures.start_loading_key(options.sign_key,
+                                               passphrase_file=options.passphrase_file)
+    report = None
+    if options.validate:
+        report = _validated(options)
+        if not report.passed:
+            raise PushRefused(options.image, report)
+    result_signatures: list[Signed] = []
+    result_attestations: list[Attested] = []
+    sign_then_tag = None
+    client: RegistryClient  # the upload's connection: signatures go up through it too
+    if loading is not None:
+        from nestbuild._image import open_image
+        from nestbuild.validation import packages
+
+        package_list = packages.package_list(open_image(options.image))
+        key = loading()  # a wrong passphrase or a corrupt key stops here, before any upload
+
+        def sign_then_tag(digest: str, tags: list[str]) -> None:
+            """Signatures (and the attestations) go up before any tag moves to the image."""
+            image = target.with_digest(digest)
+            for tag in tags:
+                t = signatures.open_target(image, identity=target.with_tag(tag), store=client)
+                result_signatures.extend(signatures.sign(t, key))
+            first = signatures.open_target(image, identity=target.with_tag(tags[0]),
+                                           store=client)
+            if report is not None:
+                result_attestations.append(signatures.attest_validation(first, report, key))
+            if package_list is not None:
+                result_attestations.append(
+                    signatures.attest(first, key, package_list, packages.PREDICATE_TYPE))
+
     if target.digest:
         raise UsageError(f"{dest}: push to a tag (HOST/REPO:TAG), not a digest")
-    all_tags = list(dict.fromkeys([target.tag or "latest", *tags]))
-    src = open_image(source)
-    own = client is None
-    client = client or (access or RegistryAccess()).client(target.host)
-    info = BlobInfo()
-    try:
-        with Transfer(f"pushing {source} to {target.name}", quiet=quiet) as progress:
-            pusher = _Pusher(client, target.repo, compression=compression, jobs=jobs,
-                             progress=progress, info=info)
-            data, media_type = _push_top(pusher, src)
-            digest = client.put_manifest(target.repo, digest_of(data), data, media_type)
-            if before_tags is not None:
-                before_tags(digest, all_tags)
-            for tag in all_tags:
-                client.put_manifest(target.repo, tag, data, media_type)
-            progress.note(f"{target.name}@{digest} tagged {', '.join(all_tags)}")
-        return PushResult(target.name, digest, media_type, all_tags, pusher.outcomes,
-                          client.bytes_uploaded)
-    finally:
-        info.close()
-        if own:
-            client.close()
-
-
-def _push_top(pusher: _Pusher, src: ImageSource) -> tuple[bytes, str]:
-    """A layout tag naming an index pushes every platform image, then the index as is."""
-    if isinstance(src, OCILayoutSource):
-        desc, raw = src.top()
-        if desc.media_type in INDEX_TYPES or b'"manifests"' in raw:
-            for entry in index_manifests(raw, f"{src.ref} index"):
-                child = src.child(entry.digest)
-                data, media_type = pusher.image(child)
-                pusher.client.put_manifest(pusher.repo, digest_of(data), data, media_type)
-            return raw, desc.media_type or "application/vnd.oci.image.index.v1+json"
-    return pusher.image(src)
-
-
-
+    with options.access.client(target.host) as client:
+        uploaded = upload(options.image, target, tags=options.tags,
+                          compression=options.compression, jobs=options.jobs,
+                          quiet=options.quiet, client=client, before_tags=sign_then_tag)
+    return PushResult(uploaded, report, result_signatures, result_attestations)

@@ -43,6 +43,8 @@ from nestbuild.signing import dsse, keyfile
 from nestbuild.signing import payload as payload_mod
 
 if TYPE_CHECKING:
+    from nestbuild._registry.reference import RegistryRef
+
     # At run time imported where used: while ``nestbuild sign`` reads the registry, the key
     # thread imports cryptography for the key it opens; this thread should not wait for it.
     from nestbuild.signing import keys
@@ -128,42 +130,51 @@ class Subject:
     platform: str | None = None
 
 
-def _parse_identity(text: str) -> payload_mod.Reference:
+def _parse_identity(identity: str | payload_mod.Reference | RegistryRef) -> payload_mod.Reference:
+    if isinstance(identity, payload_mod.Reference):
+        return identity
+    if not isinstance(identity, str):
+        return payload_mod.Reference(identity.name, identity.tag, identity.digest)
     try:
-        ref = payload_mod.parse_reference(text)
+        ref = payload_mod.parse_reference(identity)
     except ValueError as exc:
-        raise UsageError(f"--identity {text!r} is not a docker reference: {exc}") from None
+        raise UsageError(f"--identity {identity!r} is not a docker reference: {exc}") from None
     if ref.tag is not None and ref.digest is not None:
-        raise UsageError(f"--identity {text!r}: name a tag or a digest, not both")
+        raise UsageError(f"--identity {identity!r}: name a tag or a digest, not both")
     return ref
 
 
 def open_target(
-    image: str,
+    image: str | RegistryRef,
     *,
-    identity: str | None = None,
+    identity: str | payload_mod.Reference | RegistryRef | None = None,
     registry: RegistryAccess | None = None,
     store: SignatureStore | None = None,
+    require_identity: bool = False,
 ) -> Target:
-    """Where ``image`` (``docker://REG/REPO[:TAG|@DIGEST]`` or ``oci:DIR[:TAG]``) is stored.
+    """Where ``image`` (``docker://REG/REPO[:TAG|@DIGEST]``, ``oci:DIR[:TAG]``, or an image
+    in a registry as a :class:`RegistryRef`) is stored.
 
-    ``identity`` overrides the signed name (required to sign a layout, which has none).
-    ``store`` reuses an open registry connection (push passes its own).
+    ``identity`` overrides the signed name (required to sign a layout, which has none);
+    ``require_identity`` refuses, here, a target without one (before a passphrase is asked
+    for, not after). ``store`` reuses an open registry connection (push passes its own).
     """
     signed = _parse_identity(identity) if identity is not None else None
-    if image.startswith("docker://"):
+    display = image if isinstance(image, str) else image.transport
+    if isinstance(image, str) and image.startswith("docker://"):
         from nestbuild._registry.reference import parse
 
-        where = parse(image)
-        ref = payload_mod.Reference(where.name, where.tag or (None if where.digest else "latest"),
-                                    where.digest)
+        image = parse(image)
+    if not isinstance(image, str):
+        ref = payload_mod.Reference(image.name, image.tag or (None if image.digest else "latest"),
+                                    image.digest)
         if store is None:
-            store = (registry or RegistryAccess()).client(where.host)
+            store = (registry or RegistryAccess()).client(image.host)
         return Target(
             store=store,
-            repo=where.repo,
-            ref=where.ref,
-            display=image,
+            repo=image.repo,
+            ref=image.ref,
+            display=display,
             identity=signed or ref,
             subject_name=(signed or ref).name,
         )
@@ -188,7 +199,7 @@ def open_target(
             ref_text = str(images[0].get("digest", ""))
         else:
             ref_text = parsed.tag
-        return Target(
+        target = Target(
             store=store or layout,
             repo="",
             ref=ref_text,
@@ -196,6 +207,9 @@ def open_target(
             identity=signed,
             subject_name=signed.name if signed else Path(parsed.name).resolve().name,
         )
+        if require_identity:
+            signed_identity(target)  # a layout without an identity fails here
+        return target
     hint = ""
     if parsed.transport == "containers-storage":
         hint = (
@@ -826,16 +840,16 @@ def _statement_of(target: Target, layer: dict[str, Any], pub: keys.PublicKey) ->
 
 
 def attest_validation(
-    image_ref: str,
+    target: Target | str | RegistryRef,
     report: Any,
-    key: keys.PrivateKey | Path,
+    key: KeySource | Path,
     *,
-    identity: str | None = None,
+    identity: str | payload_mod.Reference | RegistryRef | None = None,
     store: SignatureStore | None = None,
     registry: RegistryAccess | None = None,
     passphrase_file: Path | None = None,
 ) -> Attested:
-    """Attest ``report`` (a validation ``Report``) about ``image_ref``, for ``push --key``.
+    """Attest ``report`` (a validation ``Report``) about the image, as ``push --sign-key`` does.
 
     The predicate is ``report.to_json()`` under :data:`VALIDATION_PREDICATE`. ``key`` may be a
     loaded key or a key file (its passphrase then comes from the environment, the file or a
@@ -843,8 +857,44 @@ def attest_validation(
     """
     if isinstance(key, Path):
         key = load_signing_key(key, passphrase_file=passphrase_file)
-    target = open_target(image_ref, identity=identity, registry=registry, store=store)
+    if not isinstance(target, Target):
+        target = open_target(target, identity=identity, registry=registry, store=store)
     return attest(target, key, report.to_json(), VALIDATION_PREDICATE)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """The two files of a key pair, as cosign names them."""
+
+    #: ``PREFIX.key``: encrypted, mode 0600.
+    private: Path
+    #: ``PREFIX.pub``: for nodes and verifiers.
+    public: Path
+
+
+def generate_key_pair(
+    prefix: Path,
+    *,
+    force: bool = False,
+    passphrase: bytes | None = None,
+    passphrase_file: Path | None = None,
+) -> KeyPair:
+    """Write a new key pair, PREFIX.key and PREFIX.pub, that cosign and nodes read.
+
+    Existing files are refused before a passphrase is asked for (nothing would be written);
+    without ``passphrase`` it comes from NESTBUILD_PASSWORD / COSIGN_PASSWORD, the file or a
+    prompt that asks twice. Never replaces files without ``force``.
+    """
+    from nestbuild.signing import keys
+
+    if not force:
+        for path in keys.key_paths(prefix):
+            if path.exists() or path.is_symlink():
+                raise keyfile.KeyFileError(f"{path} already exists (use --force to replace it)")
+    if passphrase is None:
+        passphrase = keyfile.get_passphrase(file=passphrase_file, confirm=True,
+                                            label="the new private key")
+    return KeyPair(*keys.write_key_pair(prefix, passphrase, force=force))
 
 
 def load_signing_key(path: Path, *, passphrase_file: Path | None = None) -> keys.PrivateKey:
@@ -874,7 +924,7 @@ def load_public_keys(paths: Sequence[Path]) -> list[tuple[str, keys.PublicKey]]:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise keys.KeyFileError(f"cannot read key {path}: {exc.strerror}") from None
+            raise keyfile.KeyFileError(f"cannot read key {path}: {exc.strerror}") from None
         out.append((path.name, keys.load_public_key(data, str(path))))
     return out
 
@@ -1155,6 +1205,7 @@ __all__ = [
     "DEFAULT_RULE",
     "VALIDATION_PREDICATE",
     "Attested",
+    "KeyPair",
     "RegistryAccess",
     "SignatureStore",
     "Signed",
@@ -1162,7 +1213,12 @@ __all__ = [
     "VerifyReport",
     "attest",
     "attest_validation",
+    "generate_key_pair",
+    "load_public_keys",
+    "load_signing_key",
     "open_target",
+    "predicate_type_uri",
     "sign",
+    "start_loading_key",
     "verify",
 ]

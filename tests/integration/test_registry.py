@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from nestbuild._cli.main import main
+from nestbuild._image import open_image
 from nestbuild._image.layout import LayoutWriter
 from nestbuild._image.model import OCI_INDEX, OCI_MANIFEST
 from nestbuild._registry import auth
@@ -21,10 +22,11 @@ from nestbuild._registry.access import RegistryAccess
 from nestbuild._registry.client import AuthError, DigestMismatch, RegistryClient, RegistryError
 from nestbuild.building.baseimage import BuiltBase
 from nestbuild.shipping.pull import pull
-from nestbuild.shipping.push import push
+from nestbuild.shipping.upload import upload
+from nestbuild.signing import keyfile, keys
 from nestbuild.validation.validate import validate
 from tests.fixtures.registry import FaultProxy, Registry
-from tests.ocibuilder import write_platform_index
+from tests.ocibuilder import Layer, bootable_base, derived, write_platform_index
 
 #: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
 pytestmark = [pytest.mark.registry]
@@ -73,7 +75,7 @@ def client(registry: Registry) -> RegistryClient:
 def test_push_then_pull_gives_the_same_digest(registry: Registry, mini_base: BuiltBase,
                                               tmp_path: Path) -> None:
     name = repo()
-    result = push(mini_base.tag, f"{registry.host}/{name}:v1", quiet=True)
+    result = upload(mini_base.tag, f"{registry.host}/{name}:v1", quiet=True)
     assert result.reference == f"{registry.host}/{name}@{result.digest}"
     assert [b.status for b in result.blobs] == ["uploaded", "uploaded"]
     pulled = pull(f"docker://{registry.host}/{name}:v1", f"oci:{tmp_path / 'out'}:v1",
@@ -88,11 +90,11 @@ def test_push_then_pull_gives_the_same_digest(registry: Registry, mini_base: Bui
 def test_unchanged_repush_uploads_nothing_and_other_repos_mount(registry: Registry,
                                                                 mini_base: BuiltBase) -> None:
     name = repo()
-    first = push(mini_base.tag, f"{registry.host}/{name}:v1", quiet=True)
-    again = push(mini_base.tag, f"{registry.host}/{name}:v2", quiet=True)
+    first = upload(mini_base.tag, f"{registry.host}/{name}:v1", quiet=True)
+    again = upload(mini_base.tag, f"{registry.host}/{name}:v2", quiet=True)
     assert again.digest == first.digest and again.bytes_uploaded == 0
     assert {b.status for b in again.blobs} == {"exists"}
-    other = push(mini_base.tag, f"{registry.host}/{repo()}:v1", quiet=True)
+    other = upload(mini_base.tag, f"{registry.host}/{repo()}:v1", quiet=True)
     assert other.blobs[0].status == "mounted" and other.bytes_uploaded < 1024
 
 
@@ -100,7 +102,7 @@ def test_layout_manifest_bytes_are_pushed_exactly(client: RegistryClient, regist
                                                   tmp_path: Path) -> None:
     digest = layout_image(tmp_path / "l", [1000, 2000], indent=7)
     name = repo()
-    result = push(f"oci:{tmp_path / 'l'}:v1", f"{registry.host}/{name}:v1", quiet=True)
+    result = upload(f"oci:{tmp_path / 'l'}:v1", f"{registry.host}/{name}:v1", quiet=True)
     assert result.digest == digest
     got = client.get_manifest(name, "v1")
     assert got is not None and sha(got[0]) == digest and got[1] == OCI_MANIFEST
@@ -111,7 +113,7 @@ def test_an_oci_index_is_pushed_with_every_platform(client: RegistryClient, regi
     root = tmp_path / "idx"
     index, children = write_platform_index(root)
     name = repo()
-    result = push(f"oci:{root}:multi", f"{registry.host}/{name}:multi", quiet=True)
+    result = upload(f"oci:{root}:multi", f"{registry.host}/{name}:multi", quiet=True)
     assert result.digest == index and result.media_type == OCI_INDEX
     for digest in children:
         assert client.get_manifest(name, digest) is not None
@@ -121,7 +123,7 @@ def test_pull_refuses_a_corrupt_blob(registry: Registry, client: RegistryClient,
                                      tmp_path: Path) -> None:
     layout_image(tmp_path / "l", [5000])
     name = repo()
-    result = push(f"oci:{tmp_path / 'l'}:v1", f"{registry.host}/{name}:v1", quiet=True)
+    result = upload(f"oci:{tmp_path / 'l'}:v1", f"{registry.host}/{name}:v1", quiet=True)
     manifest = json.loads(client.get_manifest(name, result.digest)[0])  # type: ignore[index]
     layer = manifest["layers"][0]["digest"].split(":")[1]
     data = registry.storage_dir / "docker/registry/v2/blobs/sha256" / layer[:2] / layer / "data"
@@ -149,7 +151,7 @@ def test_an_interrupted_push_resumes_and_a_rerun_uploads_only_what_is_missing(
     # One reset mid-chunk: the upload resumes where the registry stands, and completes.
     fault_proxy.reset_after(50_000, count=1, method="PATCH")
     with RegistryClient(fault_proxy.host, backoff=0.01, chunk_size=128 << 10) as c:
-        result = push(f"oci:{tmp_path / 'l'}:v1", dest, client=c, quiet=True, jobs=1)
+        result = upload(f"oci:{tmp_path / 'l'}:v1", dest, client=c, quiet=True, jobs=1)
     assert RegistryClient(registry.host).has_blob(name, result.blobs[-1].digest)
     assert fault_proxy.blob_upload_bytes(name) < sum(sizes) + 200_000
 
@@ -162,7 +164,7 @@ def test_an_interrupted_push_resumes_and_a_rerun_uploads_only_what_is_missing(
     fault_proxy.reset_after(10_000, count=50, method="PATCH", path=name2)
     with RegistryClient(fault_proxy.host, backoff=0.01, retries=2,
                         chunk_size=128 << 10) as c, pytest.raises(RegistryError):
-        push(f"oci:{tmp_path / 'l'}:v1", dest2, client=c, quiet=True, jobs=1)
+        upload(f"oci:{tmp_path / 'l'}:v1", dest2, client=c, quiet=True, jobs=1)
     assert RegistryClient(registry.host).get_manifest(name2, "v1") is None
     # ...and the rerun sends only the blobs the registry does not have yet.
     fault_proxy.passthrough()
@@ -170,7 +172,7 @@ def test_an_interrupted_push_resumes_and_a_rerun_uploads_only_what_is_missing(
                if RegistryClient(registry.host).has_blob(name2, d))
     fault_proxy.reset_counters()
     with RegistryClient(fault_proxy.host, backoff=0.01) as c:
-        result = push(f"oci:{tmp_path / 'l'}:v1", dest2, client=c, quiet=True)
+        result = upload(f"oci:{tmp_path / 'l'}:v1", dest2, client=c, quiet=True)
     assert fault_proxy.blob_upload_bytes(name2) <= sum(sizes) - have + 10_000
     assert RegistryClient(registry.host).get_manifest(name2, "v1") is not None
 
@@ -190,8 +192,8 @@ def test_server_errors_and_throttling_are_retried(fault_proxy: FaultProxy,
     fault_proxy.fail_next(2, 503, method="PUT", path="/manifests/")
     fault_proxy.fail_next(1, 429, method="HEAD", retry_after=0)
     with RegistryClient(fault_proxy.host, backoff=0.01) as c:
-        result = push(f"oci:{tmp_path / 'l'}:v1", f"{fault_proxy.host}/{repo()}:v1", client=c,
-                      quiet=True)
+        result = upload(f"oci:{tmp_path / 'l'}:v1", f"{fault_proxy.host}/{repo()}:v1", client=c,
+                        quiet=True)
     assert result.digest.startswith("sha256:")
     statuses = [r.status for r in fault_proxy.requests]
     assert statuses.count(503) == 2 and 429 in statuses
@@ -217,13 +219,13 @@ def test_push_with_credentials(mode: str, request: pytest.FixtureRequest,
     access = RegistryAccess(authfile=_authfile(tmp_path / "auth.json", reg),
                             cert_dir=reg.cert_dir)
     name = repo()
-    result = push(f"oci:{tmp_path / 'l'}:v1", f"{reg.host}/{name}:v1", access=access,
-                  quiet=True)
+    result = upload(f"oci:{tmp_path / 'l'}:v1", f"{reg.host}/{name}:v1", access=access,
+                    quiet=True)
     with access.client(reg.host) as c:
         assert c.get_manifest(name, "v1") is not None
         # A second repository mounts the layer (a token covering both repositories).
-        other = push(f"oci:{tmp_path / 'l'}:v1", f"{reg.host}/{repo()}:v1", client=c,
-                     quiet=True)
+        other = upload(f"oci:{tmp_path / 'l'}:v1", f"{reg.host}/{repo()}:v1", client=c,
+                       quiet=True)
     assert other.digest == result.digest
     assert "mounted" in [b.status for b in other.blobs]
 
@@ -237,15 +239,15 @@ def test_auth_failures_name_registry_and_file_but_never_the_password(
     authfile = _authfile(tmp_path / "auth.json", reg, password=wrong)
     access = RegistryAccess(authfile=authfile, cert_dir=reg.cert_dir)
     with pytest.raises(AuthError) as err:
-        push(f"oci:{tmp_path / 'l'}:v1", f"{reg.host}/{repo()}:v1", access=access, quiet=True)
+        upload(f"oci:{tmp_path / 'l'}:v1", f"{reg.host}/{repo()}:v1", access=access, quiet=True)
     message = err.value.message
     assert reg.host in message and str(authfile) in message and wrong not in message
     # No credentials at all: the message lists where it looked.
     empty = tmp_path / "empty.json"
     empty.write_text("{}")
     with pytest.raises(AuthError) as err:
-        push(f"oci:{tmp_path / 'l'}:v1", f"{reg.host}/{repo()}:v1", quiet=True,
-             access=RegistryAccess(authfile=empty, cert_dir=reg.cert_dir))
+        upload(f"oci:{tmp_path / 'l'}:v1", f"{reg.host}/{repo()}:v1", quiet=True,
+               access=RegistryAccess(authfile=empty, cert_dir=reg.cert_dir))
     assert str(empty) in err.value.message and reg.host in err.value.message
 
 
@@ -319,7 +321,7 @@ def test_referrers_fall_back_to_the_tag_schema(client: RegistryClient, registry:
                                                tmp_path: Path) -> None:
     name = repo()
     digest = layout_image(tmp_path / "l", [100])
-    push(f"oci:{tmp_path / 'l'}:v1", f"{registry.host}/{name}:v1", quiet=True)
+    upload(f"oci:{tmp_path / 'l'}:v1", f"{registry.host}/{name}:v1", quiet=True)
     subject = client.get_manifest(name, digest)
     assert subject is not None
     client.put_blob(name, b"{}", sha(b"{}"), 2)
@@ -327,7 +329,7 @@ def test_referrers_fall_back_to_the_tag_schema(client: RegistryClient, registry:
     client.put_blob(name, report, sha(report), len(report))
     artifact = json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "artifactType": "application/vnd.nestbuild.validation.report.v1+json",
+        "artifactType": "application/vnd.nestbuild.report.v1+json",
         "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"),
                    "size": 2},
         "layers": [{"mediaType": "application/json", "digest": sha(report),
@@ -336,8 +338,56 @@ def test_referrers_fall_back_to_the_tag_schema(client: RegistryClient, registry:
     }).encode()
     adigest = client.put_manifest(name, sha(artifact), artifact, OCI_MANIFEST)
     desc = {"mediaType": OCI_MANIFEST, "digest": adigest, "size": len(artifact),
-            "artifactType": "application/vnd.nestbuild.validation.report.v1+json"}
+            "artifactType": "application/vnd.nestbuild.report.v1+json"}
     client.add_referrer(name, digest, desc)
     client.add_referrer(name, digest, desc)  # idempotent
     assert client.referrers(name, digest) == [desc]
     assert client.get_manifest(name, "sha256-" + digest.split(":")[1]) is not None
+
+
+# -- the push pipeline: nestbuild.push ---------------------------------------------------------
+
+
+def test_push_is_a_library_call_that_signs_and_attests_every_tag(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nestbuild
+
+    _, good = derived(tmp_path / "l", [bootable_base()], [Layer().file("/etc/motd", b"hi\n")],
+                      tag="good")
+    monkeypatch.setenv("NESTBUILD_PASSWORD", "pw")
+    key, pub = keys.write_key_pair(tmp_path / "cosign", b"pw")
+    name = f"{registry.host}/{repo()}"
+    result = nestbuild.push(nestbuild.PushOptions(
+        image=good, destination=f"{name}:v1", tags=["stable"], sign_key=key, quiet=True))
+    assert result.report is not None and result.report.passed
+    assert result.tags == ["v1", "stable"] and str(result.image) == result.reference
+    assert [s.docker_reference for s in result.signatures] == [f"{name}:v1", f"{name}:stable"]
+    assert "https://nestbuild.dev/validation/v1" in [a.predicate_type
+                                                     for a in result.attestations]
+    for tag in ("v1", "stable"):
+        report = nestbuild.verify(f"docker://{name}:{tag}", nestbuild.load_public_keys([pub]))
+        assert report.passed, report.cause()
+        assert all(a.verified for m in report.manifests for a in m.attestations)
+
+
+def test_push_refuses_a_failing_image_or_a_wrong_passphrase_before_any_upload(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nestbuild
+
+    _, bad = derived(tmp_path / "l", [bootable_base()],
+                     [Layer().dir("/usr/local").file("/usr/local/x", b"x")], tag="bad")
+    name = repo()
+    with pytest.raises(nestbuild.PushRefused) as refused:
+        nestbuild.push(nestbuild.PushOptions(image=bad, destination=f"{registry.host}/{name}:v1",
+                                             quiet=True))
+    assert refused.value.exit_code == 1 and not refused.value.report.passed
+    key, _ = keys.write_key_pair(tmp_path / "cosign", b"right")
+    monkeypatch.setenv("NESTBUILD_PASSWORD", "wrong")
+    with pytest.raises(keyfile.WrongPassphraseError):
+        nestbuild.push(nestbuild.PushOptions(image=bad, destination=f"{registry.host}/{name}:v1",
+                                             sign_key=key, validate=False, quiet=True))
+    client = RegistryClient(registry.host)
+    image = open_image(bad)
+    assert client.get_manifest(name, "v1") is None
+    assert not any(client.has_blob(name, d.digest)
+                   for d in [image.manifest.config, *image.manifest.layers])

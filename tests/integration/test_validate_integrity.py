@@ -18,7 +18,7 @@ from nestbuild._image.layout import LayoutWriter
 from nestbuild._image.model import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor
 from nestbuild._tools import run
 from nestbuild.building.baseimage import BuiltBase
-from nestbuild.shipping.push import push
+from nestbuild.shipping.upload import upload as push
 from tests.fixtures.cli import nestbuild as nb
 from tests.fixtures.images import unique_tag
 from tests.fixtures.registry import Registry

@@ -1,0 +1,311 @@
+"""The upload under ``nestbuild push``: an image from local storage or an OCI layout into a
+registry, as OCI (:mod:`nestbuild.shipping.push` validates, signs and attests around it).
+
+Order matters for the "nothing half-done" promise: blobs first (in parallel), then the
+manifest by digest, then whatever must precede the tags (signatures and attestations), then
+tags. An upload that breaks leaves the tags where they were; running it again uploads only
+the blobs the registry lacks.
+
+Layers from containers-storage exist only uncompressed, so they are compressed here (in
+parallel threads; zlib and zstd release the GIL) into a spool file, which makes the upload
+resumable. What a layer compresses to is remembered (:mod:`nestbuild._registry.blobinfo`), so an
+unchanged re-push compresses nothing. Layers from an OCI layout or archive are sent as stored,
+and the manifest's exact bytes with them: its digest (and any signature made of it) survive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import IO, Any, BinaryIO
+
+from nestbuild._image import open_image
+from nestbuild._image.model import (
+    INDEX_TYPES,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Descriptor,
+    digest_of,
+    index_manifests,
+)
+from nestbuild._image.source import ImageSource, OCILayoutSource
+from nestbuild._registry import reference
+from nestbuild._registry.access import RegistryAccess
+from nestbuild._registry.blobinfo import BlobInfo
+from nestbuild._registry.client import RegistryClient
+from nestbuild._registry.reference import RegistryRef
+from nestbuild._util.cache import cache_dir
+from nestbuild._util.progress import Transfer
+from nestbuild.errors import LayerError, UsageError
+
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+COMPRESSIONS = {"gzip": OCI_LAYER + "+gzip", "zstd": OCI_LAYER + "+zstd", "none": OCI_LAYER}
+#: gzip level 1: for OS trees it is within a few percent of level 6 and several times faster.
+GZIP_LEVEL = 1
+ZSTD_LEVEL = 3
+READ = 1 << 20
+
+
+@dataclass(frozen=True)
+class BlobOutcome:
+    digest: str
+    size: int
+    #: "uploaded", "exists" (the registry had it) or "mounted" (from another repository).
+    status: str
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """An image stored in a registry: by digest, and under ``tags`` in ``target``'s repository."""
+
+    #: Where it went (``target.tag`` is the destination's tag, "latest" if it named none).
+    target: RegistryRef
+    digest: str
+    media_type: str
+    tags: list[str]
+    blobs: list[BlobOutcome]
+    bytes_uploaded: int
+
+    @property
+    def repository(self) -> str:
+        """``HOST/REPO``."""
+        return self.target.name
+
+    @property
+    def reference(self) -> str:
+        """``HOST/REPO@sha256:...``: the reference to deploy."""
+        return f"{self.repository}@{self.digest}"
+
+    @property
+    def image(self) -> RegistryRef:
+        """The pushed image, by digest."""
+        return self.target.with_digest(self.digest)
+
+
+# -- compression --------------------------------------------------------------------------------
+
+
+class _Compressor:
+    def __init__(self, compression: str) -> None:
+        self.compression = compression
+        if compression == "gzip":
+            # wbits 31: a gzip member with a fixed header (no name, mtime 0): reproducible.
+            self._z: Any = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        elif compression == "zstd":
+            import zstandard
+
+            self._z = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=1).compressobj()
+        else:
+            self._z = None
+
+    def feed(self, data: bytes) -> bytes:
+        return data if self._z is None else bytes(self._z.compress(data))
+
+    def flush(self) -> bytes:
+        return b"" if self._z is None else bytes(self._z.flush())
+
+
+def compress_layer(stream: IO[bytes], out: IO[bytes], compression: str, diff_id: str,
+                   what: str) -> tuple[str, int]:
+    """Compress a layer's tar stream into ``out``; (digest, size) of the result.
+
+    The uncompressed bytes are hashed on the way: a store whose layer no longer matches its
+    diff ID is refused rather than pushed.
+    """
+    comp = _Compressor(compression)
+    raw_hash, out_hash = hashlib.sha256(), hashlib.sha256()
+    size = 0
+    while chunk := stream.read(READ):
+        raw_hash.update(chunk)
+        data = comp.feed(chunk)
+        if data:
+            out_hash.update(data)
+            out.write(data)
+            size += len(data)
+    tail = comp.flush()
+    out_hash.update(tail)
+    out.write(tail)
+    size += len(tail)
+    if "sha256:" + raw_hash.hexdigest() != diff_id:
+        raise LayerError(f"{what}: the stored layer does not match its diff ID {diff_id[:19]} "
+                         "(local storage is corrupt)")
+    return "sha256:" + out_hash.hexdigest(), size
+
+
+# -- the push -----------------------------------------------------------------------------------
+
+
+class _Pusher:
+    def __init__(self, client: RegistryClient, repo: str, *, compression: str, jobs: int,
+                 progress: Transfer, info: BlobInfo) -> None:
+        self.client, self.repo, self.compression, self.jobs = client, repo, compression, jobs
+        self.progress, self.info = progress, info
+        self.outcomes: list[BlobOutcome] = []
+
+    def _reuse(self, digest: str) -> str | None:
+        """'exists' or 'mounted' if the registry can have the blob without an upload."""
+        if self.client.has_blob(self.repo, digest):
+            return "exists"
+        for other in self.info.locations(digest, self.client.host):
+            if other != self.repo and self.client.mount_blob(self.repo, digest, other):
+                return "mounted"
+        return None
+
+    def _done(self, desc: Descriptor, status: str) -> Descriptor:
+        self.info.record_location(desc.digest, self.client.host, self.repo)
+        self.outcomes.append(BlobOutcome(desc.digest, desc.size, status))
+        return desc
+
+    def _upload(self, desc: Descriptor, f: BinaryIO) -> Descriptor:
+        bar = self.progress.blob(desc.digest[7:19], desc.size)
+        self.client.put_blob(self.repo, f, desc.digest, desc.size, bar.advance)
+        bar.finish("uploaded")
+        return self._done(desc, "uploaded")
+
+    def stored_blob(self, src: ImageSource, desc: Descriptor) -> Descriptor:
+        """A blob that exists as bytes in the source: copy it unless the registry has it."""
+        status = self._reuse(desc.digest)
+        if status:
+            self.progress.blob(desc.digest[7:19], desc.size).finish(status)
+            return self._done(desc, status)
+        with src.open_blob(desc) as f:
+            return self._upload(desc, f)
+
+    def storage_layer(self, src: ImageSource, index: int) -> Descriptor:
+        """A layer that exists only uncompressed: reuse a known compressed form, or make it."""
+        diff_id = src.config.diff_ids[index]
+        media_type = COMPRESSIONS[self.compression]
+        known = self.info.compressed(diff_id, self.compression)
+        if known is not None:
+            desc = Descriptor(known[2], known[0], known[1])
+            status = self._reuse(desc.digest)
+            if status:
+                self.progress.blob(desc.digest[7:19], desc.size).finish(status)
+                return self._done(desc, status)
+        spool_dir = cache_dir("spool")
+        with tempfile.TemporaryFile(dir=spool_dir) as spool:
+            with src.open_layer(index) as layer:
+                digest, size = compress_layer(layer.fileobj, spool, self.compression, diff_id,
+                                              f"{src.ref} layer {index}")
+            spool.flush()
+            self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
+            desc = Descriptor(media_type, digest, size)
+            status = self._reuse(digest)
+            if status:
+                self.progress.blob(digest[7:19], size).finish(status)
+                return self._done(desc, status)
+            return self._upload(desc, spool)
+
+    def blob_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        desc = Descriptor(media_type, digest_of(data), len(data))
+        status = "exists"
+        if not self.client.has_blob(self.repo, desc.digest):
+            self.client.put_blob(self.repo, data, desc.digest, desc.size)
+            status = "uploaded"
+        self.outcomes.append(BlobOutcome(desc.digest, desc.size, status))
+        return desc
+
+    def image(self, src: ImageSource) -> tuple[bytes, str]:
+        """Push one image's blobs; the manifest bytes to store (not yet stored)."""
+        manifest = src.manifest
+        if src.stored_layers():
+            work = [partial(self.stored_blob, src, d)
+                    for d in [manifest.config, *manifest.layers]]
+            self._parallel(work)
+            return manifest.raw, manifest.media_type
+        config = src.raw_config()
+        layers = self._parallel([partial(self.storage_layer, src, i)
+                                 for i in range(len(manifest.layers))])
+        cdesc = self.blob_bytes(config, OCI_CONFIG)
+        doc: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": cdesc.digest, "size": cdesc.size},
+            "layers": [
+                {"mediaType": d.media_type, "digest": d.digest, "size": d.size,
+                 **({"annotations": orig.annotations} if orig.annotations else {})}
+                for d, orig in zip(layers, manifest.layers, strict=True)],
+        }
+        if manifest.annotations:
+            doc["annotations"] = manifest.annotations
+        return json.dumps(doc, indent=2).encode(), OCI_MANIFEST
+
+    def _parallel(self, work: Sequence[Callable[[], Descriptor]]) -> list[Descriptor]:
+        if self.jobs <= 1 or len(work) <= 1:
+            return [w() for w in work]
+        with ThreadPoolExecutor(max_workers=min(self.jobs, len(work)),
+                                thread_name_prefix="nestbuild-push") as pool:
+            futures = [pool.submit(w) for w in work]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+
+def upload(
+    source: str,
+    dest: str | RegistryRef,
+    *,
+    tags: Sequence[str] = (),
+    compression: str = "gzip",
+    jobs: int = 4,
+    access: RegistryAccess | None = None,
+    quiet: bool = False,
+    client: RegistryClient | None = None,
+    before_tags: Callable[[str, list[str]], None] | None = None,
+) -> Uploaded:
+    """Store ``source`` (any local transport) in ``dest`` (``[docker://]HOST/REPO[:TAG]``).
+
+    The image (or, from an OCI layout, a whole multi-platform index) is stored by digest first
+    and then under ``dest``'s tag and every ``tags`` entry. ``before_tags(digest, tags)`` runs
+    in between (signing): if it fails, no tag has moved. Nothing is validated or signed here:
+    that is :func:`nestbuild.shipping.push.push`.
+    """
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"--compression {compression}: use one of {', '.join(COMPRESSIONS)}")
+    target = reference.parse(dest) if isinstance(dest, str) else dest
+    if target.digest:
+        raise UsageError(f"{dest}: push to a tag (HOST/REPO:TAG), not a digest")
+    all_tags = list(dict.fromkeys([target.tag or "latest", *tags]))
+    src = open_image(source)
+    own = client is None
+    client = client or (access or RegistryAccess()).client(target.host)
+    info = BlobInfo()
+    try:
+        with Transfer(f"pushing {source} to {target.name}", quiet=quiet) as progress:
+            pusher = _Pusher(client, target.repo, compression=compression, jobs=jobs,
+                             progress=progress, info=info)
+            data, media_type = _push_top(pusher, src)
+            digest = client.put_manifest(target.repo, digest_of(data), data, media_type)
+            if before_tags is not None:
+                before_tags(digest, all_tags)
+            for tag in all_tags:
+                client.put_manifest(target.repo, tag, data, media_type)
+            progress.note(f"{target.name}@{digest} tagged {', '.join(all_tags)}")
+        return Uploaded(target.with_tag(all_tags[0]), digest, media_type, all_tags,
+                        pusher.outcomes, client.bytes_uploaded)
+    finally:
+        info.close()
+        if own:
+            client.close()
+
+
+def _push_top(pusher: _Pusher, src: ImageSource) -> tuple[bytes, str]:
+    """A layout tag naming an index pushes every platform image, then the index as is."""
+    if isinstance(src, OCILayoutSource):
+        desc, raw = src.top()
+        if desc.media_type in INDEX_TYPES or b'"manifests"' in raw:
+            for entry in index_manifests(raw, f"{src.ref} index"):
+                child = src.child(entry.digest)
+                data, media_type = pusher.image(child)
+                pusher.client.put_manifest(pusher.repo, digest_of(data), data, media_type)
+            return raw, desc.media_type or "application/vnd.oci.image.index.v1+json"
+    return pusher.image(src)
