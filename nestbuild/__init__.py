@@ -93,7 +93,22 @@ _API: dict[str, str] = {
     "StoredLogin": "nestbuild.shipping.credentials",
     "RegistryAccess": "nestbuild._registry.access",
     # node
+    "write_trust": "nestbuild.node.trust",
+    "TrustSettings": "nestbuild.node.trust",
+    "rebase": "nestbuild.node.rebase",
+    "RebaseOptions": "nestbuild.node.rebase",
+    "RebaseRefused": "nestbuild.node.checks",
+    "ToolRebase": "nestbuild.node.tool",
+    "SysrootRebase": "nestbuild.node.sysroot",
+    "node_status": "nestbuild.node.backend",
+    "rollback": "nestbuild.node.backend",
     "NodeStatus": "nestbuild.node.status",
+    "SysrootStatus": "nestbuild.node.sysroot",
+    "Backend": "nestbuild.node.backend",
+    "backend_for": "nestbuild.node.backend",
+    "boot": "nestbuild.node.boot",
+    "BootResult": "nestbuild.node.boot",
+    "BootError": "nestbuild.node.boot",
 }
 
 __all__ = ["__version__", *_API]
@@ -115,7 +130,22 @@ if TYPE_CHECKING:
     from nestbuild.building.engine import BuildOptions as BuildOptions
     from nestbuild.building.scaffold import init_project as init_project
     from nestbuild.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, NestbuildError, UsageError
-    from nestbuild.node.status import NodeStatus
+    from nestbuild.node.backend import Backend as Backend
+    from nestbuild.node.backend import backend_for as backend_for
+    from nestbuild.node.backend import node_status as node_status
+    from nestbuild.node.backend import rollback as rollback
+    from nestbuild.node.boot import BootError as BootError
+    from nestbuild.node.boot import BootResult as BootResult
+    from nestbuild.node.boot import boot as boot
+    from nestbuild.node.checks import RebaseRefused as RebaseRefused
+    from nestbuild.node.rebase import RebaseOptions as RebaseOptions
+    from nestbuild.node.rebase import rebase as rebase
+    from nestbuild.node.status import NodeStatus as NodeStatus
+    from nestbuild.node.sysroot import SysrootRebase as SysrootRebase
+    from nestbuild.node.sysroot import SysrootStatus as SysrootStatus
+    from nestbuild.node.tool import ToolRebase as ToolRebase
+    from nestbuild.node.trust import TrustSettings as TrustSettings
+    from nestbuild.node.trust import write_trust as write_trust
     from nestbuild.shipping.credentials import StoredLogin as StoredLogin
     from nestbuild.shipping.credentials import login as login
     from nestbuild.shipping.credentials import logout as logout

@@ -89,11 +89,9 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from nestbuild.node import trust
+    from nestbuild import TrustSettings, write_trust
 
-    settings = trust.TrustSettings(args.repo, list(args.key), args.authfile)
-    files = settings.files(existing_policy=trust.read_existing_policy(args.out))
-    written = trust.write_tree(args.out, {rel.lstrip("/"): v for rel, v in files.items()})
+    written = write_trust(TrustSettings(args.repo, list(args.key), args.authfile), args.out)
     if args.format == "json":
         sys.stdout.write(json.dumps({"repo": args.repo, "files": [str(p) for p in written]},
                                     indent=2) + "\n")
@@ -103,108 +101,40 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_deployments(deps: list[Any], fmt: str) -> None:
+def _show(result: Any, fmt: str) -> None:
+    """A status or rebase result: its JSON, or its table."""
     if fmt == "json":
-        sys.stdout.write(json.dumps([d.to_json() for d in deps], indent=2) + "\n")
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
         return
-    for d in deps:
-        mark = "* " if d.default else ("  " if not d.rollback else "r ")
-        print(f"{mark}{d.index}  {d.image or '?'}  {d.digest or '?'}  version {d.version}"
-              f"{'  (default)' if d.default else ''}{'  (rollback)' if d.rollback else ''}")
-
-
-def _print_node_status(st: Any, fmt: str) -> None:
-    if fmt == "json":
-        sys.stdout.write(json.dumps(st.to_json(), indent=2) + "\n")
-        return
-    for d in st.deployments:
-        signed = {True: "verified", False: "UNVERIFIED", None: ""}[d.verified]
-        print(f"{d.role:9} {d.image or '?'}  {d.digest or '?'}  {d.version or ''}  {signed}")
+    for line in result.lines():
+        print(line)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    if args.sysroot is not None:
-        from nestbuild.node import deploy
+    from nestbuild import node_status
 
-        _print_deployments(deploy.deployments(args.sysroot), args.format)
-        return EXIT_OK
-    from nestbuild.node import rebase
-    from nestbuild.node.host import Host
-
-    _print_node_status(rebase.status(args.via, Host.parse(args.host)), args.format)
+    _show(node_status(args.via, host=args.host, sysroot=args.sysroot), args.format)
     return EXIT_OK
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    if args.sysroot is not None:
-        from nestbuild.node import deploy
+    from nestbuild import rollback
 
-        deploy.rollback(args.sysroot, args.os)
-        _print_deployments(deploy.deployments(args.sysroot), args.format)
-        return EXIT_OK
-    from nestbuild._tools import bootc, rpmostree
-    from nestbuild.node import rebase
-    from nestbuild.node.host import Host
-
-    host = Host.parse(args.host)
-    argv = (bootc.rollback_argv(apply=args.apply) if args.via == "bootc"
-            else rpmostree.rollback_argv(reboot=args.apply))
-    host.run(argv, what=f"{args.via} rollback on {host}")
-    _print_node_status(rebase.status(args.via, host), args.format)
-    return EXIT_OK
-
-
-def _rebase_ostree(args: argparse.Namespace) -> int:
-    from nestbuild.errors import UsageError
-    from nestbuild.node import rebase
-
-    if args.sysroot is None:
-        raise UsageError("--via ostree needs --sysroot DIR")
-    access = registry_access(args)
-    quiet = args.quiet or args.format == "json"
-    result = rebase.rebase_sysroot(
-        args.image, args.sysroot, osname=args.os, trust_dir=args.trust, access=access,
-        progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
-    if args.format == "json":
-        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
-    else:
-        print(f"verified: {result.verdict.reason} (scope {result.verdict.scope}; trust from "
-              f"{result.trust_from})")
-        _print_deployments(result.after, "table")
+    _show(rollback(args.via, host=args.host, sysroot=args.sysroot, osname=args.os,
+                   apply=args.apply), args.format)
     return EXIT_OK
 
 
 def cmd_rebase(args: argparse.Namespace) -> int:
-    from nestbuild._tools import skopeo
-    from nestbuild.node import rebase
-    from nestbuild.node.host import Host
+    from nestbuild import RebaseOptions, rebase
 
-    if args.via == "ostree":
-        return _rebase_ostree(args)
-
-    host = Host.parse(args.host)
-    image = skopeo.inspect(args.image, authfile=args.authfile, cert_dir=args.cert_dir,
-                           tls_verify=args.tls_verify)
-    arch, free = (None, None) if args.dry_run and host.target is None else rebase.node_facts(host)
-    plan = rebase.plan(image, via=args.via, host=host, apply=args.apply, node_arch=arch,
-                       node_free=free)
-    if args.dry_run:
-        if args.format == "json":
-            sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
-        else:
-            print(f"would run on {host}: {' '.join(plan.command)}")
-            for c in plan.checks:
-                print(f"  {'ok' if c.ok else 'FAIL':4} {c.name}: {c.detail}")
-        return EXIT_OK
-    before, after = rebase.execute(plan)
-    if args.format == "json":
-        sys.stdout.write(json.dumps({"plan": plan.to_json(), "before": before.to_json(),
-                                     "after": after.to_json()}, indent=2) + "\n")
-    else:
-        print("before:")
-        _print_node_status(before, "table")
-        print("after:")
-        _print_node_status(after, "table")
+    quiet = args.quiet or args.format == "json"
+    result = rebase(
+        RebaseOptions(args.image, via=args.via, host=args.host, sysroot=args.sysroot,
+                      osname=args.os, trust=args.trust, apply=args.apply,
+                      dry_run=args.dry_run, access=registry_access(args)),
+        progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
+    _show(result, args.format)
     return EXIT_OK
 
 

@@ -7,13 +7,16 @@ image reference can never become shell syntax there either.
 from __future__ import annotations
 
 import shlex
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from nestbuild._tools import run
 from nestbuild.errors import UsageError
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 @dataclass(frozen=True)

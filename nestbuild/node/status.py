@@ -46,6 +46,15 @@ class NodeStatus:
                 "rollback_queued": self.rollback_queued,
                 "deployments": [d.to_json() for d in self.deployments]}
 
+    def lines(self) -> list[str]:
+        """One table line per deployment: role, image, digest, version, verified."""
+        out = []
+        for d in self.deployments:
+            signed = {True: "verified", False: "UNVERIFIED", None: ""}[d.verified]
+            out.append(f"{d.role:9} {d.image or '?'}  {d.digest or '?'}  {d.version or ''}  "
+                       f"{signed}")
+        return out
+
 
 #: A manifest digest the rest of nestbuild can check (the algorithms it hashes with).
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")

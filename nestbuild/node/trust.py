@@ -188,3 +188,10 @@ def from_node(node: object, source: str) -> TrustSettings:
     if "repo" not in values or not values.get("keys"):
         raise UsageError(f"{source}:{node.start_mark.line + 1}: trust needs repo and keys")
     return TrustSettings(**values)
+
+
+def write_trust(settings: TrustSettings, out: Path) -> list[Path]:
+    """Write the trust files under ``out`` (``etc/...``), extending a policy.json already
+    there; the paths written. All of them or none."""
+    files = settings.files(existing_policy=read_existing_policy(out))
+    return write_tree(out, {rel.lstrip("/"): v for rel, v in files.items()})

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild._cli.boot import default_entry, marker_matches
 from nestbuild._cli.main import main
 from nestbuild.errors import UsageError
+from nestbuild.node.boot import default_entry, marker_matches
 from tests.fixtures.debian import DEBIAN_MARKER, OSNAME, DeployedSysroot
 
 #: The components this file runs itself (tests/conftest.py adds the fixtures' ones).

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from nestbuild._image import open_image
-from nestbuild._tools.skopeo import RemoteImage, inspect
+from nestbuild._registry.access import RegistryAccess
 from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import NestbuildError
+from nestbuild.node.checks import RebaseRefused, repository
 from nestbuild.node.host import Host
-from nestbuild.node.rebase import RebaseRefused, plan, repository
+from nestbuild.node.remote import RemoteImage, remote_image
+from nestbuild.node.tool import plan
 from tests.fixtures.cli import nestbuild
 from tests.fixtures.images import EXAMPLES, BuildImage
 
@@ -66,7 +68,7 @@ def test_rebase_pins_the_digest_and_checks(plain_registry: str, build_image: Bui
     tag = build_image(EXAMPLES / "etc-config")
     dest = f"{plain_registry}/nodes/base:v1"
     push(tag, dest)
-    image = inspect(dest, tls_verify=False)
+    image = remote_image(dest, RegistryAccess(tls_verify=False))
     assert image.name == dest and image.architecture == "amd64"
     p = plan(image, via="bootc", host=Host(), apply=False, node_arch="amd64", node_free=2**30)
     assert p.command == ["bootc", "switch", "--enforce-container-sigpolicy", "--transport",

@@ -1,0 +1,207 @@
+"""A local ostree sysroot as the node (``--via ostree --sysroot DIR``): checked against the
+node's own policy by nestbuild, then deployed by :mod:`nestbuild.node.deploy`.
+
+Trust comes from the default deployment's /etc; a sysroot with no deployment yet takes it
+from the trust directory (what ``nestbuild node trust`` writes). One deploy at a time: the
+trust read from the default deployment must still be the default's when the new deployment
+is made, so the check and the deploy hold the sysroot's lock together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nestbuild._image.model import host_platform
+from nestbuild.errors import UsageError
+from nestbuild.node.checks import Check, RebaseRefused
+
+if TYPE_CHECKING:
+    from nestbuild._registry.access import RegistryAccess
+    from nestbuild._registry.client import RegistryClient
+    from nestbuild._registry.reference import RegistryRef
+    from nestbuild.node.deploy import Deployment
+    from nestbuild.node.policy import Verdict
+    from nestbuild.shipping.pull import RegistrySource
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SysrootStatus:
+    """A sysroot's deployments, default first; the second is the rollback target."""
+
+    deployments: list[Deployment]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [d.to_json() for d in self.deployments]
+
+    def lines(self) -> list[str]:
+        out = []
+        for d in self.deployments:
+            mark = "* " if d.default else ("  " if not d.rollback else "r ")
+            out.append(f"{mark}{d.index}  {d.image or '?'}  {d.digest or '?'}  version "
+                       f"{d.version}{'  (default)' if d.default else ''}"
+                       f"{'  (rollback)' if d.rollback else ''}")
+        return out
+
+
+@dataclass
+class SysrootCheck:
+    """An image that passed the sysroot's checks: its policy verdict, bootable, this
+    machine's architecture."""
+
+    image: str
+    digest: str
+    verdict: Verdict
+    trust_from: str
+    checks: list[Check] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"via": "ostree", "image": self.image, "digest": self.digest,
+                "trust": self.trust_from, "policy": self.verdict.to_json(),
+                "checks": [c.to_json() for c in self.checks]}
+
+
+@dataclass
+class SysrootRebase:
+    image: str
+    digest: str
+    verdict: Verdict
+    trust_from: str
+    before: list[Deployment]
+    after: list[Deployment]
+    #: Blob bytes fetched: a config-only update fetches only its new layers.
+    bytes_downloaded: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"via": "ostree", "image": self.image, "digest": self.digest,
+                "trust": self.trust_from, "policy": self.verdict.to_json(),
+                "bytesDownloaded": self.bytes_downloaded,
+                "before": [d.to_json() for d in self.before],
+                "after": [d.to_json() for d in self.after]}
+
+    def lines(self) -> list[str]:
+        return [f"verified: {self.verdict.reason} (scope {self.verdict.scope}; trust from "
+                f"{self.trust_from})", *SysrootStatus(self.after).lines()]
+
+
+def deployment_root(sysroot: Path, osname: str, checksum: str, serial: int) -> Path:
+    return sysroot / "ostree" / "deploy" / osname / "deploy" / f"{checksum}.{serial}"
+
+
+class SysrootBackend:
+    via = "ostree"
+
+    def __init__(self, sysroot: Path, osname: str = "nestos", trust: Path | None = None
+                 ) -> None:
+        self.sysroot = sysroot
+        self.osname = osname
+        self.trust = trust
+
+    def status(self) -> SysrootStatus:
+        from nestbuild.node import deploy
+
+        return SysrootStatus(deploy.deployments(self.sysroot))
+
+    def rollback(self, *, apply: bool = False) -> SysrootStatus:
+        """The previous deployment becomes the default (``apply`` has no meaning here: the
+        sysroot is not booted)."""
+        from nestbuild.node import deploy
+
+        deploy.rollback(self.sysroot, self.osname)
+        return self.status()
+
+    def check_update(self, image: str, *, access: RegistryAccess | None = None,
+                     apply: bool = False) -> SysrootCheck:
+        """Resolve ``image`` and check it as :meth:`rebase` does, writing nothing."""
+        from nestbuild._registry import reference
+        from nestbuild._registry.access import RegistryAccess
+        from nestbuild.node import deploy
+
+        target = reference.parse(image)
+        exists = self.sysroot.is_dir()
+        with deploy.sysroot_lock(self.sysroot) if exists else contextlib.nullcontext():
+            root, trust_from = self._trust(self._deployments())
+            with (access or RegistryAccess()).client(target.host) as client:
+                return self._check(image, target, client, root, trust_from,
+                                   lambda _m: None)[0]
+
+    def rebase(self, image: str, *, access: RegistryAccess | None = None,
+               apply: bool = False, dry_run: bool = False,
+               progress: Progress | None = None) -> SysrootRebase:
+        """Verify ``image`` under the node's policy, then deploy it into the sysroot by
+        digest. Refusals raise RebaseRefused before anything in the sysroot is touched.
+        (``dry_run`` and ``apply`` do not apply: see RebaseOptions.)"""
+        from nestbuild._registry import reference
+        from nestbuild._registry.access import RegistryAccess
+        from nestbuild.node import deploy
+
+        say = progress or (lambda _m: None)
+        target = reference.parse(image)
+        with deploy.sysroot_lock(self.sysroot, say):
+            before = self._deployments()
+            root, trust_from = self._trust(before)
+            with (access or RegistryAccess()).client(target.host) as client:
+                checked, src = self._check(image, target, client, root, trust_from, say)
+                name = str(target)  # the tag as given (or the digest, the same as pinned)
+                deploy.deploy_image(src, self.sysroot, self.osname, origin_ref=name,
+                                    progress=say)
+                fetched = client.bytes_downloaded
+            after = deploy.deployments(self.sysroot)
+        return SysrootRebase(name, checked.digest, checked.verdict, trust_from, before, after,
+                             fetched)
+
+    def _deployments(self) -> list[Deployment]:
+        from nestbuild._tools import ostree
+        from nestbuild.node import deploy
+
+        if (ostree.repo_of(self.sysroot) / "config").is_file():
+            return deploy.deployments(self.sysroot)
+        return []
+
+    def _trust(self, deployments: list[Deployment]) -> tuple[Path, str]:
+        """Where the policy comes from: the default deployment's root, else the trust
+        directory."""
+        current = next((d for d in deployments if d.default), None)
+        if current is not None:
+            root = deployment_root(self.sysroot, self.osname, current.checksum, current.serial)
+            which = current.digest or current.checksum[:12]
+            return root, f"the default deployment's /etc ({which})"
+        if self.trust is not None:
+            return self.trust, str(self.trust)
+        raise UsageError(f"{self.sysroot}: no deployment yet, so no trust to check against; "
+                         "pass --trust DIR (written by `nestbuild node trust`)")
+
+    def _check(self, image: str, target: RegistryRef, client: RegistryClient, root: Path,
+               trust_from: str, say: Progress) -> tuple[SysrootCheck, RegistrySource]:
+        """The policy first (an image it refuses is never read further), then bootable and
+        the architecture; the source to deploy from, pinned by digest."""
+        from nestbuild._image.reference import ImageRef
+        from nestbuild.node import policy as nodepolicy
+        from nestbuild.shipping.pull import RegistrySource
+
+        digest = target.digest or client.resolve(target.repo, target.ref)
+        if digest is None:
+            raise UsageError(f"{image}: no such image in the registry")
+        pinned = target.with_digest(digest)
+        say(f"checking {pinned} against the policy from {trust_from}")
+        verdict = nodepolicy.check(pinned, root, client)
+        if not verdict.accepted:
+            raise RebaseRefused(f"{pinned}: refused: {verdict.reason}; the sysroot is "
+                                "unchanged")
+        src = RegistrySource(ImageRef("docker", str(pinned)), client=client)
+        if not src.config.bootable:
+            raise RebaseRefused(f"{pinned}: not bootable (no containers.bootc=1 or "
+                                "ostree.bootable=true label); the sysroot is unchanged")
+        arch = host_platform()[1]
+        if src.config.architecture != arch:
+            raise RebaseRefused(f"{pinned}: built for {src.config.architecture}, this node is "
+                                f"{arch}; the sysroot is unchanged")
+        checks = [Check("signature", True, f"{verdict.reason} (scope {verdict.scope})"),
+                  Check("bootable", True, "containers.bootc/ostree.bootable label"),
+                  Check("architecture", True, f"image {arch}, node {arch}")]
+        return SysrootCheck(str(target), digest, verdict, trust_from, checks), src
