@@ -39,9 +39,9 @@ def _start_signing_key(argv: list[str]) -> None:
 
     named = signing_key_argument(argv)
     if named is not None:
-        from nestbuild.signing import keyfile
+        from nestbuild.signing import keyload
 
-        keyfile.start_early(*named)
+        keyload.start_early(*named)
 
 
 def _exit(code: int) -> None:

@@ -26,29 +26,28 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
-from nestbuild.signing.keyfile import BOX_KEY_SIZE as BOX_KEY_SIZE
-from nestbuild.signing.keyfile import COSIGN_PEM_TYPE as COSIGN_PEM_TYPE
-from nestbuild.signing.keyfile import ENCRYPTED_PEM_TYPES as ENCRYPTED_PEM_TYPES
-from nestbuild.signing.keyfile import MAC_SIZE as MAC_SIZE
-from nestbuild.signing.keyfile import NONCE_SIZE as NONCE_SIZE
-from nestbuild.signing.keyfile import PASSPHRASE_ENV as PASSPHRASE_ENV
-from nestbuild.signing.keyfile import SALT_SIZE as SALT_SIZE
-from nestbuild.signing.keyfile import SCRYPT_ACCEPTED as SCRYPT_ACCEPTED
-from nestbuild.signing.keyfile import SCRYPT_N as SCRYPT_N
-from nestbuild.signing.keyfile import SCRYPT_P as SCRYPT_P
-from nestbuild.signing.keyfile import SCRYPT_R as SCRYPT_R
-from nestbuild.signing.keyfile import SIGSTORE_PEM_TYPE as SIGSTORE_PEM_TYPE
-from nestbuild.signing.keyfile import KeyFileError as KeyFileError
-from nestbuild.signing.keyfile import PassphraseError as PassphraseError
-from nestbuild.signing.keyfile import Sealed, parse_sealed
-from nestbuild.signing.keyfile import WrongPassphraseError as WrongPassphraseError
-from nestbuild.signing.keyfile import get_passphrase as get_passphrase
-from nestbuild.signing.keyfile import pem_block as _pem_block
-from nestbuild.signing.keyfile import pem_encode as _pem_encode
-from nestbuild.signing.keyfile import scrypt as _scrypt
-
-# (The formats without the cryptography live in signing.keyfile, cheap to import, so signing
-# can start scrypt before loading cryptography; their names are part of this module's API too.)
+# The formats without the cryptography (PEM, the envelope, scrypt, passphrases, their errors)
+# are signing.keyfile's, cheap to import, so signing can start scrypt before loading
+# cryptography; import those names from there.
+from nestbuild.signing.keyfile import (
+    BOX_KEY_SIZE,
+    COSIGN_PEM_TYPE,
+    ENCRYPTED_PEM_TYPES,
+    MAC_SIZE,
+    NONCE_SIZE,
+    SALT_SIZE,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    KeyFileError,
+    PassphraseError,
+    Sealed,
+    WrongPassphraseError,
+    parse_sealed,
+    pem_block,
+    pem_encode,
+    scrypt,
+)
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
@@ -123,7 +122,7 @@ def encrypt_private_key(key: PrivateKey, passphrase: bytes) -> bytes:
     )
     salt = secrets.token_bytes(SALT_SIZE)
     nonce = secrets.token_bytes(NONCE_SIZE)
-    box = nacl.secret.SecretBox(_scrypt(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P))
+    box = nacl.secret.SecretBox(scrypt(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P))
     sealed = box.encrypt(der, nonce).ciphertext  # Poly1305 tag then ciphertext, as Go's Seal
     # Field names, nesting and order as Go's encoding/json marshals go-securesystemslib's structs.
     doc = {
@@ -136,7 +135,7 @@ def encrypt_private_key(key: PrivateKey, passphrase: bytes) -> bytes:
         "ciphertext": _b64(sealed),
     }
     body = json.dumps(doc, separators=(",", ":")).encode("ascii")
-    return _pem_encode(COSIGN_PEM_TYPE, body)
+    return pem_encode(COSIGN_PEM_TYPE, body)
 
 
 def open_sealed(sealed: Sealed, box_key: bytes, source: str) -> PrivateKey:
@@ -201,7 +200,7 @@ def load_private_key(data: bytes, passphrase: bytes | None, source: str) -> Priv
     ``PRIVATE KEY``, SEC1 ``EC PRIVATE KEY`` and password-protected PKCS#8 ``ENCRYPTED PRIVATE
     KEY``. ``source`` names the file in messages. ``passphrase`` may be None for plain keys.
     """
-    pem_type, headers, der = _pem_block(data, source)
+    pem_type, headers, der = pem_block(data, source)
     if pem_type in ENCRYPTED_PEM_TYPES:
         if passphrase is None:
             raise PassphraseError(
@@ -245,7 +244,7 @@ def load_private_key(data: bytes, passphrase: bytes | None, source: str) -> Priv
 
 def load_public_key(data: bytes, source: str) -> PublicKey:
     """Read a ``cosign.pub``: PEM ``PUBLIC KEY``, ECDSA P-256 only (what nestbuild signs with)."""
-    pem_type, _, der = _pem_block(data, source)
+    pem_type, _, der = pem_block(data, source)
     if pem_type != "PUBLIC KEY":
         hint = "; use the .pub file" if "PRIVATE KEY" in pem_type else ""
         raise KeyFileError(f"{source} is a PEM '{pem_type}', not a 'PUBLIC KEY'{hint}")

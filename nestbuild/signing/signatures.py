@@ -39,7 +39,7 @@ from nestbuild._image.model import (
 from nestbuild._registry.access import RegistryAccess
 from nestbuild._util.background import run_all
 from nestbuild.errors import EXIT_FAILED, ImageError, NestbuildError, UsageError
-from nestbuild.signing import dsse, keyfile
+from nestbuild.signing import dsse, keyfile, keyload
 from nestbuild.signing import payload as payload_mod
 
 if TYPE_CHECKING:
@@ -910,9 +910,9 @@ def start_loading_key(
     The passphrase is obtained here (a prompt must not come from a thread). scrypt takes
     most of a signing run and releases the GIL, so it can overlap network round trips.
     Errors (wrong passphrase, corrupt key) are raised by the callable or here.
-    See :func:`nestbuild.signing.keyfile.start_loading`, which needs no import of this module.
+    See :func:`nestbuild.signing.keyload.start_loading`, which needs no import of this module.
     """
-    return keyfile.start_loading(path, passphrase_file=passphrase_file)
+    return keyload.start_loading(path, passphrase_file=passphrase_file)
 
 
 def load_public_keys(paths: Sequence[Path]) -> list[tuple[str, keys.PublicKey]]:

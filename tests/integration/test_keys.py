@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from nestbuild.errors import NestbuildError
-from nestbuild.signing import keys
+from nestbuild.signing import keyfile, keys
 from tests.fixtures.common import run_in_pty
 from tests.fixtures.cosign import Cosign
 
@@ -38,7 +38,7 @@ def pem(pem_type: str, der: bytes) -> bytes:
 
 
 def seal(der: bytes, passphrase: bytes, n: int, r: int = 8, p: int = 1,
-         pem_type: str = keys.SIGSTORE_PEM_TYPE) -> bytes:
+         pem_type: str = keyfile.SIGSTORE_PEM_TYPE) -> bytes:
     """An encrypted key file built independently of signing.keys (for parameter variants)."""
     salt, nonce = os.urandom(32), os.urandom(24)
     box_key = hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=1 << 30, dklen=32)
@@ -73,7 +73,7 @@ def test_cosign_vector_decrypts_with_its_passphrase() -> None:
 
 
 def test_cosign_vector_refuses_a_wrong_passphrase() -> None:
-    with pytest.raises(keys.WrongPassphraseError) as exc:
+    with pytest.raises(keyfile.WrongPassphraseError) as exc:
         keys.load_private_key(HELLO_KEY.read_bytes(), b"hellO", "sigstore-hello.key")
     assert message_of(exc) == "wrong passphrase for sigstore-hello.key"
     assert exc.value.exit_code == 2
@@ -128,7 +128,7 @@ def test_empty_passphrase_round_trips() -> None:
 
 
 @pytest.mark.parametrize("n", [1 << 15, 1 << 16, 1 << 17])
-@pytest.mark.parametrize("pem_type", list(keys.ENCRYPTED_PEM_TYPES))
+@pytest.mark.parametrize("pem_type", list(keyfile.ENCRYPTED_PEM_TYPES))
 def test_accepted_scrypt_strengths_and_pem_types(n: int, pem_type: str) -> None:
     key = keys.generate()
     data = seal(pkcs8(key), b"secret", n, pem_type=pem_type)
@@ -151,7 +151,7 @@ def test_plain_pkcs8_sec1_and_encrypted_pkcs8() -> None:
     enc = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.BestAvailableEncryption(b"pw"))
     assert keys.load_private_key(enc, b"pw", "e").private_numbers() == key.private_numbers()
-    with pytest.raises(keys.WrongPassphraseError) as exc:
+    with pytest.raises(keyfile.WrongPassphraseError) as exc:
         keys.load_private_key(enc, b"nope", "e.pem")
     assert message_of(exc) == "wrong passphrase for e.pem"
 
@@ -165,7 +165,7 @@ def test_text_before_the_pem_block_is_ignored_like_go() -> None:
 
 
 def test_encrypted_key_without_a_passphrase() -> None:
-    with pytest.raises(keys.PassphraseError) as exc:
+    with pytest.raises(keyfile.PassphraseError) as exc:
         keys.load_private_key(HELLO_KEY.read_bytes(), None, "a.key")
     assert "a.key is encrypted: a passphrase is needed" in message_of(exc)
 
@@ -174,10 +174,10 @@ def test_encrypted_key_without_a_passphrase() -> None:
                                      (1 << 15, 8, 2)])
 def test_other_scrypt_parameters_are_refused(n: int, r: int, p: int) -> None:
     data = seal(pkcs8(keys.generate()), b"pw", n, r, p) if n <= 1 << 15 else pem(
-        keys.SIGSTORE_PEM_TYPE,
+        keyfile.SIGSTORE_PEM_TYPE,
         json.dumps({"kdf": {"name": "scrypt", "params": {"N": n, "r": r, "p": p}, "salt": ""},
                     "cipher": {"name": "nacl/secretbox", "nonce": ""}, "ciphertext": ""}).encode())
-    with pytest.raises(keys.KeyFileError) as exc:
+    with pytest.raises(keyfile.KeyFileError) as exc:
         keys.load_private_key(data, b"pw", "x.key")
     assert message_of(exc) == (
         f"x.key uses scrypt parameters N={n}, r={r}, p={p}; cosign-compatible keys use "
@@ -192,12 +192,14 @@ def test_truncated_and_corrupt_files() -> None:
         b"": "k is not a PEM file (no -----BEGIN line)",
         b"\x00\xff\x10binary": "k is not a PEM file (binary data)",
         data.replace(b"eyJrZGYi", b"eyJrZGY!"): "k is corrupt: bad base64 in the PEM body",
-        pem(keys.COSIGN_PEM_TYPE, b'{"kdf": '): "k is corrupt: the encrypted key is not valid JSON",
-        pem(keys.COSIGN_PEM_TYPE, b"[1]"): "k is corrupt: the encrypted key is not a JSON object",
-        pem(keys.COSIGN_PEM_TYPE, b'{"cipher": {}}'): "k is corrupt: field 'kdf' is missing",
+        pem(keyfile.COSIGN_PEM_TYPE, b'{"kdf": '):
+            "k is corrupt: the encrypted key is not valid JSON",
+        pem(keyfile.COSIGN_PEM_TYPE, b"[1]"):
+            "k is corrupt: the encrypted key is not a JSON object",
+        pem(keyfile.COSIGN_PEM_TYPE, b'{"cipher": {}}'): "k is corrupt: field 'kdf' is missing",
     }
     for bad, message in cases.items():
-        with pytest.raises(keys.KeyFileError) as exc:
+        with pytest.raises(keyfile.KeyFileError) as exc:
             keys.load_private_key(bad, b"hello", "k")
         assert message_of(exc).startswith(message), (bad, exc.value.message)
 
@@ -207,14 +209,17 @@ def test_cut_ciphertext_reads_as_wrong_passphrase_or_corrupt() -> None:
     doc = json.loads(body)
     ct = base64.b64decode(doc["ciphertext"])
     doc["ciphertext"] = base64.b64encode(ct[:-10]).decode()
-    with pytest.raises(keys.WrongPassphraseError):
-        keys.load_private_key(pem(keys.SIGSTORE_PEM_TYPE, json.dumps(doc).encode()), b"hello", "k")
+    with pytest.raises(keyfile.WrongPassphraseError):
+        keys.load_private_key(pem(keyfile.SIGSTORE_PEM_TYPE, json.dumps(doc).encode()),
+                              b"hello", "k")
     doc["ciphertext"] = base64.b64encode(ct[:5]).decode()
-    with pytest.raises(keys.KeyFileError, match="ciphertext is truncated"):
-        keys.load_private_key(pem(keys.SIGSTORE_PEM_TYPE, json.dumps(doc).encode()), b"hello", "k")
+    with pytest.raises(keyfile.KeyFileError, match="ciphertext is truncated"):
+        keys.load_private_key(pem(keyfile.SIGSTORE_PEM_TYPE, json.dumps(doc).encode()),
+                              b"hello", "k")
     doc["cipher"]["nonce"] = base64.b64encode(b"short").decode()
-    with pytest.raises(keys.KeyFileError, match="the nonce is 5 bytes, not 24"):
-        keys.load_private_key(pem(keys.SIGSTORE_PEM_TYPE, json.dumps(doc).encode()), b"hello", "k")
+    with pytest.raises(keyfile.KeyFileError, match="the nonce is 5 bytes, not 24"):
+        keys.load_private_key(pem(keyfile.SIGSTORE_PEM_TYPE, json.dumps(doc).encode()),
+                              b"hello", "k")
 
 
 def test_wrong_algorithms_are_refused_with_a_clear_message() -> None:
@@ -235,7 +240,7 @@ def test_wrong_algorithms_are_refused_with_a_clear_message() -> None:
         (pem("CERTIFICATE", b"x"), "r.key is a PEM 'CERTIFICATE', not a private key"),
     ]
     for data, message in cases:
-        with pytest.raises(keys.KeyFileError) as exc:
+        with pytest.raises(keyfile.KeyFileError) as exc:
             keys.load_private_key(data, b"pw", "r.key")
         assert message_of(exc) == message
 
@@ -244,7 +249,7 @@ def test_legacy_openssl_encrypted_pem_is_explained() -> None:
     data = (b"-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"
             b"DEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAA\n"
             b"-----END EC PRIVATE KEY-----\n")
-    with pytest.raises(keys.KeyFileError, match="legacy OpenSSL PEM encryption"):
+    with pytest.raises(keyfile.KeyFileError, match="legacy OpenSSL PEM encryption"):
         keys.load_private_key(data, b"pw", "old.pem")
 
 
@@ -263,7 +268,7 @@ def test_public_keys() -> None:
         (pem("PUBLIC KEY", b"\x30\x03junk"), "p.pub is corrupt: the public key does not parse"),
     ]
     for data, message in cases:
-        with pytest.raises(keys.KeyFileError) as exc:
+        with pytest.raises(keyfile.KeyFileError) as exc:
             keys.load_public_key(data, "p.pub")
         assert message_of(exc).startswith(message)
 
@@ -313,13 +318,13 @@ def test_write_key_pair_respects_a_strict_umask_and_a_given_key(tmp_path: Path) 
 def test_write_key_pair_never_overwrites_without_force(tmp_path: Path) -> None:
     key_path, pub_path = keys.write_key_pair(tmp_path / "k", b"pw")
     before = key_path.read_bytes(), pub_path.read_bytes()
-    with pytest.raises(keys.KeyFileError) as exc:
+    with pytest.raises(keyfile.KeyFileError) as exc:
         keys.write_key_pair(tmp_path / "k", b"pw")
     assert message_of(exc) == f"{key_path} already exists (use --force to replace it)"
     assert (key_path.read_bytes(), pub_path.read_bytes()) == before
     # A lone .pub blocks too, and no .key is left behind.
     (tmp_path / "other.pub").write_bytes(b"keep")
-    with pytest.raises(keys.KeyFileError, match=r"other\.pub already exists"):
+    with pytest.raises(keyfile.KeyFileError, match=r"other\.pub already exists"):
         keys.write_key_pair(tmp_path / "other", b"pw")
     assert not (tmp_path / "other.key").exists()
     assert (tmp_path / "other.pub").read_bytes() == b"keep"
@@ -341,7 +346,7 @@ def test_write_key_pair_force_onto_a_directory_keeps_old_key(tmp_path: Path) -> 
     (tmp_path / "k.pub").unlink()
     (tmp_path / "k.pub").mkdir()
     (tmp_path / "k.pub" / "f").write_text("x")
-    with pytest.raises(keys.KeyFileError, match="cannot write"):
+    with pytest.raises(keyfile.KeyFileError, match="cannot write"):
         keys.write_key_pair(tmp_path / "k", b"new", force=True)
     # The .pub could not be replaced, so the old key was put back: still a matching pair.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.key", "k.pub"]
@@ -356,10 +361,10 @@ def test_passphrase_from_env_in_order(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("NB_TEST_B", "from-b")
     pw_file = tmp_path / "pw"
     pw_file.write_bytes(b"from-file\n")
-    assert keys.get_passphrase(env=("NB_TEST_A", "NB_TEST_B"), file=pw_file) == b"from-a"
-    assert keys.get_passphrase(env=("NB_TEST_X", "NB_TEST_B"), file=pw_file) == b"from-b"
+    assert keyfile.get_passphrase(env=("NB_TEST_A", "NB_TEST_B"), file=pw_file) == b"from-a"
+    assert keyfile.get_passphrase(env=("NB_TEST_X", "NB_TEST_B"), file=pw_file) == b"from-b"
     monkeypatch.setenv("NB_TEST_E", "")
-    assert keys.get_passphrase(env=("NB_TEST_E",), file=pw_file) == b""  # set counts, as cosign
+    assert keyfile.get_passphrase(env=("NB_TEST_E",), file=pw_file) == b""  # set counts, as cosign
 
 
 def test_passphrase_from_file_first_line(tmp_path: Path) -> None:
@@ -367,9 +372,9 @@ def test_passphrase_from_file_first_line(tmp_path: Path) -> None:
     for content, expected in [(b"s3cret\n", b"s3cret"), (b"s3cret", b"s3cret"),
                               (b"a b \r\nsecond\n", b"a b "), (b"", b""), (b"\n", b"")]:
         pw_file.write_bytes(content)
-        assert keys.get_passphrase(env=(), file=pw_file, prompt=False) == expected
-    with pytest.raises(keys.PassphraseError) as exc:
-        keys.get_passphrase(env=(), file=tmp_path / "missing", prompt=False)
+        assert keyfile.get_passphrase(env=(), file=pw_file, prompt=False) == expected
+    with pytest.raises(keyfile.PassphraseError) as exc:
+        keyfile.get_passphrase(env=(), file=tmp_path / "missing", prompt=False)
     assert message_of(exc) == (
         f"cannot read passphrase file {tmp_path / 'missing'}: No such file or directory"
     )
@@ -379,8 +384,8 @@ def test_no_passphrase_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("NESTBUILD_PASSWORD", raising=False)
     monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
     assert not sys.stdin.isatty()
-    with pytest.raises(keys.PassphraseError) as exc:
-        keys.get_passphrase(prompt=True)
+    with pytest.raises(keyfile.PassphraseError) as exc:
+        keyfile.get_passphrase(prompt=True)
     msg = message_of(exc)
     assert "set NESTBUILD_PASSWORD or COSIGN_PASSWORD or use --passphrase-file" in msg
     assert "stdin is not a terminal" in msg
@@ -389,11 +394,11 @@ def test_no_passphrase_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> No
 def _prompt_in_pty(answers: list[bytes], confirm: bool) -> tuple[int, bytes]:
     """get_passphrase in a child on a real pseudo-terminal, typing ``answers``."""
     code = (
-        "import sys\nfrom nestbuild import keys\n"
+        "import sys\nfrom nestbuild.signing import keyfile\n"
         "try:\n"
-        f"    pw = keys.get_passphrase(env=(), prompt=True, confirm={confirm})\n"
+        f"    pw = keyfile.get_passphrase(env=(), prompt=True, confirm={confirm})\n"
         "    print('GOT=' + pw.decode(), flush=True)\n"
-        "except keys.PassphraseError as e:\n"
+        "except keyfile.PassphraseError as e:\n"
         "    print('ERR=' + e.message, flush=True)\n"
     )
     return run_in_pty([sys.executable, "-c", code], answers)
@@ -422,7 +427,7 @@ def test_cosign_generated_key_loads(cosign: Cosign, tmp_path: Path) -> None:
     assert json.loads(body)["kdf"]["params"]["N"] == 1 << 16  # cosign 2.5 default strength
     key = keys.load_private_key(data, b"p4ss", "c.key")
     assert keys.public_pem(key) == (tmp_path / "c.pub").read_bytes()
-    with pytest.raises(keys.WrongPassphraseError):
+    with pytest.raises(keyfile.WrongPassphraseError):
         keys.load_private_key(data, b"p4sS", "c.key")
     # An empty password is allowed by cosign, and must be by nestbuild.
     cosign("generate-key-pair", "--output-key-prefix", tmp_path / "e", password="")
@@ -473,7 +478,7 @@ def _sealed_with_params(params: object) -> bytes:
     _, body = pem_body(HELLO_KEY.read_bytes())
     doc = json.loads(body)
     doc["kdf"]["params"] = params
-    return pem(keys.SIGSTORE_PEM_TYPE, json.dumps(doc).encode())
+    return pem(keyfile.SIGSTORE_PEM_TYPE, json.dumps(doc).encode())
 
 
 @pytest.mark.parametrize("params, shown", [
@@ -486,7 +491,7 @@ def _sealed_with_params(params: object) -> bytes:
 ])
 def test_kdf_parameters_that_are_not_integers_are_refused(params: object, shown: str) -> None:
     """A list is not hashable: ``"N": []`` was a TypeError (a traceback), not a refusal."""
-    with pytest.raises(keys.KeyFileError) as exc:
+    with pytest.raises(keyfile.KeyFileError) as exc:
         keys.load_private_key(_sealed_with_params(params), b"hello", "k.key")
     assert message_of(exc) == (
         f"k.key uses scrypt parameters {shown}; cosign-compatible keys use N=32768, 65536 or "

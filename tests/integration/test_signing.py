@@ -22,7 +22,7 @@ from nestbuild._cli.main import main
 from nestbuild._image.layout import LayoutWriter
 from nestbuild._image.model import OCI_MANIFEST, Descriptor
 from nestbuild.errors import NestbuildError, UsageError
-from nestbuild.signing import dsse, keys, payload
+from nestbuild.signing import dsse, keyfile, keys, payload
 from nestbuild.signing import signatures as signing
 from nestbuild.signing.layout_store import KIND, KIND_IMAGE, KIND_SIGS, LayoutStore
 from tests.fixtures import cli
@@ -507,7 +507,7 @@ def test_the_executable_signs_with_the_key_it_started_early(tmp_path: Path,
     image = write_image(root, b"one")
     ref = f"oci:{root}:v1"
     before = snapshot(root)
-    env = {k: v for k, v in os.environ.items() if k not in keys.PASSPHRASE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in keyfile.PASSPHRASE_ENV}
 
     def nestbuild(*args: str, **extra: str) -> cli.Result:
         return cli.nestbuild(*args, env={**env, **extra})
@@ -549,7 +549,7 @@ def test_the_executable_asks_for_the_passphrase_once(tmp_path: Path,
     key_path, _ = keypair
     root = tmp_path / "l"
     write_image(root, b"one")
-    env = {k: v for k, v in os.environ.items() if k not in keys.PASSPHRASE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in keyfile.PASSPHRASE_ENV}
     code, out = run_in_pty([sys.executable, "-m", "nestbuild", "sign", f"oci:{root}:v1",
                             "--key", str(key_path), "--identity", IDENTITY], [b"pw"], env)
     assert code == 0, out

@@ -26,7 +26,7 @@ from nestbuild._image.layout import LayoutWriter
 from nestbuild._image.model import OCI_MANIFEST
 from nestbuild._tools.run import run
 from nestbuild.errors import EXIT_FAILED, NestbuildError
-from nestbuild.signing import keys
+from nestbuild.signing import keyfile, keys
 from nestbuild.signing import signatures as signing
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def push_image(tmp_path: Path, host: str, name: str) -> str:
 
 def run_together(argvs: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
     """Start every command before waiting for any: their read-modify-writes overlap."""
-    env = {k: v for k, v in os.environ.items() if k not in keys.PASSPHRASE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in keyfile.PASSPHRASE_ENV}
     env["NESTBUILD_PASSWORD"] = "pw"
     procs = [subprocess.Popen([sys.executable, "-m", "nestbuild", *argv], env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -385,7 +385,7 @@ def test_read_layer_gzip(data: bytes, cut: int | None, flip: int) -> None:
 KEY = keys.generate()
 PUB_PEM = keys.public_pem(KEY)
 _, _, PUB_DER = keyfile.pem_block(PUB_PEM, "k.pub")
-BOX_KEY = b"k" * keys.BOX_KEY_SIZE
+BOX_KEY = b"k" * keyfile.BOX_KEY_SIZE
 SEALED_DOC = {
     "kdf": {"name": "scrypt", "params": {"N": 32768, "r": 8, "p": 1},
             "salt": base64.b64encode(b"s" * 32).decode()},
@@ -395,7 +395,7 @@ SEALED_DOC = {
 PKCS8_DER = KEY.private_bytes(keys.serialization.Encoding.DER,
                               keys.serialization.PrivateFormat.PKCS8,
                               keys.serialization.NoEncryption())
-PEM_TYPES = st.sampled_from([*keys.ENCRYPTED_PEM_TYPES, "PUBLIC KEY", "PRIVATE KEY",
+PEM_TYPES = st.sampled_from([*keyfile.ENCRYPTED_PEM_TYPES, "PUBLIC KEY", "PRIVATE KEY",
                              "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "RSA PRIVATE KEY",
                              "CERTIFICATE", ""])
 
@@ -428,18 +428,18 @@ pem_files = st.one_of(
 
 @given(pem_files)
 def test_public_key_files(data: bytes) -> None:
-    raises_only(lambda: keys.load_public_key(data, "k.pub"), keys.KeyFileError)
+    raises_only(lambda: keys.load_public_key(data, "k.pub"), keyfile.KeyFileError)
 
 
 @given(pem_files)
 def test_private_key_files_without_passphrase(data: bytes) -> None:
-    raises_only(lambda: keys.load_private_key(data, None, "k.key"), keys.KeyFileError,
-                keys.PassphraseError)
+    raises_only(lambda: keys.load_private_key(data, None, "k.key"), keyfile.KeyFileError,
+                keyfile.PassphraseError)
 
 
 @given(json_inputs(SEALED_DOC))
 def test_encrypted_key_body(body: bytes) -> None:
-    raises_only(lambda: keyfile.parse_sealed(body, "k.key"), keys.KeyFileError)
+    raises_only(lambda: keyfile.parse_sealed(body, "k.key"), keyfile.KeyFileError)
 
 
 @given(st.one_of(_mutate_bytes(PKCS8_DER), st.binary(max_size=200)))
@@ -447,10 +447,10 @@ def test_decrypted_key_contents(plain: bytes) -> None:
     """What the secretbox opens to is DER from the key file: it may be anything."""
     import nacl.secret
 
-    nonce = b"n" * keys.NONCE_SIZE
+    nonce = b"n" * keyfile.NONCE_SIZE
     sealed = keyfile.Sealed(b"s", 32768, 8, 1, nonce,
                             nacl.secret.SecretBox(BOX_KEY).encrypt(plain, nonce).ciphertext)
-    raises_only(lambda: keys.open_sealed(sealed, BOX_KEY, "k.key"), keys.KeyFileError)
+    raises_only(lambda: keys.open_sealed(sealed, BOX_KEY, "k.key"), keyfile.KeyFileError)
 
 
 # ---------------------------------------------------------------------------------------------
