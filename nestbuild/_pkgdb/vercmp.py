@@ -181,11 +181,15 @@ def parse_deb_version(text: str) -> DebVersion:
     if colon:
         if not head:
             raise PackageDbError(f"version {s!r}: epoch is empty")
-        if not head.isascii() or not head.isdigit():
+        # strtol's syntax: an optional sign, then digits
+        digits = head[1:] if head[0] in "+-" else head
+        if not digits.isascii() or not digits.isdigit():
             raise PackageDbError(f"version {s!r}: epoch is not a number")
-        if len(head) > 10 or int(head) > _INT_MAX:
+        if len(digits.lstrip("0")) > 10 or int(digits) > _INT_MAX:
             raise PackageDbError(f"version {s!r}: epoch is too big")
-        epoch = int(head)
+        if head[0] == "-" and int(digits):
+            raise PackageDbError(f"version {s!r}: epoch is negative")
+        epoch = int(digits)
         if not rest:
             raise PackageDbError(f"version {s!r}: nothing after the colon")
         s = rest
@@ -206,6 +210,8 @@ def _order(c: str) -> int:
         return ord(c)
     if c == "~":
         return -1
+    if ord(c) >= 0x80:
+        return ord(c)  # dpkg's char is signed: (byte - 256) + 256, below the punctuation
     return ord(c) + 256
 
 
