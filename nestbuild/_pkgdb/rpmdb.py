@@ -6,9 +6,10 @@ Supported backends, by what the target systems ship:
   33+, Fedora CoreOS, Fedora/CentOS Stream bootc images, RHEL 9 family.
 - **Berkeley DB hash** (``Packages``): rpm <= 4.15 and the RHEL 8 family, which includes
   Alibaba Cloud Linux 3, the base of LifseaOS (see :mod:`nestbuild._pkgdb.bdb`).
-- **ndb** (``Packages.db``) is recognised and refused with a clear error: openEuler's rpm
-  carries a patch that makes ndb its backend (openEuler 22.03 LTS and NestOS built from it),
-  but no rpm this project can run writes or reads ndb, so a reader could not be verified.
+- **ndb** (``Packages.db``): openEuler's rpm carries a patch making ndb its backend
+  (openEuler 22.03 LTS, NestOS built from it); see :mod:`nestbuild._pkgdb.ndb`. Debian's rpm
+  is built without ndb, so this reader is checked against rpm's documented layout (files made
+  by the tests), not against rpm itself as the other two are.
 
 The sqlite file is opened from a private copy, read-only and ``immutable`` (no locks, no
 journal replay into the image), with untrusted schema objects disabled and a bound on the work
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from nestbuild._pkgdb import bdb
+from nestbuild._pkgdb import bdb, ndb
 from nestbuild._pkgdb.dpkg import STATUS_PATHS
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.header import parse_package
@@ -48,7 +49,6 @@ MAX_PACKAGES = 1 << 20
 #: sqlite virtual-machine steps (in thousands) one read may take before it is abandoned.
 MAX_SQLITE_STEPS = 1 << 20
 SQLITE_MAGIC = b"SQLite format 3\0"
-NDB_MAGIC = b"RpmP"
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def detect(data: bytes) -> Format:
     """The rpm database format of a file's content, by its magic."""
     if data.startswith(SQLITE_MAGIC):
         return "rpm-sqlite"
-    if data.startswith(NDB_MAGIC):
+    if ndb.is_ndb(data):
         return "rpm-ndb"
     if bdb.is_bdb_hash(data):
         return "rpm-bdb"
@@ -111,7 +111,10 @@ def read_headers(data: bytes, *, wal: bytes | None = None,
         return _sqlite_headers(data, wal, what)
     if fmt == "rpm-bdb":
         return _bdb_headers(data, what)
-    raise PackageDbError(f"{what}: rpm's ndb backend (openEuler) is not supported yet")
+    found = ndb.blobs(data, what=what)
+    if len(found) > MAX_PACKAGES:
+        raise PackageDbError(f"{what}: more than {MAX_PACKAGES} packages")
+    return found
 
 
 def read_rpmdb_file(path: Path, *, files: bool = True) -> list[Package]:

@@ -12,6 +12,7 @@ import functools
 import gzip
 import sqlite3
 import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nestbuild._pkgdb import bdb, header
+from nestbuild._pkgdb import bdb, header, ndb
 from nestbuild._pkgdb.dpkg import changelog_paths, gunzip, parse_changelog, parse_status
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.header import (
@@ -256,6 +257,27 @@ def test_random_bytes_raise_only_package_db_errors(blob: bytes) -> None:
         parse_package(blob)
 
 
+def ndb_file(records: list[tuple[int, bytes]], slotpages: int = 1) -> bytes:
+    """rpm's ndb Packages.db: header, slot pages, then the blobs in 16-byte blocks."""
+    data = bytearray(slotpages * ndb.PAGE)
+    data[:32] = struct.pack("<4s4I12x", b"RpmP", 0, 3, slotpages, len(records) + 1)
+    for off in range(32, len(data), 16):
+        data[off:off + 4] = b"Slot"
+    for n, (idx, blob) in enumerate(records):
+        blkoff = len(data) // 16
+        body = struct.pack("<4s3I", b"BlbS", idx, 7, len(blob)) + blob
+        body += b"\0" * (-(len(body) + 12) % 16)
+        data += body + struct.pack("<2I4s", zlib.adler32(body), len(blob), b"BlbE")
+        struct.pack_into("<4s3I", data, 32 + 16 * n, b"Slot", idx, blkoff,
+                         (len(data) // 16) - blkoff)
+    return bytes(data)
+
+
+@functools.cache
+def small_ndb() -> bytes:
+    return ndb_file([(i + 1, package_blob(f"p{i}", changelog=20)) for i in range(3)])
+
+
 @functools.cache
 def small_bdb() -> bytes:
     return bdb_hash([(struct.pack("<I", i + 1), package_blob(f"p{i}", changelog=20))
@@ -368,11 +390,47 @@ def test_corrupt_berkeley_db_raises_only_package_db_errors(data: st.DataObject) 
         read_rpmdb(bytes(raw[:data.draw(st.integers(0, len(raw)))]))
 
 
-def test_unknown_and_ndb_databases_are_refused() -> None:
+def test_ndb_packages_file_is_read_and_checked() -> None:
+    blobs = [(9, package_blob("zsh")), (2, package_blob("bash", changelog=50))]
+    data = ndb_file(blobs, slotpages=2)
+    assert detect(data) == "rpm-ndb"
+    assert [p.name for p in read_rpmdb(data)] == ["bash", "zsh"]
+    assert read_headers(data) == sorted(blobs)
+    start = 2 * ndb.PAGE
+    for offset, value, cause in [
+        (start + 40, b"X", "checksum mismatch"),          # a byte of the header blob
+        (start + 4, b"\x05", "bad blob head"),            # the head's package index
+        (32 + 8, b"\xff\xff", "out of bounds"),           # the first slot's block offset
+        (32 + 16, b"Slxx", "bad slot"),                   # the second slot's magic
+        (4, b"\x01", "version 1"),
+        (12, b"\x09", "9 slot pages"),
+    ]:
+        bad = bytearray(data)
+        bad[offset:offset + len(value)] = value
+        with pytest.raises(PackageDbError, match=cause):
+            read_rpmdb(bytes(bad))
+    twice = ndb_file([(1, package_blob("a")), (1, package_blob("b"))])
+    with pytest.raises(PackageDbError, match="two slots for package 1"):
+        read_rpmdb(twice)
+    with pytest.raises(PackageDbError, match="whole blocks"):
+        read_rpmdb(data + b"x")
+
+
+@FUZZ
+@given(st.data())
+def test_corrupt_ndb_raises_only_package_db_errors(data: st.DataObject) -> None:
+    raw = bytearray(small_ndb())
+    for _ in range(data.draw(st.integers(1, 12))):
+        i = data.draw(st.sampled_from([data.draw(st.integers(0, 200)),
+                                       data.draw(st.integers(0, len(raw) - 1))]))
+        raw[i] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(PackageDbError):
+        read_rpmdb(bytes(raw[:data.draw(st.sampled_from([len(raw), len(raw) - 16, 4096]))]))
+
+
+def test_unknown_databases_are_refused() -> None:
     with pytest.raises(PackageDbError, match="not an rpm database"):
         read_rpmdb(b"hello")
-    with pytest.raises(PackageDbError, match="ndb"):
-        read_rpmdb(b"RpmP" + b"\0" * 60)
 
 
 def test_locate_prefers_the_sysimage_sqlite_and_its_log() -> None:
