@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.debian",
     "tests.fixtures.registry",
     "tests.fixtures.chroot",
+    "tests.fixtures.rpmbase",
 ]
 
 TESTS = Path(__file__).resolve().parent
@@ -43,6 +44,7 @@ COMPONENT_FIXTURES: dict[str, tuple[str, ...]] = {
     "debian_base": ("mmdebstrap", "buildah"),
     "debian_marker": ("buildah",),
     "debian_sysroot": ("ostree",),
+    "rpm_bases": ("buildah", "skopeo"),
     "trixie_root": ("mmdebstrap", "skopeo"),
     "trixie": ("mmdebstrap", "skopeo"),
 }

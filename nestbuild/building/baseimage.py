@@ -123,7 +123,8 @@ def build_base(name: str = "mini", tag: str | None = None, *, rootfs_cache: Path
     if spec.get("builder") == "rpm":  # RPM packages layered as rpm-ostree does: rpmbase.py
         from nestbuild.building.rpmbase import build_rpm_base
 
-        return build_rpm_base(tag=tag, recipe=recipe.path, progress=say)
+        rpm = build_rpm_base(tag=tag, recipe=recipe.path, progress=say)
+        return BuiltBase(name, rpm.tag, rpm.image_id, rpm.kernel)
     tarball = None
     if spec.get("rootfs"):
         tarball = rootfs_tarball(recipe, spec, rootfs_cache or cache_dir("rootfs"), say)

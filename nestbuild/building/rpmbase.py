@@ -49,7 +49,6 @@ from nestbuild._image.model import (
 )
 from nestbuild._tools import run, skopeo
 from nestbuild._util.cache import cache_dir
-from nestbuild.building.baseimage import BuiltBase, default_tag, recipes_dir
 from nestbuild.errors import UsageError
 
 #: Bumped when what this module makes from the same recipe changes (invalidates the caches).
@@ -145,7 +144,10 @@ class RpmLayout:
 # --- the recipe ----------------------------------------------------------------------------
 
 def recipe_dir() -> Path:
-    return recipes_dir() / "rpm"
+    """``base-images/rpm`` (where ``NESTBUILD_BASE_IMAGES`` puts the recipes, as for the others;
+    not taken from baseimage, which imports this module)."""
+    env = os.environ.get("NESTBUILD_BASE_IMAGES")
+    return (Path(env) if env else Path(__file__).resolve().parents[2] / "base-images") / "rpm"
 
 
 def load_recipe(path: Path | None = None) -> RpmRecipe:
@@ -627,15 +629,27 @@ def _build(recipe: RpmRecipe, version: int, prior: list[list[str]] | None, out: 
                      created=f"{created.isoformat()}T00:00:00Z", version=version)
 
 
+@dataclass(frozen=True)
+class BuiltRpmBase:
+    """A version of the rpm base in local storage (the fields of baseimage.BuiltBase, and the
+    layout it was copied from)."""
+
+    name: str
+    tag: str
+    image_id: str
+    kernel: str
+    layout: RpmLayout
+
+
 def build_rpm_base(version: int | None = None, tag: str | None = None, *,
                    recipe: Path | None = None, cache: Path | None = None,
-                   progress: Progress | None = None) -> BuiltBase:
+                   progress: Progress | None = None) -> BuiltRpmBase:
     """Build version ``version`` (default: the newest) of the rpm base (the recipe at
     ``recipe``, default ``base-images/rpm``) into local storage as ``tag`` (default:
-    ``localhost/nestbuild/NAME:latest``)."""
+    ``localhost/nestbuild/NAME:latest``, as the other bases)."""
     loaded = load_recipe(recipe)
     layout = build_layout(version, recipe=loaded, cache=cache, progress=progress)
-    tag = tag or default_tag(loaded.path.name)
+    tag = tag or f"localhost/nestbuild/{loaded.path.name}:latest"
     skopeo.copy(layout.ref, f"containers-storage:{tag}", what=f"storing the rpm base as {tag}")
     image_id = read_layout_manifest(layout.path)["config"]["digest"].split(":", 1)[1]
-    return BuiltBase(loaded.path.name, tag, image_id, layout.kernel)
+    return BuiltRpmBase(loaded.path.name, tag, image_id, layout.kernel, layout)
