@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import select
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ def boot(kernel: Path, initrd: Path, disk: Path, cmdline: str, *, until: re.Patt
         "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
     ]
     start = time.monotonic()
-    proc = run.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = run.popen(argv, stdout=run.PIPE, stderr=run.STDOUT)
     assert proc.stdout is not None
     buf = bytearray()
     match = None
@@ -82,7 +81,7 @@ def boot(kernel: Path, initrd: Path, disk: Path, cmdline: str, *, until: re.Patt
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
             if not chunk:  # qemu exited by itself (a panic with -no-reboot, a bad kernel)
-                with contextlib.suppress(subprocess.TimeoutExpired):
+                with contextlib.suppress(run.TimeoutExpired):
                     proc.wait(10)
                 break
             buf += chunk
@@ -93,7 +92,7 @@ def boot(kernel: Path, initrd: Path, disk: Path, cmdline: str, *, until: re.Patt
             proc.terminate()
             try:
                 proc.wait(10)
-            except subprocess.TimeoutExpired:
+            except run.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         proc.stdout.close()

@@ -31,8 +31,8 @@ def remote_image(image: str, access: RegistryAccess | None = None) -> RemoteImag
     """Resolve ``[docker://]REG/REPO[:TAG|@DIGEST]`` to this host's platform manifest and its
     config."""
     from nestbuild._image.reference import ImageRef
+    from nestbuild._image.registry_source import RegistrySource
     from nestbuild._registry import reference
-    from nestbuild.shipping.pull import RegistrySource
 
     target = reference.parse(image)
     src = RegistrySource(ImageRef("docker", str(target)), access)

@@ -20,12 +20,12 @@ from nestbuild.errors import UsageError
 from nestbuild.node.checks import Check, RebaseRefused
 
 if TYPE_CHECKING:
+    from nestbuild._image.registry_source import RegistrySource
     from nestbuild._registry.access import RegistryAccess
     from nestbuild._registry.client import RegistryClient
     from nestbuild._registry.reference import RegistryRef
     from nestbuild.node.deploy import Deployment
     from nestbuild.node.policy import Verdict
-    from nestbuild.shipping.pull import RegistrySource
 
 Progress = Callable[[str], None]
 
@@ -181,8 +181,8 @@ class SysrootBackend:
         """The policy first (an image it refuses is never read further), then bootable and
         the architecture; the source to deploy from, pinned by digest."""
         from nestbuild._image.reference import ImageRef
+        from nestbuild._image.registry_source import RegistrySource
         from nestbuild.node import policy as nodepolicy
-        from nestbuild.shipping.pull import RegistrySource
 
         digest = target.digest or client.resolve(target.repo, target.ref)
         if digest is None:
