@@ -18,9 +18,7 @@ from typing import Any
 from nestbuild._image.layout import LayoutWriter
 from nestbuild._image.model import INDEX_TYPES, Descriptor, digest_of, index_manifests
 from nestbuild._image.reference import ImageRef, parse_reference
-
-# RegistrySource is re-exported for node.rebase until it imports it from where it is defined
-from nestbuild._image.registry_source import RegistrySource as RegistrySource
+from nestbuild._image.registry_source import RegistrySource
 from nestbuild._image.source import ImageSource
 from nestbuild._registry import reference
 from nestbuild._registry.access import RegistryAccess
