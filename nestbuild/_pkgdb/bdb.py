@@ -56,6 +56,9 @@ class _Reader:
                  what: str) -> None:
         self.data, self.order, self.pagesize, self.pages = data, order, pagesize, pages
         self.overhead, self.what = overhead, what
+        #: Each overflow page belongs to one value, so all values together fit in the file;
+        #: more means chains share pages, which would multiply the memory a file costs.
+        self.budget = len(data)
 
     def page_items(self, pgno: int) -> Iterator[tuple[bytes, bytes]]:
         base = pgno * self.pagesize
@@ -88,6 +91,9 @@ class _Reader:
         """The value kept in a chain of overflow pages, each visited at most once."""
         if total > MAX_VALUE:
             raise PackageDbError(f"{self.what}: a value of {total} bytes (limit {MAX_VALUE})")
+        self.budget -= total
+        if self.budget < 0:
+            raise PackageDbError(f"{self.what}: values add up to more than the file")
         parts: list[bytes] = []
         got = 0
         seen: set[int] = set()

@@ -49,6 +49,7 @@ def blobs(data: bytes, *, what: str = "ndb Packages.db") -> list[tuple[int, byte
     first_blob_block = slotpages * PAGE // BLOCK
     blocks = len(data) // BLOCK
     out: dict[int, bytes] = {}
+    budget = len(data)  # blobs do not overlap, so together they fit in the file
     for off in range(HEADER, slotpages * PAGE, SLOT):
         magic = data[off:off + 4]
         pkgidx, blkoff, blkcnt = struct.unpack_from("<3I", data, off + 4)
@@ -60,6 +61,9 @@ def blobs(data: bytes, *, what: str = "ndb Packages.db") -> list[tuple[int, byte
             raise PackageDbError(f"{what}: slot for package {pkgidx} is out of bounds")
         if pkgidx in out:
             raise PackageDbError(f"{what}: two slots for package {pkgidx}")
+        budget -= blkcnt * BLOCK
+        if budget < 0:
+            raise PackageDbError(f"{what}: blobs add up to more than the file")
         out[pkgidx] = _blob(data, pkgidx, blkoff, blkcnt, what)
     return sorted(out.items())
 

@@ -47,7 +47,7 @@ MAX_DB = 1 << 30
 MAX_HEADER = bdb.MAX_VALUE
 MAX_PACKAGES = 1 << 20
 #: sqlite virtual-machine steps (in thousands) one read may take before it is abandoned.
-MAX_SQLITE_STEPS = 1 << 20
+MAX_SQLITE_STEPS = 1 << 16
 SQLITE_MAGIC = b"SQLite format 3\0"
 
 

@@ -13,6 +13,7 @@ import contextlib
 import sqlite3
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nestbuild._pkgdb.changes import entries_since
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.model import Package
 from nestbuild._pkgdb.rpmdb import locate, read_rpmdb, read_rpmdb_file
@@ -191,6 +193,9 @@ def test_sqlite_rpmdb_matches_rpm(sqlite_root: Path, sqlite_file: Path) -> None:
     assert alpha.purl("fedora") == "pkg:rpm/fedora/alpha@1.0~rc1-3?arch=noarch&epoch=2"
     beta = next(p for p in packages if p.name == "beta")
     assert (len(beta.changelog), len(beta.files)) == (60, 206)
+    older = replace(beta, version="2.1^git30", release="1")
+    assert [e.version for e in entries_since(beta, older)] == \
+        [f"2.1^git{i}-1" for i in range(60, 30, -1)]
     # the image's own paths say which file to read
     image_paths = {str(p.relative_to(sqlite_root)) for p in sqlite_root.rglob("*")}
     found = locate(image_paths)

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nestbuild._pkgdb import bdb, header, ndb
+from nestbuild._pkgdb.changes import entries_since
 from nestbuild._pkgdb.dpkg import changelog_paths, gunzip, parse_changelog, parse_status
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.header import (
@@ -32,7 +33,7 @@ from nestbuild._pkgdb.header import (
     Header,
     parse_package,
 )
-from nestbuild._pkgdb.model import Package
+from nestbuild._pkgdb.model import ChangelogEntry, Package
 from nestbuild._pkgdb.rpmdb import DbLocation, detect, locate, read_headers, read_rpmdb
 from nestbuild._pkgdb.vercmp import (
     compare_deb,
@@ -369,6 +370,17 @@ def test_berkeley_db_bad_structures_fail_with_a_cause() -> None:
     struct.pack_into("<H", entries, 512 + 20, 1000)
     with pytest.raises(PackageDbError, match="1000 entries"):
         read_rpmdb(bytes(entries))
+    # ten small values turned into pointers at the big value's overflow chain: each page
+    # would be read ten times over, so the values add up to more than the file holds
+    big = package_blob(changelog=200)
+    records = [(struct.pack("<I", 1), big)] + [(struct.pack("<I", i), b"v" * 12)
+                                               for i in range(2, 12)]
+    shared = bytearray(bdb_hash(records, pagesize=512))
+    for pg in range(2, 12):
+        start = struct.unpack_from("<H", shared, pg * 512 + 26 + 2)[0]
+        struct.pack_into("<B3xII", shared, pg * 512 + start, bdb.H_OFFPAGE, 12, len(big))
+    with pytest.raises(PackageDbError, match="more than the file"):
+        read_rpmdb(bytes(shared))
     encrypted = bytearray(good)
     encrypted[24] = 1
     with pytest.raises(PackageDbError, match="encrypted"):
@@ -409,6 +421,11 @@ def test_ndb_packages_file_is_read_and_checked() -> None:
         bad[offset:offset + len(value)] = value
         with pytest.raises(PackageDbError, match=cause):
             read_rpmdb(bytes(bad))
+    shared = bytearray(data)  # the second slot's blob made the first's, as a third package
+    shared[32 + 32:32 + 48] = bytes(shared[32:48])
+    shared[32 + 36:32 + 40] = struct.pack("<I", 7)
+    with pytest.raises(PackageDbError, match="bad blob head"):
+        read_rpmdb(bytes(shared))
     twice = ndb_file([(1, package_blob("a")), (1, package_blob("b"))])
     with pytest.raises(PackageDbError, match="two slots for package 1"):
         read_rpmdb(twice)
@@ -618,3 +635,20 @@ def test_evr_and_purl() -> None:
     assert deb.purl("debian") == "pkg:deb/debian/libstdc%2B%2B6@1:12.2.0-14?arch=amd64"
     native = Package("base-files", None, "12.4+deb12u5", "", "", 0, "", "", (), "deb")
     assert native.purl() == "pkg:deb/base-files@12.4%2Bdeb12u5"
+
+
+def test_entries_since_the_old_version() -> None:
+    def rpm(version: str, release: str, log: tuple[str | None, ...] = ()) -> Package:
+        entries = tuple(ChangelogEntry(0, "J <j@example.org>", "-", v) for v in log)
+        return Package("p", 1, version, release, "noarch", 0, "", "", entries, "rpm")
+
+    new = rpm("2.0", "1", ("1:2.0-1", None, "1.1-2", "1.1-1", "1.0-1"))
+    assert [e.version for e in entries_since(new, rpm("1.1", "1"))] == \
+        ["1:2.0-1", None, "1.1-2"]  # the epoch of the entries is not compared
+    assert entries_since(new, rpm("2.0", "1")) == ()
+    assert len(entries_since(new, rpm("0.9", "1"))) == 5
+    assert len(entries_since(rpm("2.0", "1", ("2.0~rc1-1",)), rpm("1.9", "1"))) == 1
+    deb_log = tuple(ChangelogEntry(0, "J", "-", v) for v in ("1:2.0-1", "1:1.0-2", "1.0-1"))
+    new_deb = Package("d", 1, "2.0", "1", "amd64", 0, "", "d", deb_log, "deb")
+    old_deb = Package("d", 1, "1.0", "2", "amd64", 0, "", "d", (), "deb")
+    assert [e.version for e in entries_since(new_deb, old_deb)] == ["1:2.0-1"]
