@@ -41,7 +41,7 @@ from nestbuild._image.model import OCI_MANIFEST, Descriptor, digest_of
 from nestbuild._registry.client import RegistryClient
 from nestbuild._tools import buildah
 from nestbuild.node import deploy
-from nestbuild.shipping.push import push
+from nestbuild.shipping.upload import upload as push
 from nestbuild.signing import keys
 from tests.fixtures import cli
 from tests.fixtures.registry import FaultProxy, Registry
