@@ -163,3 +163,26 @@ def test_imports_in_functions_count_and_type_checking_ones_do_not() -> None:
                      "def f():\n    from d import e\n")
     assert sorted(ast.unparse(n) for n in _imports(tree)) == [
         "from d import e", "import a", "import c"]
+
+
+#: What the command line may import besides the public API: its own modules, the error
+#: types (their exit codes are the CLI's), and the presentation helpers (terminal-safe text,
+#: atomic output files). Everything else it needs must be public, so a CI script can do it.
+CLI_MAY_IMPORT = ("nestbuild._cli", "nestbuild.errors", "nestbuild._util.terminal",
+                  "nestbuild._util.atomic")
+
+
+def test_the_command_line_imports_only_the_public_api() -> None:
+    wrong = []
+    for module, tree in _modules().items():
+        if not module.startswith("nestbuild._cli"):
+            continue
+        for node in _imports(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [_resolve(module, node, module == "nestbuild._cli")])
+            for name in names:
+                if name == "nestbuild" or not name.startswith("nestbuild"):
+                    continue
+                if not any(name == ok or name.startswith(ok + ".") for ok in CLI_MAY_IMPORT):
+                    wrong.append(f"{module} imports {name} (line {node.lineno})")
+    assert not wrong, "\n".join(wrong)
