@@ -1,72 +1,169 @@
 """The package list of an image, from its package database, for the push attestation.
 
 Nodes are audited by what is installed on them; attaching the list to the signed image lets
-anyone answer "which nodes run openssl 3.0.x" from the registry alone. Debian's dpkg database
-is read directly (in an ostree-native image it lives under ``/usr/lib/sysimage/dpkg``); an
-image without one (the mini base, an rpm image whose sqlite database would need rpm) gets no
-package attestation, and push says so.
+anyone answer "which nodes run openssl 3.0.x" from the registry alone. The database is read
+natively (:mod:`nestbuild._pkgdb`): rpm's sqlite, Berkeley DB or ndb file (bootc images keep
+it under ``/usr/lib/sysimage/rpm``) or dpkg's status file (an ostree-native Debian image keeps
+it under ``/usr/lib/sysimage/dpkg``). Only the layer that holds the database is read: layers
+are looked at from the top, and the first one with the file (not deleted by a layer above it)
+is the one a node sees. An image without a database (the mini base) gets no package
+attestation, and push says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from nestbuild._image.source import ImageSource
 from nestbuild._image.tarstream import TarStream
+from nestbuild._image.tree import DIR, Entry, Whiteout, item_of
+from nestbuild._pkgdb.dpkg import MAX_STATUS, STATUS_PATHS, parse_status
+from nestbuild._pkgdb.errors import PackageDbError
+from nestbuild._pkgdb.model import Kind, Package
+from nestbuild._pkgdb.rpmdb import (
+    MAX_DB,
+    RPM_DIRS,
+    RPM_FILES,
+    DbLocation,
+    Format,
+    locate,
+    read_rpmdb,
+)
 
 PREDICATE_TYPE = "https://nestbuild.dev/packages/v1"
-DPKG_STATUS = ("usr/lib/sysimage/dpkg/status", "var/lib/dpkg/status")
-WHITEOUT = ".wh."
+
+#: Every file that may hold an image's package database (a sqlite log too), absolute.
+CANDIDATES = frozenset(
+    [f"/{d}/{name}" for d in RPM_DIRS for name, _ in RPM_FILES]
+    + [f"/{d}/rpmdb.sqlite-wal" for d in RPM_DIRS]
+    + [f"/{p}" for p in STATUS_PATHS])
 
 
-def _find(src: ImageSource, paths: tuple[str, ...]) -> bytes | None:
-    """The newest version of the first of ``paths`` any layer has (top layer first)."""
-    wanted = set(paths)
-    dirs = {p.rsplit("/", 1)[0] for p in paths}
+def _ancestors(paths: Iterable[str]) -> frozenset[str]:
+    out = set()
+    for p in paths:
+        while (p := p.rpartition("/")[0]):
+            out.add(p)
+    return frozenset(out)
+
+
+#: Their directories: a whiteout or a non-directory there hides what lower layers have below.
+ANCESTORS = _ancestors(CANDIDATES)
+
+
+def is_candidate(path: str) -> bool:
+    """Whether ``path`` (absolute) may be part of a package database."""
+    return path in CANDIDATES
+
+
+@dataclass(frozen=True)
+class FoundDb:
+    """The database file an image's tree holds: where, its bytes, the layer they came from."""
+
+    location: DbLocation
+    data: bytes
+    wal: bytes | None
+    layer: int
+
+
+@dataclass(frozen=True)
+class PackageDb:
+    """An image's installed packages, in name order (then architecture)."""
+
+    format: Format
+    path: str
+    layer: int
+    packages: tuple[Package, ...]
+
+    @property
+    def kind(self) -> Kind:
+        return "deb" if self.format == "dpkg" else "rpm"
+
+
+def found_in(files: Mapping[str, bytes], layer: int) -> FoundDb | None:
+    """The database among ``files`` (absolute path -> content, as the final tree has them),
+    by rpm's and dpkg's own precedence (:func:`nestbuild._pkgdb.rpmdb.locate`)."""
+    where = locate({p.lstrip("/") for p in files})
+    if where is None:
+        return None
+    wal = files.get(f"/{where.wal}") if where.wal else None
+    return FoundDb(where, files[f"/{where.path}"], wal, layer)
+
+
+def parse(found: FoundDb, *, what: str = "image") -> PackageDb:
+    """The packages of a database file's content (PackageDbError on anything malformed)."""
+    where = found.location
+    label = f"{what}: /{where.path}"
+    if where.format == "dpkg":
+        packages = parse_status(found.data, what=label)
+    else:
+        packages = sorted(read_rpmdb(found.data, wal=found.wal, what=label, files=False),
+                          key=lambda p: (p.name, p.arch, p.evr))
+    return PackageDb(where.format, "/" + where.path, found.layer, tuple(packages))
+
+
+def find_database(src: ImageSource) -> FoundDb | None:
+    """The database file of the top-most layer that has one a node would see."""
+    hidden: set[str] = set()  # prefixes lower layers may not provide
     for i in reversed(range(len(src.manifest.layers))):
         with src.open_layer(i) as layer:
-            found = _in_layer(TarStream(layer.fileobj, seekable=layer.seekable,
-                                    what=f"{src.ref} layer {i}"), wanted, dirs)
-            if found is not None:
+            what = f"{src.ref} layer {i}"
+            files, gone = _scan(TarStream(layer.fileobj, seekable=layer.seekable, what=what),
+                                i, hidden, what)
+            if files:
                 layer.finish()  # what the attestation states must come from proven bytes
-                return found[0]
+                return found_in(files, i)
+        hidden |= gone
     return None
 
 
-def _in_layer(tar: TarStream, wanted: set[str], dirs: set[str]) -> tuple[bytes | None] | None:
-    """(content,) of the first wanted file in the layer, (None,) if the layer deletes it."""
+def _hidden(path: str, hidden: set[str]) -> bool:
+    return any(path == h or path.startswith(h + "/") for h in hidden)
+
+
+def _scan(tar: TarStream, layer: int, hidden: set[str],
+          what: str) -> tuple[dict[str, bytes], set[str]]:
+    """(database files of this layer, what it hides in the layers below)."""
+    files: dict[str, bytes] = {}
+    gone: set[str] = set()
     for m in tar:
-        name = m.name.lstrip("./").rstrip("/")
-        if name in wanted and m.type in (b"0", b"\0"):
-            return (b"".join(tar.body(m)),)
-        head, _, base = name.rpartition("/")
-        if head in dirs and base.startswith(WHITEOUT) and \
-                f"{head}/{base[len(WHITEOUT):]}" in wanted:
-            return (None,)  # deleted by a later layer
-    return None
+        item = item_of(m, layer)
+        path = item.path
+        if path not in CANDIDATES and path not in ANCESTORS:
+            continue
+        if isinstance(item, Whiteout):
+            gone.add(path)  # an opaque directory or a deletion: lower layers' copies are gone
+            continue
+        if not isinstance(item, Entry) or _hidden(path, hidden):
+            continue
+        if path in CANDIDATES and item.type == "file":
+            limit = MAX_STATUS if path.endswith("/status") else MAX_DB
+            if m.size > limit:
+                raise PackageDbError(f"{what}: {path} is {m.size} bytes "
+                                     f"(limit {limit})")
+            files[path] = b"".join(tar.body(m))
+        elif item.type != DIR:
+            gone.add(path)  # a symlink or another non-file hides the path below it
+    return files, gone
 
 
-def parse_dpkg_status(text: str) -> list[dict[str, str]]:
-    """Installed packages (name, version, architecture) from a dpkg ``status`` file."""
-    out = []
-    for stanza in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in stanza.splitlines():
-            if line[:1] in (" ", "\t") or ":" not in line:
-                continue
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-        if fields.get("Package") and fields.get("Status", "").endswith(" installed"):
-            out.append({"name": fields["Package"], "version": fields.get("Version", ""),
-                        "architecture": fields.get("Architecture", "")})
-    return sorted(out, key=lambda p: p["name"])
+def read_packages(src: ImageSource) -> PackageDb | None:
+    """The image's installed packages, or None when it has no package database."""
+    found = find_database(src)
+    return None if found is None else parse(found, what=str(src.ref))
+
+
+def entries(packages: Iterable[Package]) -> list[dict[str, str]]:
+    """The attestation's package entries: name, version as its tool prints it, architecture."""
+    return [{"name": p.name, "version": p.evr, "architecture": p.arch} for p in packages]
 
 
 def package_list(src: ImageSource) -> dict[str, Any] | None:
     """The attestation predicate, or None when the image has no package database."""
-    data = _find(src, DPKG_STATUS)
-    if data is None:
+    db = read_packages(src)
+    if db is None:
         return None
-    packages = parse_dpkg_status(data.decode("utf-8", "replace"))
-    return {"format": "dpkg", "image": str(src.ref), "count": len(packages),
-            "packages": packages}
+    return {"format": "dpkg" if db.kind == "deb" else "rpm", "image": str(src.ref),
+            "count": len(db.packages), "packages": entries(db.packages)}

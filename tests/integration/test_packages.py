@@ -1,4 +1,4 @@
-"""Reading an image's dpkg database for the package attestation."""
+"""Reading an image's package database for the package attestation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from nestbuild._image import open_image
 from nestbuild._image.layout import LayoutWriter
+from nestbuild._pkgdb.dpkg import parse_status
 from nestbuild.building.baseimage import BuiltBase
 from nestbuild.errors import LayerError
 from nestbuild.validation import packages
@@ -34,7 +35,7 @@ Version: 5.2.15-2+b2
 
 
 def test_only_installed_packages_are_listed_in_name_order() -> None:
-    assert packages.parse_dpkg_status(STATUS) == [
+    assert packages.entries(parse_status(STATUS.encode())) == [
         {"name": "bash", "version": "5.2.15-2+b2", "architecture": "amd64"},
         {"name": "openssl", "version": "3.0.11-1~deb12u2", "architecture": "amd64"},
     ]
