@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from nestbuild._tools import run
 from nestbuild.errors import ToolError
@@ -162,10 +164,31 @@ def bud_logged(containerfile: Path, context: Path, tag: str, *, isolation: str,
                 if log is not None:
                     log(raw.decode(errors="replace").rstrip("\n"))
     except BaseException:
-        proc.kill()
-        proc.wait()
+        _interrupt(proc)
         raise
     return proc.wait()
+
+
+#: How long buildah may take to remove its working container once interrupted.
+INTERRUPT_GRACE = 60.0
+
+
+def _interrupt(proc: Any) -> None:
+    """Stop a ``buildah bud`` as Ctrl-C does: on SIGINT buildah removes its working container
+    (a SIGKILL would leave it in local storage). A Ctrl-C at the terminal has reached buildah
+    already, and a second SIGINT could cut its clean-up short: it gets a moment first. Its
+    output is drained meanwhile, so that it cannot block on a full pipe; killed only if it
+    does not exit."""
+    for sig in (None, signal.SIGINT):
+        if sig is not None and proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            proc.communicate(timeout=2.0 if sig is None else INTERRUPT_GRACE)
+            return
+        except Exception:  # subprocess.TimeoutExpired: still running
+            continue
+    proc.kill()
+    proc.wait()
 
 
 def pull(ref: str) -> None:

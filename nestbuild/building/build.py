@@ -14,6 +14,7 @@ cache hands back an image recorded otherwise, records it again in an empty layer
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,7 @@ from nestbuild.building.engine import (
     LogSink,
     ResolvedBase,
 )
-from nestbuild.errors import ImageError, UsageError
+from nestbuild.errors import ImageError, NestbuildError, UsageError
 from nestbuild.validation.policy import Policy
 from nestbuild.validation.report import Report
 
@@ -47,7 +48,8 @@ class BuildResult:
     engine: str
     isolation: str | None
     seconds: float
-    log: Path
+    #: The build log, kept only when the build failed (None: built, the log was removed).
+    log: Path | None
     report: Report | None = None
 
     @property
@@ -63,7 +65,7 @@ class BuildResult:
             "engine": self.engine,
             "isolation": self.isolation,
             "seconds": round(self.seconds, 3),
-            "log": str(self.log),
+            "log": None if self.log is None else str(self.log),
             "validation": None if self.report is None else self.report.to_json(),
             "passed": self.passed,
         }
@@ -130,7 +132,16 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
 
     logdir = Path(tempfile.mkdtemp(prefix="nestbuild-build-"))
     logfile = logdir / "build.log"
-    built = engine.build(EngineJob(opts, path, tag, base, logfile, log, say))
+    try:
+        built = engine.build(EngineJob(opts, path, tag, base, logfile, log, say))
+    except NestbuildError:
+        if not logfile.is_file() or not logfile.stat().st_size:
+            shutil.rmtree(logdir, ignore_errors=True)
+        raise  # a log stays: the engine's error says where it is
+    except BaseException:
+        shutil.rmtree(logdir, ignore_errors=True)  # interrupted: nothing left behind
+        raise
+    shutil.rmtree(logdir, ignore_errors=True)  # built: the log was streamed already
     image_id = built.image_id
 
     image = open_image(f"containers-storage:{tag}")
@@ -151,7 +162,7 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
                                      annotations=base.record)
         image = open_image(f"containers-storage:{tag}")
     result = BuildResult(tag, image_id, image.digest, base.name, base.digest, opts.engine,
-                         built.isolation, time.monotonic() - start, logfile)
+                         built.isolation, time.monotonic() - start, None)
     if opts.validate:
         from nestbuild.validation.validate import validate
 
