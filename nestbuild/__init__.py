@@ -100,6 +100,7 @@ _API: dict[str, str] = {
     "RebaseRefused": "nestbuild.node.checks",
     "ToolRebase": "nestbuild.node.tool",
     "SysrootRebase": "nestbuild.node.sysroot",
+    "write_trust_to_sysroot": "nestbuild.node.sysroot",
     "node_status": "nestbuild.node.backend",
     "rollback": "nestbuild.node.backend",
     "NodeStatus": "nestbuild.node.status",
@@ -143,6 +144,7 @@ if TYPE_CHECKING:
     from nestbuild.node.status import NodeStatus as NodeStatus
     from nestbuild.node.sysroot import SysrootRebase as SysrootRebase
     from nestbuild.node.sysroot import SysrootStatus as SysrootStatus
+    from nestbuild.node.sysroot import write_trust_to_sysroot as write_trust_to_sysroot
     from nestbuild.node.tool import ToolRebase as ToolRebase
     from nestbuild.node.trust import TrustSettings as TrustSettings
     from nestbuild.node.trust import write_trust as write_trust

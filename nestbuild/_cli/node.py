@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,15 +26,25 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         description="Write /etc/containers/policy.json (reject by default; sigstoreSigned for\n"
                     "REPO, matchRepository), /etc/containers/registries.d/NAME.yaml\n"
                     "(use-sigstore-attachments) and the key under /etc/pki/containers/, into\n"
-                    "DIR. An existing policy.json there is extended, not replaced. Give --key\n"
-                    "twice while rotating keys: either key is then accepted.\n\n"
-                    "example:\n  nestbuild node trust registry.example.com/nodes/base "
-                    "--key cosign.pub --out ./overlay")
+                    "DIR, or with --sysroot into the default deployment's /etc of an ostree\n"
+                    "sysroot (a node deployed from an image without trust files, whose updates\n"
+                    "are then checked without --trust). An existing policy.json there is\n"
+                    "extended, not replaced. Give --key twice while rotating keys: either key\n"
+                    "is then accepted.\n\n"
+                    "examples:\n  nestbuild node trust registry.example.com/nodes/base "
+                    "--key cosign.pub --out ./overlay\n"
+                    "  nestbuild node trust registry.example.com/nodes/base "
+                    "--key cosign.pub --sysroot ./sysroot")
     t.add_argument("repo", metavar="REPO", help="REGISTRY/REPOSITORY the node pulls from")
     t.add_argument("--key", type=Path, action="append", required=True, metavar="K.pub",
                    help="public key (repeatable, for rotation)")
-    t.add_argument("--out", type=Path, default=Path("node-trust"), metavar="DIR",
-                   help="root to write etc/... under (default: ./node-trust)")
+    where = t.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, metavar="DIR",
+                       help="root to write etc/... under (default: ./node-trust)")
+    where.add_argument("--sysroot", type=absolute, metavar="DIR",
+                       help="an ostree sysroot: write into its default deployment's /etc")
+    t.add_argument("--os", default="nestos", metavar="NAME",
+                   help="stateroot for --sysroot (default nestos)")
     t.add_argument("--authfile", type=Path, metavar="FILE",
                    help="containers auth.json to install as /etc/ostree/auth.json (0600)")
     t.add_argument("--format", choices=("table", "json"), default="table")
@@ -58,10 +69,12 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         "ostree-image-signed:docker://...) on the node, and show its status before and after.\n"
         "The node verifies the signature with its own /etc/containers/policy.json.\n\n"
         "--via ostree --sysroot DIR does it here, for real: the signature is checked first\n"
-        "against the policy in the default deployment's /etc (or --trust DIR, written by\n"
-        "`nestbuild node trust`, for a sysroot with no deployment yet), then the image's\n"
-        "layers are imported into the sysroot's ostree repository (only the new ones) and\n"
-        "deployed with ostree admin deploy; the previous deployment stays for rollback.\n\n"
+        "against --trust DIR (written by `nestbuild node trust`; needed for a sysroot with no\n"
+        "deployment yet), else the policy in the default deployment's /etc, then the\n"
+        "image's layers are imported into the sysroot's ostree repository (only the new\n"
+        "ones) and deployed with ostree admin deploy; the previous deployment stays for\n"
+        "rollback. An image without trust files of its own leaves a node that needs --trust\n"
+        "on every update, until `nestbuild node trust ... --sysroot DIR` writes them in.\n\n"
         "exit codes: 0 staged, 1 refused by a check (nothing changed), 2 unusable input or\n"
         "a failing tool\n\n"
         "examples:\n"
@@ -72,12 +85,14 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         epilog="")
     b.add_argument("image", metavar="IMAGE", help="[docker://]REGISTRY/REPO[:TAG|@DIGEST]")
     b.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"), default="bootc")
-    b.add_argument("--sysroot", type=Path, metavar="DIR",
+    b.add_argument("--sysroot", type=absolute, metavar="DIR",
                    help="the ostree sysroot for --via ostree (created if missing)")
     b.add_argument("--os", default="nestos", metavar="NAME",
                    help="stateroot for --via ostree (default nestos)")
-    b.add_argument("--trust", type=Path, metavar="DIR",
-                   help="trust files (policy.json, keys) for a sysroot's first deployment")
+    b.add_argument("--trust", type=absolute, metavar="DIR",
+                   help="trust files (policy.json, keys) to check against; needed for a "
+                        "sysroot's first deployment, and it wins over the deployment's own "
+                        "/etc")
     b.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run on a node over ssh")
     b.add_argument("--apply", "--reboot", dest="apply", action="store_true",
                    help="reboot into the new deployment when it is staged")
@@ -88,10 +103,20 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     b.set_defaults(func=cmd_rebase)
 
 
-def cmd_trust(args: argparse.Namespace) -> int:
-    from nestbuild import TrustSettings, write_trust
+def absolute(text: str) -> Path:
+    """A path argument made absolute where it is given (relative to the working directory
+    the user typed it in): nothing further down depends on the process's directory."""
+    return Path(os.path.abspath(text))
 
-    written = write_trust(TrustSettings(args.repo, list(args.key), args.authfile), args.out)
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from nestbuild import TrustSettings, write_trust, write_trust_to_sysroot
+
+    settings = TrustSettings(args.repo, list(args.key), args.authfile)
+    if args.sysroot is not None:
+        written = write_trust_to_sysroot(settings, args.sysroot, args.os)
+    else:
+        written = write_trust(settings, args.out or Path("node-trust"))
     if args.format == "json":
         sys.stdout.write(json.dumps({"repo": args.repo, "files": [str(p) for p in written]},
                                     indent=2) + "\n")
@@ -134,6 +159,8 @@ def cmd_rebase(args: argparse.Namespace) -> int:
                       osname=args.os, trust=args.trust, apply=args.apply,
                       dry_run=args.dry_run, access=registry_access(args)),
         progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
+    for note in getattr(result, "notes", ()):
+        print(f"nestbuild: note: {note}", file=sys.stderr)
     _show(result, args.format)
     return EXIT_OK
 
@@ -142,6 +169,7 @@ def _node_flags(parser: argparse.ArgumentParser, *, via_help: str) -> None:
     """Which node: a local sysroot, or the node's own tool (bootc, rpm-ostree), over ssh
     with --host."""
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--sysroot", type=Path, metavar="DIR", help="a local ostree sysroot")
+    target.add_argument("--sysroot", type=absolute, metavar="DIR",
+                        help="a local ostree sysroot")
     target.add_argument("--via", choices=("bootc", "rpm-ostree"), help=via_help)
     parser.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run it over ssh")

@@ -1,15 +1,22 @@
 """A local ostree sysroot as the node (``--via ostree --sysroot DIR``): checked against the
 node's own policy by nestbuild, then deployed by :mod:`nestbuild.node.deploy`.
 
-Trust comes from the default deployment's /etc; a sysroot with no deployment yet takes it
-from the trust directory (what ``nestbuild node trust`` writes). One deploy at a time: the
-trust read from the default deployment must still be the default's when the new deployment
-is made, so the check and the deploy hold the sysroot's lock together.
+Trust comes from the trust directory when one is given (what ``nestbuild node trust``
+writes: the operator's explicit word wins, and the result says so), else from the default
+deployment's /etc. An image without trust files baked in leaves a node whose next update has
+nothing to check against: the first deployment says so, and :func:`write_trust_to_sysroot`
+(``nestbuild node trust --sysroot``) writes them into the default deployment's /etc. One
+deploy at a time: the trust read from the default deployment must still be the default's when
+the new deployment is made, so the check and the deploy hold the sysroot's lock together.
+
+Paths are made absolute here, once: nothing below depends on the process's working
+directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from nestbuild._image.model import host_platform
 from nestbuild.errors import UsageError
 from nestbuild.node.checks import Check, RebaseRefused
+from nestbuild.node.trust import POLICY
 
 if TYPE_CHECKING:
     from nestbuild._image.registry_source import RegistrySource
@@ -26,6 +34,7 @@ if TYPE_CHECKING:
     from nestbuild._registry.reference import RegistryRef
     from nestbuild.node.deploy import Deployment
     from nestbuild.node.policy import Verdict
+    from nestbuild.node.trust import TrustSettings
 
 Progress = Callable[[str], None]
 
@@ -59,11 +68,14 @@ class SysrootCheck:
     verdict: Verdict
     trust_from: str
     checks: list[Check] = field(default_factory=list)
+    #: One-line remarks for the operator (where the trust came from, what a later update
+    #: will need).
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"via": "ostree", "image": self.image, "digest": self.digest,
                 "trust": self.trust_from, "policy": self.verdict.to_json(),
-                "checks": [c.to_json() for c in self.checks]}
+                "checks": [c.to_json() for c in self.checks], "notes": self.notes}
 
 
 @dataclass
@@ -76,17 +88,31 @@ class SysrootRebase:
     after: list[Deployment]
     #: Blob bytes fetched: a config-only update fetches only its new layers.
     bytes_downloaded: int
+    #: One-line remarks for the operator, as :attr:`SysrootCheck.notes`.
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"via": "ostree", "image": self.image, "digest": self.digest,
                 "trust": self.trust_from, "policy": self.verdict.to_json(),
-                "bytesDownloaded": self.bytes_downloaded,
+                "bytesDownloaded": self.bytes_downloaded, "notes": self.notes,
                 "before": [d.to_json() for d in self.before],
                 "after": [d.to_json() for d in self.after]}
 
     def lines(self) -> list[str]:
         return [f"verified: {self.verdict.reason} (scope {self.verdict.scope}; trust from "
                 f"{self.trust_from})", *SysrootStatus(self.after).lines()]
+
+
+def absolute(path: Path) -> Path:
+    """``path`` from the working directory of now, symlinks left as they are."""
+    return Path(os.path.abspath(path))
+
+
+def write_trust_to_sysroot(settings: TrustSettings, sysroot: Path, osname: str = "nestos"
+                           ) -> list[Path]:
+    """``nestbuild node trust --sysroot``: the trust files written into the default
+    deployment's /etc, so that its later updates are checked without ``--trust``."""
+    return SysrootBackend(sysroot, osname).write_trust(settings)
 
 
 def deployment_root(sysroot: Path, osname: str, checksum: str, serial: int) -> Path:
@@ -98,9 +124,9 @@ class SysrootBackend:
 
     def __init__(self, sysroot: Path, osname: str = "nestos", trust: Path | None = None
                  ) -> None:
-        self.sysroot = sysroot
+        self.sysroot = absolute(sysroot)
         self.osname = osname
-        self.trust = trust
+        self.trust = None if trust is None else absolute(trust)
 
     def status(self) -> SysrootStatus:
         from nestbuild.node import deploy
@@ -125,10 +151,12 @@ class SysrootBackend:
         target = reference.parse(image)
         exists = self.sysroot.is_dir()
         with deploy.sysroot_lock(self.sysroot) if exists else contextlib.nullcontext():
-            root, trust_from = self._trust(self._deployments())
+            root, trust_from, notes = self._trust(self._deployments())
             with (access or RegistryAccess()).client(target.host) as client:
-                return self._check(image, target, client, root, trust_from,
-                                   lambda _m: None)[0]
+                checked = self._check(image, target, client, root, trust_from,
+                                      lambda _m: None)[0]
+        checked.notes = notes
+        return checked
 
     def rebase(self, image: str, *, access: RegistryAccess | None = None,
                apply: bool = False, dry_run: bool = False,
@@ -144,7 +172,7 @@ class SysrootBackend:
         target = reference.parse(image)
         with deploy.sysroot_lock(self.sysroot, say):
             before = self._deployments()
-            root, trust_from = self._trust(before)
+            root, trust_from, notes = self._trust(before)
             with (access or RegistryAccess()).client(target.host) as client:
                 checked, src = self._check(image, target, client, root, trust_from, say)
                 name = str(target)  # the tag as given (or the digest, the same as pinned)
@@ -152,8 +180,13 @@ class SysrootBackend:
                                     progress=say)
                 fetched = client.bytes_downloaded
             after = deploy.deployments(self.sysroot)
+            if after and not self._has_policy(after[0]):
+                notes.append(
+                    f"{name} has no /{POLICY} of its own: every later update of this node "
+                    f"needs --trust DIR too, or write the trust into the node once with "
+                    f"`nestbuild node trust REPO --key K.pub --sysroot {self.sysroot}`")
         return SysrootRebase(name, checked.digest, checked.verdict, trust_from, before, after,
-                             fetched)
+                             fetched, notes)
 
     def _deployments(self) -> list[Deployment]:
         from nestbuild._tools import ostree
@@ -163,18 +196,67 @@ class SysrootBackend:
             return deploy.deployments(self.sysroot)
         return []
 
-    def _trust(self, deployments: list[Deployment]) -> tuple[Path, str]:
-        """Where the policy comes from: the default deployment's root, else the trust
-        directory."""
+    def _root_of(self, d: Deployment) -> Path:
+        return deployment_root(self.sysroot, self.osname, d.checksum, d.serial)
+
+    def _has_policy(self, d: Deployment) -> bool:
+        """Whether the deployment's /etc has a policy.json (a regular file, reached without
+        following a symlink)."""
+        from nestbuild._util import beneath
+
+        try:
+            with beneath.Root(self._root_of(d)) as root:
+                return root.read_file("/" + POLICY, 1) is not None
+        except (OSError, beneath.SymlinkInPath):
+            return False
+
+    def _trust(self, deployments: list[Deployment]) -> tuple[Path, str, list[str]]:
+        """Where the policy comes from, and a note when that is not the obvious place: the
+        trust directory when one is given, else the default deployment's root."""
         current = next((d for d in deployments if d.default), None)
-        if current is not None:
-            root = deployment_root(self.sysroot, self.osname, current.checksum, current.serial)
-            which = current.digest or current.checksum[:12]
-            return root, f"the default deployment's /etc ({which})"
         if self.trust is not None:
-            return self.trust, str(self.trust)
+            notes: list[str] = []
+            if current is not None:
+                which = current.digest or current.checksum[:12]
+                notes.append(f"trust from --trust {self.trust}, not from the default "
+                             f"deployment's /etc ({which})")
+            return self.trust, str(self.trust), notes
+        if current is not None:
+            which = current.digest or current.checksum[:12]
+            if not self._has_policy(current):
+                raise UsageError(
+                    f"{self.sysroot}: the default deployment ({which}) has no /{POLICY} to "
+                    "check the update against; pass --trust DIR, or write the trust into the "
+                    "node once with `nestbuild node trust REPO --key K.pub --sysroot "
+                    f"{self.sysroot}`")
+            return self._root_of(current), f"the default deployment's /etc ({which})", []
         raise UsageError(f"{self.sysroot}: no deployment yet, so no trust to check against; "
                          "pass --trust DIR (written by `nestbuild node trust`)")
+
+    def write_trust(self, settings: TrustSettings) -> list[Path]:
+        """Write the trust files into the default deployment's /etc (extending its
+        policy.json), beneath its root and atomically, under the sysroot's lock."""
+        from nestbuild._util import beneath
+        from nestbuild.node import deploy
+        from nestbuild.node import trust as trust_mod
+
+        if not self.sysroot.is_dir():
+            raise UsageError(f"{self.sysroot}: no such sysroot")
+        with deploy.sysroot_lock(self.sysroot):
+            current = next((d for d in self._deployments() if d.default), None)
+            if current is None:
+                raise UsageError(f"{self.sysroot}: no deployment to write the trust into; "
+                                 "deploy one first with `nestbuild rebase --via ostree "
+                                 "--trust DIR`")
+            shown = self._root_of(current)
+            try:
+                root = beneath.Root(shown)
+            except OSError as exc:
+                raise UsageError(f"{shown}: cannot open it ({exc.strerror})") from None
+            with root:
+                files = settings.files(trust_mod.read_policy_beneath(root, shown))
+                return trust_mod.write_tree_beneath(
+                    root, {rel.lstrip("/"): v for rel, v in files.items()}, shown)
 
     def _check(self, image: str, target: RegistryRef, client: RegistryClient, root: Path,
                trust_from: str, say: Progress) -> tuple[SysrootCheck, RegistrySource]:

@@ -8,13 +8,15 @@ look for cosign's ``.sig`` attachments in the registry.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nestbuild._util import userfile
+from nestbuild._util import beneath, userfile
 from nestbuild._util.atomic import write_atomic
 from nestbuild.errors import UsageError
 
@@ -104,6 +106,11 @@ def read_policy(path: Path) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_policy(data, path)
+
+
+def parse_policy(data: bytes, path: Path | str) -> dict[str, Any]:
+    """A policy.json's content, checked as :func:`read_policy` says (``path`` names it)."""
     doc = userfile.json_object(data, str(path), UsageError, "policy.json")
     _requirements(doc.get("default", []), f"{path}: default")
     transports = doc.get("transports", {})
@@ -195,3 +202,87 @@ def write_trust(settings: TrustSettings, out: Path) -> list[Path]:
     there; the paths written. All of them or none."""
     files = settings.files(existing_policy=read_existing_policy(out))
     return write_tree(out, {rel.lstrip("/"): v for rel, v in files.items()})
+
+
+#: The most of a policy.json :func:`write_tree_beneath` reads back to extend it.
+POLICY_LIMIT = 1 << 20
+
+
+def write_tree_beneath(root: beneath.Root, files: dict[str, tuple[bytes, int]],
+                       shown: Path) -> list[Path]:
+    """:func:`write_tree` into a tree an image made (a deployment's root): every directory
+    is opened beneath ``root`` without following a symlink, and each file is written under a
+    temporary name with its mode from the start and renamed only once all of them are written.
+    A symlink or a file in the way refuses the whole tree before anything is written."""
+    dirs: dict[str, int] = {}
+    staged: list[tuple[int, str, str]] = []
+    try:
+        for rel in sorted(files):
+            parent = "/".join(beneath.split(rel)[:-1])
+            if parent not in dirs:
+                dirs[parent] = _open_beneath(root, parent, shown)
+        written = []
+        for rel, (data, mode) in sorted(files.items()):
+            name = beneath.split(rel)[-1]
+            dfd = dirs["/".join(beneath.split(rel)[:-1])]
+            tmp = f".{name}.nestbuild-tmp"
+            try:
+                beneath.remove_at(dfd, tmp)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, mode, dir_fd=dfd)
+                try:
+                    os.fchmod(fd, mode)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise UsageError(f"{shown / rel}: cannot write it ({exc.strerror}); nothing "
+                                 "changed") from None
+            staged.append((dfd, tmp, name))
+            written.append(shown / rel)
+        for dfd, tmp, name in staged:
+            try:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError as exc:
+                raise UsageError(f"{shown}: cannot put {name} in place ({exc.strerror})"
+                                 ) from None
+        staged.clear()
+        return written
+    finally:
+        for dfd, tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+        for fd in dirs.values():
+            os.close(fd)
+
+
+def _open_beneath(root: beneath.Root, path: str, shown: Path) -> int:
+    """The directory ``path`` beneath ``root``, made (0755) where missing."""
+    try:
+        return root.open_dir(path, create=True, mode=0o755)
+    except beneath.SymlinkInPath as exc:
+        raise UsageError(f"{shown}{exc.link}: a symlink where a directory is needed; nothing "
+                         "written") from None
+    except NotADirectoryError:
+        raise UsageError(f"{shown / path}: not a directory, so nothing can be written below "
+                         "it; nothing written") from None
+    except OSError as exc:
+        raise UsageError(f"{shown / path}: cannot open it ({exc.strerror}); nothing written"
+                         ) from None
+
+
+def read_policy_beneath(root: beneath.Root, shown: Path) -> dict[str, Any] | None:
+    """The policy.json under ``root`` read without following a symlink (None if there is
+    none), to extend it."""
+    try:
+        data = root.read_file("/" + POLICY, POLICY_LIMIT + 1)
+    except beneath.SymlinkInPath as exc:
+        raise UsageError(f"{shown}{exc.link}: a symlink where a directory is needed") from None
+    if data is None:
+        return None
+    if len(data) > POLICY_LIMIT:
+        raise UsageError(f"{shown / POLICY}: larger than {POLICY_LIMIT} bytes")
+    return parse_policy(data, shown / POLICY)

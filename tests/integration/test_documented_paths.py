@@ -1,0 +1,180 @@
+"""What README and docs/ tell a new platform engineer to type, run literally as the real CLI:
+relative paths, a node whose image has no trust baked in, registry images for validate, diff
+and inspect, a build whose base is only in a TLS registry with auth, the documented
+Containerfile, keygen into a new directory, and pipes that close early."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nestbuild.node import deploy
+from nestbuild.shipping.upload import upload
+from tests.fixtures.cli import nestbuild
+from tests.fixtures.registry import Registry
+from tests.ocibuilder import Layer, bootable_base, write_image
+
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.ostree]
+
+PASSWORD = "documented-paths"
+ENV = {**os.environ, "NESTBUILD_PASSWORD": PASSWORD}
+
+
+@pytest.fixture(autouse=True)
+def _mutable_tmp(tmp_path: Path) -> Iterator[None]:
+    """ostree marks deployment roots immutable; let pytest clean up after us."""
+    yield
+    subprocess.run(["chattr", "-R", "-i", str(tmp_path)], check=False,
+                   stderr=subprocess.DEVNULL)
+
+
+# -- nodes ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Signed:
+    """Two signed versions of a node image without trust files, and the trust to check them."""
+
+    repo: str
+    key: Path
+    pub: Path
+    trust: Path
+
+
+def _node_image(root: Path, version: str) -> None:
+    os_release = f"ID=documented\nVERSION_ID={version}\n".encode()
+    layer = bootable_base(Layer().file("/usr/lib/os-release", os_release))
+    etc = Layer().dir("/etc").file("/etc/motd", f"version {version}\n".encode())
+    write_image(root, [layer, etc], tag=version)
+
+
+@pytest.fixture(scope="module")
+def signed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Signed:
+    root = tmp_path_factory.mktemp("signed")
+    repo = f"{registry.host}/documented/{uuid.uuid4().hex[:8]}"
+    nestbuild("keygen", "--output-prefix", root / "cosign", env=ENV, check=True)
+    for version in ("v1", "v2"):
+        _node_image(root / "layout", version)
+        upload(f"oci:{root / 'layout'}:{version}", f"{repo}:{version}", quiet=True)
+        nestbuild("sign", f"docker://{repo}:{version}", "--key", root / "cosign.key", env=ENV,
+                  check=True)
+    nestbuild("node", "trust", repo, "--key", root / "cosign.pub", "--out", root / "trust",
+              check=True)
+    return Signed(repo, root / "cosign.key", root / "cosign.pub", root / "trust")
+
+
+def _default_etc(sysroot: Path) -> Path:
+    d = deploy.deployments(sysroot)[0]
+    return sysroot / "ostree" / "deploy" / "nestos" / "deploy" / f"{d.checksum}.{d.serial}" / "etc"
+
+
+def test_rebase_into_a_relative_sysroot(signed: Signed, tmp_path: Path) -> None:
+    """docs/nodes.md and `rebase --help` write --sysroot ./sysroot --trust ./node-trust."""
+    (tmp_path / "node-trust").symlink_to(signed.trust)
+    r = nestbuild("rebase", f"docker://{signed.repo}:v1", "--via", "ostree", "--sysroot",
+                  "./sysroot", "--trust", "./node-trust", "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (_default_etc(tmp_path / "sysroot") / "motd").read_text() == "version v1\n"
+    r = nestbuild("node", "status", "--sysroot", "sysroot", "--format", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [d["image"] for d in json.loads(r.stdout)] == [f"{signed.repo}:v1"]
+
+
+def test_a_node_deployed_without_baked_trust_is_not_stuck(signed: Signed, tmp_path: Path
+                                                          ) -> None:
+    """The first deployment of an image without trust files takes --trust; the updates after
+    it used to fail ("no policy.json") whatever was passed, --trust silently ignored."""
+    sysroot = tmp_path / "sysroot"
+
+    def rebase(tag: str, *extra: str | Path) -> subprocess.CompletedProcess[str]:
+        return nestbuild("rebase", f"docker://{signed.repo}:{tag}", "--via", "ostree",
+                         "--sysroot", sysroot, "-q", *extra)
+
+    first = rebase("v1", "--trust", signed.trust)
+    assert first.returncode == 0, first.stderr
+    assert "every later update of this node needs --trust DIR too" in first.stderr
+    assert "nestbuild node trust" in first.stderr
+
+    stuck = rebase("v2")
+    assert stuck.returncode == 2
+    assert "has no /etc/containers/policy.json" in stuck.stderr
+    assert f"--sysroot {sysroot}" in stuck.stderr
+
+    # an explicit --trust wins over the deployment's own /etc, and says so
+    again = rebase("v2", "--trust", signed.trust)
+    assert again.returncode == 0, again.stderr
+    assert f"trust from --trust {signed.trust}, not from the default deployment" in again.stderr
+    assert (_default_etc(sysroot) / "motd").read_text() == "version v2\n"
+
+    # the way out: the trust written into the default deployment's /etc
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {}}))
+    r = nestbuild("node", "trust", signed.repo, "--key", signed.pub, "--authfile", authfile,
+                  "--sysroot", sysroot, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    etc = _default_etc(sysroot)
+    assert sorted(json.loads(r.stdout)["files"]) == sorted(
+        str(p) for p in [etc / "containers/policy.json", etc / "ostree/auth.json",
+                         *(etc / "containers/registries.d").glob("*.yaml"),
+                         *(etc / "pki/containers").glob("*.pub")])
+    assert stat.S_IMODE((etc / "containers/policy.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((etc / "ostree/auth.json").stat().st_mode) == 0o600
+    assert not list(etc.rglob("*.nestbuild-tmp"))
+
+    update = rebase("v1", "--format", "json")
+    assert update.returncode == 0, update.stderr
+    assert json.loads(update.stdout)["trust"].startswith("the default deployment's /etc")
+    assert "needs --trust" not in update.stderr  # the trust came along into the new /etc
+
+    # --trust still wins: another key's trust refuses what the node's own /etc accepts
+    other = tmp_path / "other"
+    nestbuild("keygen", "--output-prefix", other, env=ENV, check=True)
+    nestbuild("node", "trust", signed.repo, "--key", f"{other}.pub", "--out",
+              tmp_path / "other-trust", check=True)
+    refused = rebase("v2", "--trust", tmp_path / "other-trust")
+    assert refused.returncode == 1, refused.stderr
+    assert "refused" in refused.stderr
+
+
+def test_node_trust_into_a_sysroot_refuses_a_symlinked_etc(signed: Signed, tmp_path: Path
+                                                           ) -> None:
+    """Beneath the deployment's root: an /etc/containers that is a symlink is refused, and
+    nothing is written through it."""
+    sysroot = tmp_path / "sysroot"
+    r = nestbuild("rebase", f"docker://{signed.repo}:v1", "--via", "ostree", "--sysroot",
+                  sysroot, "--trust", signed.trust, "-q")
+    assert r.returncode == 0, r.stderr
+    etc = _default_etc(sysroot)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (etc / "containers").symlink_to(outside)
+    r = nestbuild("node", "trust", signed.repo, "--key", signed.pub, "--sysroot", sysroot)
+    assert r.returncode == 2
+    assert "/etc/containers: a symlink where a directory is needed" in r.stderr
+    assert list(outside.iterdir()) == []
+    assert not (etc / "pki" / "containers").exists()
+
+
+@pytest.mark.parametrize("via", ["bootc", "rpm-ostree"])
+def test_rebase_a_docker_reference_with_the_node_tools(signed: Signed, via: str) -> None:
+    """`nestbuild rebase docker://HOST/REPO:TAG --via bootc|rpm-ostree` (it once became
+    docker://docker://)."""
+    r = nestbuild("rebase", f"docker://{signed.repo}:v1", "--via", via, "--dry-run",
+                  "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    pinned = f"{signed.repo}@{doc['digest']}"
+    if via == "bootc":
+        assert doc["command"][-2:] == ["registry", pinned]
+    else:
+        assert doc["command"][-1] == f"ostree-image-signed:docker://{pinned}"
+    assert "docker://docker://" not in r.stdout + r.stderr
