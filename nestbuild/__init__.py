@@ -55,6 +55,8 @@ _API: dict[str, str] = {
     "load_policy": "nestbuild.validation.policy",
     "Rule": "nestbuild.validation.declare",
     "rule_catalogue": "nestbuild.validation.rules",
+    "sbom": "nestbuild.validation.sbom",
+    "Sbom": "nestbuild.validation.sbom",
     # base images
     "build_base": "nestbuild.building.baseimage",
     "BuiltBase": "nestbuild.building.baseimage",
@@ -181,6 +183,8 @@ if TYPE_CHECKING:
     from nestbuild.validation.policy import load_policy as load_policy
     from nestbuild.validation.report import Report as Report
     from nestbuild.validation.rules import rule_catalogue as rule_catalogue
+    from nestbuild.validation.sbom import Sbom as Sbom
+    from nestbuild.validation.sbom import sbom as sbom
     from nestbuild.validation.validate import diff as diff
     from nestbuild.validation.validate import validate as validate
 

@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "nestbuild._cli.build",     # build, init
     "nestbuild._cli.node",      # node trust, status, rollback
     "nestbuild._cli.boot",      # boot a deployed sysroot under qemu
+    "nestbuild._cli.sbom",      # an image's SBOM (SPDX)
 )
 
 #: Which module registers each top-level command. ``nestbuild sign ...`` then imports and
@@ -32,6 +33,7 @@ COMMAND_OWNERS = {
     "node": "nestbuild._cli.node",
     "rebase": "nestbuild._cli.node",
     "boot": "nestbuild._cli.boot",
+    "sbom": "nestbuild._cli.sbom",
 }
 
 #: The commands that open a private key, with the option naming it. ``nestbuild`` starts

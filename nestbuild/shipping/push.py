@@ -3,9 +3,9 @@
 A CI script gets what the command does with ``nestbuild.push(PushOptions(...))``. The order is
 the promise: an image that fails validation is not uploaded at all; blobs and the manifest go
 up by digest (:func:`nestbuild.shipping.upload.upload`); signatures for every tag and the
-attestations (validation report, package list) are stored next; only then do the tags move, so
-a node that pulls a tag always finds it signed, and a push that breaks leaves the tags as they
-were.
+attestations (validation report, package list, SPDX SBOM) are stored next; only then do the
+tags move, so a node that pulls a tag always finds it signed, and a push that breaks leaves the
+tags as they were.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from nestbuild.shipping.upload import BlobOutcome, Uploaded
     from nestbuild.signing.signatures import Attested, Signed
     from nestbuild.validation.report import Report
+    from nestbuild.validation.sbom import Sbom
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class PushOptions:
     destination: str | None = None
     #: More tags for the same image.
     tags: Sequence[str] = ()
-    #: A cosign key: sign every tag, attest the validation report and the package list.
+    #: A cosign key: sign every tag, attest the validation report, the package list and the
+    #: SBOM (SPDX 2.3, ``--type spdxjson``).
     sign_key: Path | None = None
     #: Its passphrase's file (else NESTBUILD_PASSWORD / COSIGN_PASSWORD, else a prompt).
     passphrase_file: Path | None = None
@@ -148,6 +150,15 @@ def _validated(options: PushOptions) -> Report:
     return report
 
 
+def _sbom(options: PushOptions) -> Sbom | None:
+    """The image's SPDX SBOM, attested beside the report; None when the image has no package
+    database (an SBOM listing nothing would tell a scanner that nothing is installed)."""
+    from nestbuild.validation import sbom
+
+    found = sbom.sbom(options.image)
+    return found if found.database is not None else None
+
+
 def push(options: PushOptions) -> PushResult:
     """Validate, upload, sign and attest ``options.image``, then tag it (see the module).
 
@@ -177,9 +188,10 @@ def push(options: PushOptions) -> PushResult:
     client: RegistryClient  # the upload's connection: signatures go up through it too
     if loading is not None:
         from nestbuild._image import open_image
-        from nestbuild.validation import packages
+        from nestbuild.validation import packages, sbom
 
         package_list = packages.package_list(open_image(options.image))
+        bom = _sbom(options)
         key = loading()  # a wrong passphrase or a corrupt key stops here, before any upload
 
         def sign_then_tag(digest: str, tags: list[str]) -> None:
@@ -195,6 +207,9 @@ def push(options: PushOptions) -> PushResult:
             if package_list is not None:
                 result_attestations.append(
                     signatures.attest(first, key, package_list, packages.PREDICATE_TYPE))
+            if bom is not None:
+                result_attestations.append(
+                    signatures.attest(first, key, bom.document, sbom.PREDICATE_TYPE))
 
     if target.digest:
         raise UsageError(f"{dest}: push to a tag (HOST/REPO:TAG), not a digest")
