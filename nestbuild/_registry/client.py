@@ -34,7 +34,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol
 
 from nestbuild._image.model import (
     DOCKER_LIST,
@@ -206,23 +206,57 @@ def _scope(repo: str | None, push: bool) -> str:
     return f"repository:{repo}:{'pull,push' if push else 'pull'}" if repo else ""
 
 
-class _Chunk:
-    """A window of a seekable file as a request body, reporting bytes as they are sent."""
+class BlobSource(Protocol):
+    """Bytes to upload that may still be growing (a layer compressed while it is uploaded).
 
-    def __init__(self, f: IO[bytes], offset: int, size: int, progress: Progress | None) -> None:
-        self.f, self.offset, self.size, self.progress = f, offset, size, progress
+    ``wait(end)`` blocks until ``end`` bytes exist or the source is complete and returns how
+    many exist (it raises the producer's error, if any); ``read_at`` reads what exists;
+    ``result()`` is (digest, size) once complete. The bytes stay readable until the upload
+    ends, so a broken chunk is sent again from where the registry stands.
+    """
+
+    def wait(self, end: int) -> int: ...
+
+    def read_at(self, offset: int, size: int) -> bytes: ...
+
+    def result(self) -> tuple[str, int]: ...
+
+
+class _FileSource:
+    """A seekable file of known digest and size as a :class:`BlobSource`."""
+
+    def __init__(self, f: IO[bytes], digest: str, size: int) -> None:
+        self.f, self.digest, self.size = f, digest, size
+
+    def wait(self, end: int) -> int:
+        return self.size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        self.f.seek(offset)
+        return self.f.read(size)
+
+    def result(self) -> tuple[str, int]:
+        return self.digest, self.size
+
+
+class _Chunk:
+    """A window of a blob source as a request body, reporting bytes as they are sent."""
+
+    def __init__(self, src: BlobSource, offset: int, size: int,
+                 progress: Progress | None) -> None:
+        self.src, self.offset, self.size, self.progress = src, offset, size, progress
 
     def __len__(self) -> int:  # sent with Content-Length: registries refuse chunked PATCH
         return self.size
 
     def __iter__(self) -> Iterator[bytes]:
-        self.f.seek(self.offset)
-        left = self.size
+        offset, left = self.offset, self.size
         while left:
-            data = self.f.read(min(READ_SIZE, left))
+            data = self.src.read_at(offset, min(READ_SIZE, left))
             if not data:
                 raise RegistryError("the blob file shrank while it was being uploaded")
             left -= len(data)
+            offset += len(data)
             if self.progress:
                 self.progress(len(data))
             yield data
@@ -663,41 +697,67 @@ class RegistryClient:
 
     def _put_stream(self, repo: str, f: BinaryIO, digest: str, size: int,
                     progress: Progress | None) -> None:
+        self.put_source(repo, _FileSource(f, digest, size), progress, name=f"blob {digest[:19]}")
+
+    def put_source(self, repo: str, src: BlobSource, progress: Progress | None = None,
+                   *, chunk_size: int | None = None, name: str = "a blob") -> tuple[str, int]:
+        """Upload a blob in resumable chunks as its bytes appear; (digest, size).
+
+        Each chunk is sent once ``chunk_size`` bytes past it exist (or the source is complete),
+        so a blob being compressed goes up while it is made. The blob is committed (the final
+        PUT with its digest) only when the source completes without error: a producer that
+        fails (a layer that does not match its diff ID) leaves nothing in the registry, and the
+        upload session is cancelled.
+        """
+        chunk = chunk_size or self.chunk_size
         location = self._start_upload(repo)
-        offset = 0
-        failures = 0
-        while offset < size:
-            n = min(self.chunk_size, size - offset)
-            body = _Chunk(f, offset, n, progress)
-            headers = {"Content-Type": "application/octet-stream",
-                       "Content-Range": f"{offset}-{offset + n - 1}"}
-            try:
-                resp = self.do_request(location, "PATCH", data=body, headers=headers,
-                                       repo=repo, push=True)
-            except RegistryError as exc:
-                if isinstance(exc, AuthError):
-                    raise
-                resp = None
-                reason = exc.message
-            if resp is not None and resp.status_code == 202:
-                location = self._location(resp)
-                offset += n
-                self._count(n)
-                continue
-            if resp is not None:
-                reason = _registry_message(resp)
-                if resp.status_code not in RETRY_STATUS and resp.status_code != 416:
-                    raise self._fail(resp, f"uploading blob {digest[:19]} to {repo}")
-            failures += 1
-            if failures > self.retries:
-                raise RegistryError(f"{self.host}: uploading blob {digest[:19]} to {repo} "
-                                    f"failed {failures} times (last: {reason})")
-            time.sleep(self._delay(failures, None))
-            location, offset = self._resume(repo, location)
-        resp = self.do_request(self._with_digest(location, digest), "PUT",
-                               headers={"Content-Length": "0"}, repo=repo, push=True)
-        if resp.status_code != 201:
-            raise self._fail(resp, f"finishing blob {digest[:19]} in {repo}")
+        try:
+            offset = 0
+            failures = 0
+            while True:
+                avail = src.wait(offset + chunk)
+                if avail <= offset:
+                    break
+                n = min(chunk, avail - offset)
+                body = _Chunk(src, offset, n, progress)
+                headers = {"Content-Type": "application/octet-stream",
+                           "Content-Range": f"{offset}-{offset + n - 1}"}
+                try:
+                    resp = self.do_request(location, "PATCH", data=body, headers=headers,
+                                           repo=repo, push=True)
+                except RegistryError as exc:
+                    if isinstance(exc, AuthError):
+                        raise
+                    resp = None
+                    reason = exc.message
+                if resp is not None and resp.status_code == 202:
+                    location = self._location(resp)
+                    offset += n
+                    self._count(n)
+                    continue
+                if resp is not None:
+                    reason = _registry_message(resp)
+                    if resp.status_code not in RETRY_STATUS and resp.status_code != 416:
+                        raise self._fail(resp, f"uploading {name} to {repo}")
+                failures += 1
+                if failures > self.retries:
+                    raise RegistryError(f"{self.host}: uploading {name} to {repo} "
+                                        f"failed {failures} times (last: {reason})")
+                time.sleep(self._delay(failures, None))
+                location, offset = self._resume(repo, location)
+            digest, size = src.result()
+            if offset != size:
+                raise RegistryError(f"{self.host}: blob {digest[:19]}: sent {offset} bytes of "
+                                    f"{size}")
+            resp = self.do_request(self._with_digest(location, digest), "PUT",
+                                   headers={"Content-Length": "0"}, repo=repo, push=True)
+            if resp.status_code != 201:
+                raise self._fail(resp, f"finishing blob {digest[:19]} in {repo}")
+            return digest, size
+        except BaseException:
+            with contextlib.suppress(RegistryError):
+                self.do_request(location, "DELETE", repo=repo, push=True, retry=False)
+            raise
 
     def _resume(self, repo: str, location: str) -> tuple[str, int]:
         """Where a broken upload stands: (location, bytes the registry has); or a new upload."""

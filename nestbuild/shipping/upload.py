@@ -6,10 +6,12 @@ manifest by digest, then whatever must precede the tags (signatures and attestat
 tags. An upload that breaks leaves the tags where they were; running it again uploads only
 the blobs the registry lacks.
 
-Layers from containers-storage exist only uncompressed, so they are compressed here (in
-parallel threads; zlib and zstd release the GIL) into a spool file, which makes the upload
-resumable. What a layer compresses to is remembered (:mod:`nestbuild._registry.blobinfo`), so an
-unchanged re-push compresses nothing. Layers from an OCI layout or archive are sent as stored,
+Layers from containers-storage exist only uncompressed, so they are compressed here, with
+every core, while they are uploaded: the compressed bytes go to a spool file (which keeps the
+upload resumable) and each chunk is sent as soon as it exists; both digests are computed on the
+way, and the blob is committed only once the layer matched its diff ID. What a layer
+compresses to is remembered (:mod:`nestbuild._registry.blobinfo`), so an unchanged re-push
+compresses nothing. Layers from an OCI layout or archive are sent as stored,
 and the manifest's exact bytes with them: its digest (and any signature made of it) survive.
 """
 
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
-import zlib
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,6 +53,11 @@ COMPRESSIONS = {"gzip": OCI_LAYER + "+gzip", "zstd": OCI_LAYER + "+zstd", "none"
 GZIP_LEVEL = 1
 ZSTD_LEVEL = 3
 READ = 1 << 20
+#: The compressor's block (one per thread at a time: memory stays a few MiB a layer).
+BLOCK = 1 << 20
+#: Bytes per PATCH while a layer is compressed: each goes up as soon as it exists, so the
+#: upload trails the compressor by at most this much.
+STREAM_CHUNK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -91,51 +99,153 @@ class Uploaded:
 # -- compression --------------------------------------------------------------------------------
 
 
-class _Compressor:
-    def __init__(self, compression: str) -> None:
-        self.compression = compression
-        if compression == "gzip":
-            # wbits 31: a gzip member with a fixed header (no name, mtime 0): reproducible.
-            self._z: Any = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        elif compression == "zstd":
-            import zstandard
-
-            self._z = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=1).compressobj()
-        else:
-            self._z = None
-
-    def feed(self, data: bytes) -> bytes:
-        return data if self._z is None else bytes(self._z.compress(data))
-
-    def flush(self) -> bytes:
-        return b"" if self._z is None else bytes(self._z.flush())
+def _threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
-def compress_layer(stream: IO[bytes], out: IO[bytes], compression: str, diff_id: str,
-                   what: str) -> tuple[str, int]:
-    """Compress a layer's tar stream into ``out``; (digest, size) of the result.
+class _NoCompression:
+    """``--compression none``: the tar as is, through the same writer interface."""
+
+    def __init__(self, sink: _Spool) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._sink.write(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _compressor(compression: str, sink: _Spool) -> Any:
+    """A writer that compresses into ``sink`` with every core.
+
+    gzip: ISA-L's threaded writer (pigz's scheme: 1 MiB blocks deflated in parallel, each
+    primed with the previous block's last 32 KiB, one gzip member with the combined CRC, so
+    every gzip reader takes it; header without name or mtime: reproducible, and the same bytes
+    whatever the thread count). Measured on this project's 2-core machines (median of 3
+    alternating runs, a 280 MB tar of binaries, load ~3): ISA-L level 1 1.0 s with 2 threads,
+    130.7 MB; zlib-ng's threaded gzip at level 1 2.4 s, 147.6 MB; zlib level 1 in one thread
+    (the former path) 7.0 s. ISA-L is faster and smaller, and already inflates every layer
+    nestbuild reads (:mod:`nestbuild._image.blob`): no new dependency.
+    """
+    if compression == "gzip":
+        from isal import igzip_threaded
+
+        return igzip_threaded.open(sink, "wb", compresslevel=GZIP_LEVEL,  # type: ignore[no-untyped-call]
+                                   threads=_threads(), block_size=BLOCK)
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).stream_writer(
+            sink, closefd=False)  # type: ignore[arg-type]
+    return _NoCompression(sink)
+
+
+class _Spool:
+    """A layer's compressed bytes while they are made: the compressor appends them to a
+    temporary file and hashes them; the upload reads each chunk from there once it exists.
+
+    The file (page cache, not memory) keeps every byte until the upload ends, so a chunk
+    that breaks is sent again from where the registry stands, as from a finished file.
+    """
+
+    def __init__(self, spool_dir: str) -> None:
+        self.file = tempfile.TemporaryFile(dir=spool_dir, buffering=0)  # noqa: SIM115
+        self._fd = self.file.fileno()
+        self._cond = threading.Condition()
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._written = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._abandoned = False
+
+    # the compressor's side (a writable raw file)
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._abandoned:
+            raise LayerError("the upload was abandoned")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        off = 0
+        while off < n:
+            off += os.pwrite(self._fd, view[off:], self._written + off)
+        self._hash.update(view)
+        self._written += n
+        with self._cond:
+            self._size = self._written
+            self._cond.notify_all()
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self._error = exc
+            self._cond.notify_all()
+
+    def abandon(self) -> None:
+        """The upload gave up: the compressor stops at its next write."""
+        self._abandoned = True
+
+    # the upload's side (a BlobSource)
+    def wait(self, end: int) -> int:
+        with self._cond:
+            while self._size < end and not self._done and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            return self._size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def result(self) -> tuple[str, int]:
+        with self._cond:
+            while not self._done and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+        return "sha256:" + self._hash.hexdigest(), self._size
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _compress_into(spool: _Spool, stream: IO[bytes], compression: str, diff_id: str,
+                   what: str, advance: Callable[[int], None]) -> None:
+    """Compress a layer's tar stream into ``spool``; the producer's thread.
 
     The uncompressed bytes are hashed on the way: a store whose layer no longer matches its
-    diff ID is refused rather than pushed.
+    diff ID is refused (the upload is never committed) rather than pushed.
     """
-    comp = _Compressor(compression)
-    raw_hash, out_hash = hashlib.sha256(), hashlib.sha256()
-    size = 0
-    while chunk := stream.read(READ):
-        raw_hash.update(chunk)
-        data = comp.feed(chunk)
-        if data:
-            out_hash.update(data)
-            out.write(data)
-            size += len(data)
-    tail = comp.flush()
-    out_hash.update(tail)
-    out.write(tail)
-    size += len(tail)
-    if "sha256:" + raw_hash.hexdigest() != diff_id:
-        raise LayerError(f"{what}: the stored layer does not match its diff ID {diff_id[:19]} "
-                         "(local storage is corrupt)")
-    return "sha256:" + out_hash.hexdigest(), size
+    try:
+        raw_hash = hashlib.sha256()
+        writer = _compressor(compression, spool)
+        try:
+            while chunk := stream.read(READ):
+                raw_hash.update(chunk)
+                writer.write(chunk)
+                advance(len(chunk))
+        finally:
+            writer.close()
+        if "sha256:" + raw_hash.hexdigest() != diff_id:
+            raise LayerError(f"{what}: the stored layer does not match its diff ID "
+                             f"{diff_id[:19]} (local storage is corrupt)")
+        spool.finish()
+    except BaseException as exc:
+        spool.fail(exc)
 
 
 # -- the push -----------------------------------------------------------------------------------
@@ -163,7 +273,7 @@ class _Pusher:
         return desc
 
     def _upload(self, desc: Descriptor, f: BinaryIO) -> Descriptor:
-        bar = self.progress.blob(desc.digest[7:19], desc.size)
+        bar = self.progress.blob(desc.digest[7:19], desc.size, "uploading")
         self.client.put_blob(self.repo, f, desc.digest, desc.size, bar.advance)
         bar.finish("uploaded")
         return self._done(desc, "uploaded")
@@ -178,7 +288,8 @@ class _Pusher:
             return self._upload(desc, f)
 
     def storage_layer(self, src: ImageSource, index: int) -> Descriptor:
-        """A layer that exists only uncompressed: reuse a known compressed form, or make it."""
+        """A layer that exists only uncompressed: reuse a known compressed form, or make it
+        while it is uploaded (the compressor and the upload run side by side)."""
         diff_id = src.config.diff_ids[index]
         media_type = COMPRESSIONS[self.compression]
         known = self.info.compressed(diff_id, self.compression)
@@ -188,19 +299,29 @@ class _Pusher:
             if status:
                 self.progress.blob(desc.digest[7:19], desc.size).finish(status)
                 return self._done(desc, status)
-        spool_dir = cache_dir("spool")
-        with tempfile.TemporaryFile(dir=spool_dir) as spool:
+        what = f"{src.ref} layer {index}"
+        bar = self.progress.blob(f"layer {index + 1} ({diff_id[7:19]})",
+                                 src.manifest.layers[index].size, "compressing, uploading")
+        spool = _Spool(str(cache_dir("spool")))
+        try:
             with src.open_layer(index) as layer:
-                digest, size = compress_layer(layer.fileobj, spool, self.compression, diff_id,
-                                              f"{src.ref} layer {index}")
-            spool.flush()
-            self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
-            desc = Descriptor(media_type, digest, size)
-            status = self._reuse(digest)
-            if status:
-                self.progress.blob(digest[7:19], size).finish(status)
-                return self._done(desc, status)
-            return self._upload(desc, spool)
+                producer = threading.Thread(
+                    target=_compress_into, name="nestbuild-compress",
+                    args=(spool, layer.fileobj, self.compression, diff_id, what, bar.advance))
+                producer.start()
+                try:
+                    digest, size = self.client.put_source(
+                        self.repo, spool, bar.sent,
+                        chunk_size=min(self.client.chunk_size, STREAM_CHUNK),
+                        name=f"layer {diff_id[:19]}")
+                finally:
+                    spool.abandon()
+                    producer.join()
+        finally:
+            spool.close()
+        self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
+        bar.finish("uploaded", name=digest[7:19], size=size)
+        return self._done(Descriptor(media_type, digest, size), "uploaded")
 
     def blob_bytes(self, data: bytes, media_type: str) -> Descriptor:
         desc = Descriptor(media_type, digest_of(data), len(data))
