@@ -172,6 +172,8 @@ class Overlay:
         return None
 
     def _is_hidden(self, path: str) -> bool:
+        if not self.hidden:
+            return False
         parent = path
         while parent not in ("/", ""):
             parent = posixpath.dirname(parent)
@@ -205,8 +207,16 @@ class Overlay:
                 seen.add(p)
                 if isinstance(e, Entry):
                     yield e
+        # Linear in the entries: whether the prefix itself is hidden is asked once, and a base
+        # entry is then hidden only by a whited-out directory below the prefix (one C-level
+        # startswith per entry, none at all when nothing below it was deleted).
+        top = prefix.rstrip("/")
+        if top and (top in self.hidden or self._is_hidden(top)):
+            return
+        inner = tuple(h.rstrip("/") + "/" for h in self.hidden
+                      if h.startswith(pre) and h.rstrip("/"))
         for e in self.base.below(prefix):
-            if e.path not in seen and not self._hidden_by(e.path):
+            if e.path not in seen and not (inner and e.path.startswith(inner)):
                 yield e
 
     def children(self, path: str) -> Iterator[Entry]:
