@@ -112,6 +112,8 @@ _API: dict[str, str] = {
     "boot": "nestbuild.node.boot",
     "BootResult": "nestbuild.node.boot",
     "BootError": "nestbuild.node.boot",
+    "changelog": "nestbuild.node.changelog",
+    "Changelog": "nestbuild.node.changelog",
 }
 
 __all__ = ["__version__", *_API]
@@ -140,6 +142,8 @@ if TYPE_CHECKING:
     from nestbuild.node.boot import BootError as BootError
     from nestbuild.node.boot import BootResult as BootResult
     from nestbuild.node.boot import boot as boot
+    from nestbuild.node.changelog import Changelog as Changelog
+    from nestbuild.node.changelog import changelog as changelog
     from nestbuild.node.checks import RebaseRefused as RebaseRefused
     from nestbuild.node.rebase import RebaseOptions as RebaseOptions
     from nestbuild.node.rebase import rebase as rebase

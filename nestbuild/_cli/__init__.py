@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "nestbuild._cli.build",     # build, init
     "nestbuild._cli.node",      # node trust, status, rollback
     "nestbuild._cli.boot",      # boot a deployed sysroot under qemu
+    "nestbuild._cli.changelog",  # what a reboot from one image into another changes
     "nestbuild._cli.sbom",      # an image's SBOM (SPDX)
 )
 
@@ -33,6 +34,7 @@ COMMAND_OWNERS = {
     "node": "nestbuild._cli.node",
     "rebase": "nestbuild._cli.node",
     "boot": "nestbuild._cli.boot",
+    "changelog": "nestbuild._cli.changelog",
     "sbom": "nestbuild._cli.sbom",
 }
 
