@@ -17,7 +17,13 @@ from typing import Any
 
 from nestbuild import __version__
 from nestbuild._cli import COMMAND_MODULES, COMMAND_OWNERS
-from nestbuild._cli.common import HelpFormatter, check_output, write_output
+from nestbuild._cli.common import (
+    HelpFormatter,
+    check_output,
+    registry_access,
+    registry_flags,
+    write_output,
+)
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError
 
 FORMATS = ("table", "json")
@@ -26,7 +32,30 @@ FORMATS = ("table", "json")
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    out = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+
+    def gone() -> None:
+        out.quiet = True
+        _reader_gone(stream)
+
+    out.on_broken_pipe = gone  # instead of rich's exit 1: see _reader_gone
+    return out
+
+
+def _reader_gone(stream: Any) -> None:
+    """The reader of ``stream`` went away (``nestbuild validate IMG | head -1``): the rest of
+    the output goes nowhere and the exit code stays the command's own, validate's verdict
+    (rich would exit 1 here, and a CI job under ``set -o pipefail`` would reject a good
+    image)."""
+    import os
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, stream.fileno())
+        os.close(fd)
+    except (OSError, ValueError):  # not a file (an in-process caller's capture)
+        pass
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:
@@ -42,7 +71,11 @@ def _progress(quiet: bool) -> Callable[[str], None]:
 
 def _write(text: str, output: Path | None) -> None:
     if output is None:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _reader_gone(sys.stdout)
     else:
         write_output(output, text, "--output")
 
@@ -55,7 +88,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_output(args.output, "--output")
     pol = load_policy(args.policy, args.preset)
     report = validate(args.image, base_ref=args.base, policy=pol, as_base=args.as_base,
-                      progress=_progress(args.quiet or args.format != "table"))
+                      progress=_progress(args.quiet or args.format != "table"),
+                      access=registry_access(args))
     if args.format == "json":
         _write(report.dumps(), args.output)
     elif args.format == "sarif":
@@ -69,7 +103,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from nestbuild import diff
 
     check_output(args.output, "--output")
-    report = diff(args.base, args.image, progress=_progress(args.quiet or args.format != "table"))
+    report = diff(args.base, args.image, progress=_progress(args.quiet or args.format != "table"),
+                  access=registry_access(args))
     if args.format == "json":
         _write(json.dumps(report.diff_to_json(), indent=2, ensure_ascii=False) + "\n",
                args.output)
@@ -215,6 +250,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, metavar="FILE",
                    help="write json/sarif output to FILE")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    registry_flags(p)
     p.set_defaults(func=cmd_validate)
 
     p = command(
@@ -228,6 +264,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("-o", "--output", type=Path, metavar="FILE")
     p.add_argument("-q", "--quiet", action="store_true")
+    registry_flags(p)
     p.set_defaults(func=cmd_diff)
 
     p = command("rules", "list the validation rules", "List every rule id with its default "
@@ -290,5 +327,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # a command's own output cut short: not its failure
+        _reader_gone(sys.stdout)
         return EXIT_OK

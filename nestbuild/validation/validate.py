@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nestbuild._image import ImageSource, open_image
 from nestbuild._image.model import (
@@ -27,7 +28,23 @@ from nestbuild.validation.findings import Finding, evaluate
 from nestbuild.validation.policy import Policy, preset
 from nestbuild.validation.report import BaseInfo, Report
 
+if TYPE_CHECKING:
+    from nestbuild._registry.access import RegistryAccess
+
 Progress = Callable[[str], None]
+
+
+def _open(ref: str, access: RegistryAccess | None) -> ImageSource:
+    """``ref`` opened; a registry image (``docker://``) through ``access`` (authfile,
+    cert-dir, TLS verification), as every registry command reaches it."""
+    from nestbuild._image.reference import parse_reference
+
+    parsed = parse_reference(ref)
+    if access is not None and parsed.transport == "docker":
+        from nestbuild._image.registry_source import RegistrySource
+
+        return RegistrySource(parsed, access)
+    return open_image(parsed)
 
 
 @dataclass
@@ -75,7 +92,7 @@ def _final_diffid(image: ImageSource, raws: list[lints.Raw]) -> int | None:
 
 
 def locate_base(
-    image: ImageSource, base_ref: str | None
+    image: ImageSource, base_ref: str | None, access: RegistryAccess | None = None
 ) -> tuple[BaseInfo | None, ImageSource | None, list[str], list[lints.Raw]]:
     """Find the base: --base, then the base annotations, then ostree.final-diffid.
 
@@ -95,7 +112,7 @@ def locate_base(
     raws: list[lints.Raw] = []
     final_k = _final_diffid(image, raws)
     if base_ref is not None:
-        base = open_image(base_ref)
+        base = _open(base_ref, access)
         _require_bootable(base, "the base")
         info = BaseInfo(str(base.ref), base.digest, len(base.config.diff_ids), "--base")
         if _is_prefix(base.config.diff_ids, diff_ids):
@@ -138,7 +155,8 @@ def locate_base(
 
 
 def analyze(image_ref: str, base_ref: str | None = None,
-            progress: Progress | None = None, *, as_base: bool = False) -> Analysis:
+            progress: Progress | None = None, *, as_base: bool = False,
+            access: RegistryAccess | None = None) -> Analysis:
     """Open the image, find its base, read only the derived layers, compute the changeset.
 
     ``as_base`` checks the image as a base: all its layers are the base, nothing is derived.
@@ -146,7 +164,7 @@ def analyze(image_ref: str, base_ref: str | None = None,
     are read, the base's from its (cached) index.
     """
     say = progress or (lambda _msg: None)
-    image = open_image(image_ref)
+    image = _open(image_ref, access)
     _require_bootable(image, "the image")
     if as_base:
         early: list[lints.Raw] = []
@@ -156,7 +174,7 @@ def analyze(image_ref: str, base_ref: str | None = None,
         other_base = None
         notes: list[str] = []
     else:
-        info, other_base, notes, early = locate_base(image, base_ref)
+        info, other_base, notes, early = locate_base(image, base_ref, access)
 
     if other_base is not None:
         # the image's own layers are all read below; the other base is only compared with
@@ -195,14 +213,16 @@ def analyze(image_ref: str, base_ref: str | None = None,
 
 
 def validate(image_ref: str, *, base_ref: str | None = None, policy: Policy | None = None,
-             progress: Progress | None = None, as_base: bool = False) -> Report:
-    """Validate an image against a policy (strict by default).
+             progress: Progress | None = None, as_base: bool = False,
+             access: RegistryAccess | None = None) -> Report:
+    """Validate an image against a policy (strict by default); ``access`` reaches a
+    ``docker://`` image (and its base) as the registry commands do.
 
     With ``as_base`` the image is checked as a base image: bootc's structural lints on its
     whole tree, no path policy (there is nothing derived to hold to it).
     """
     policy = policy or preset("strict")
-    a = analyze(image_ref, base_ref, progress, as_base=as_base)
+    a = analyze(image_ref, base_ref, progress, as_base=as_base, access=access)
     findings: list[Finding] = evaluate(
         policy=policy,
         changes=a.changes,
@@ -213,7 +233,8 @@ def validate(image_ref: str, *, base_ref: str | None = None, policy: Policy | No
     return Report.build(a.image, a.base, policy, a.changes, findings, a.notes)
 
 
-def diff(base_ref: str | None, image_ref: str, progress: Progress | None = None) -> Report:
+def diff(base_ref: str | None, image_ref: str, progress: Progress | None = None, *,
+         access: RegistryAccess | None = None) -> Report:
     """The changeset alone (no policy), as a report without findings."""
-    a = analyze(image_ref, base_ref, progress)
+    a = analyze(image_ref, base_ref, progress, access=access)
     return Report.build(a.image, a.base, None, a.changes, [], a.notes)

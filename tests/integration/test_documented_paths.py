@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from nestbuild._registry.access import RegistryAccess
 from nestbuild.node import deploy
 from nestbuild.shipping.upload import upload
+from tests.fixtures import cli
 from tests.fixtures.cli import nestbuild
 from tests.fixtures.registry import Registry
-from tests.ocibuilder import Layer, bootable_base, write_image
+from tests.ocibuilder import Layer, bootable_base, derived, write_image
 
 #: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
 pytestmark = [pytest.mark.ostree]
@@ -178,3 +180,97 @@ def test_rebase_a_docker_reference_with_the_node_tools(signed: Signed, via: str)
     else:
         assert doc["command"][-1] == f"ostree-image-signed:docker://{pinned}"
     assert "docker://docker://" not in r.stdout + r.stderr
+
+
+# -- validate, diff and inspect ------------------------------------------------------------------
+
+
+@dataclass
+class Images:
+    """A base and two derived images, in an OCI layout and in a TLS registry with auth."""
+
+    layout: Path
+    repo: str
+    access: list[str]
+
+
+@pytest.fixture(scope="module")
+def images(tls_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
+    root = tmp_path_factory.mktemp("images")
+    layout = root / "layout"
+    base = [bootable_base(Layer().file("/usr/lib/os-release", b"ID=documented\n"))]
+    derived(layout, base, [Layer().dir("/etc").file("/etc/motd", b"managed\n")], tag="good")
+    write_image(layout, [*base, Layer().dir("/usr/bin").file("/usr/bin/agent", b"x", 0o755)],
+                tag="bad")
+    authfile = root / "auth.json"
+    authfile.write_text(json.dumps(tls_registry.auth_json()))
+    repo = f"{tls_registry.host}/documented/{uuid.uuid4().hex[:8]}"
+    access = RegistryAccess(authfile=authfile, cert_dir=tls_registry.cert_dir)
+    for tag in ("base", "good", "bad"):
+        upload(f"oci:{layout}:{tag}", f"{repo}:{tag}", access=access, quiet=True)
+    return Images(layout, repo, ["--authfile", str(authfile), "--cert-dir",
+                                 str(tls_registry.cert_dir)])
+
+
+def test_validate_diff_and_inspect_reach_a_tls_registry_with_auth(images: Images) -> None:
+    """docker:// images in a registry that needs a CA and credentials: the flags the TLS
+    error names are accepted by every command that reads docker://."""
+    good, base = f"docker://{images.repo}:good", f"docker://{images.repo}:base"
+    untrusted = nestbuild("validate", good, "--base", base)
+    assert untrusted.returncode == 2
+    assert "--cert-dir" in untrusted.stderr  # the advice ...
+    r = nestbuild("validate", good, "--base", base, "--format", "json", *images.access)
+    assert r.returncode == 0, r.stderr  # ... is an option validate takes
+    assert json.loads(r.stdout)["passed"] is True
+    r = nestbuild("validate", f"docker://{images.repo}:bad", "--base", base, "-q",
+                  *images.access)
+    assert r.returncode == 1, r.stderr
+    r = nestbuild("diff", base, good, "--format", "json", *images.access)
+    assert r.returncode == 0, r.stderr
+    assert [c["path"] for c in json.loads(r.stdout)["changes"]] == ["/etc/motd"]
+    r = nestbuild("inspect", good, "--format", "json", *images.access)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bootable"] is True
+    r = nestbuild("validate", good, "--base", base, "--tls-verify", "false", "-q",
+                  "--authfile", images.access[1])
+    assert r.returncode == 0, r.stderr
+
+
+# -- a reader that closes early -------------------------------------------------------------------
+
+
+def _into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """``nestbuild ARGS | head -0``: the reader is gone before the first line is written."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([*cli.COMMAND, *args], stdout=write, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, timeout=300, check=False)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "sarif"])
+def test_a_closed_reader_keeps_the_verdict(images: Images, fmt: str) -> None:
+    """`nestbuild validate IMG | head -1` under `set -o pipefail`: a good image is still 0 and
+    a refused one still 1 (it was 1 for both, or 0 for both)."""
+    base = f"oci:{images.layout}:base"
+    good = _into_closed_pipe("validate", f"oci:{images.layout}:good", "--base", base,
+                             "--format", fmt, "-q")
+    assert good.returncode == 0, good.stderr
+    assert "Traceback" not in good.stderr and "Broken pipe" not in good.stderr
+    bad = _into_closed_pipe("validate", f"oci:{images.layout}:bad", "--base", base,
+                            "--format", fmt, "-q")
+    assert bad.returncode == 1, bad.stderr
+    if fmt != "sarif":
+        shown = _into_closed_pipe("diff", base, f"oci:{images.layout}:good", "--format", fmt)
+        assert shown.returncode == 0, shown.stderr
+
+
+def test_validate_piped_to_head_in_a_pipefail_shell(images: Images) -> None:
+    """What a CI job writes, literally."""
+    cmd = " ".join([*cli.COMMAND, "validate", f"oci:{images.layout}:good", "--base",
+                    f"oci:{images.layout}:base"])
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -1"],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
