@@ -17,7 +17,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
@@ -28,6 +28,7 @@ from nestbuild.validation.severity import LEVELS, Severity
 if TYPE_CHECKING:
     from nestbuild._image.tree import Entry
     from nestbuild.validation.changeset import Change
+    from nestbuild.validation.installed import ImagePackages
 
 #: bootc's lints keep bootc's names and meanings (``bootc container lint``); the rest are ours.
 Origin = Literal["bootc", "nestbuild"]
@@ -69,6 +70,13 @@ class Context:
 
     tree: View
     changes: Sequence[Change] = ()
+    #: The image's layer count, and how many of them are its base's (0: no base, or unknown).
+    layers: int = 0
+    base_layers: int = 0
+    #: The policy's settings (policy.SETTINGS); a lint whose setting is absent stays quiet.
+    settings: Mapping[str, int | None] = field(default_factory=dict)
+    #: The image's package databases, read on first use; None where there are none to read.
+    packages: ImagePackages | None = None
 
     @cached_property
     def changed(self) -> frozenset[str]:

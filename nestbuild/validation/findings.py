@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,7 @@ from nestbuild.validation.severity import OFF, RANK
 
 if TYPE_CHECKING:
     from nestbuild.validation.changeset import Change
+    from nestbuild.validation.installed import ImagePackages
     from nestbuild.validation.policy import Policy
 
 
@@ -53,6 +54,10 @@ def evaluate(
     merged: View,
     base: View | None,
     layer_raws: Iterable[Raw],
+    layers: int = 0,
+    base_layers: int = 0,
+    settings: Mapping[str, int | None] | None = None,
+    packages: ImagePackages | None = None,
 ) -> list[Finding]:
     """All findings, with the policy's severities, sorted by severity then path.
 
@@ -60,7 +65,7 @@ def evaluate(
     what the base finds as well is marked inherited (the fix belongs to the base).
     """
     raws = [*layer_raws, *path_policy(changes, policy)]
-    image = Context(merged, changes)
+    image = Context(merged, changes, layers, base_layers, settings or {}, packages)
     hits = [(lint.rule.id, hit) for lint in LINTS for hit in lint.check(image)]
     inherited: set[tuple[str, str | None, str]] = set()
     if base is not None:

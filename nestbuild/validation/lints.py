@@ -41,7 +41,7 @@ from nestbuild.node.nodetree import keeps_toplevels as node_keeps_toplevels
 from nestbuild.validation.changeset import ADDED, DELETED, Change
 from nestbuild.validation.declare import Context, Hit, View, lint, rule
 from nestbuild.validation.kernelconf import kargs_problem, modules_to_load
-from nestbuild.validation.severity import ERROR, WARNING
+from nestbuild.validation.severity import ERROR, OFF, WARNING
 
 if TYPE_CHECKING:
     from nestbuild.validation.policy import Policy
@@ -355,6 +355,95 @@ def var_content(ctx: Context) -> Iterator[Hit]:
         hint = " and ship files under /usr/share/factory" if files else ""
         yield Hit(top, f"{_describe(group)}; /var content reaches only freshly installed nodes. "
                        f"tmpfiles.d{hint}: " + "; ".join(lines) + more, group[0].layer)
+
+
+# --- layers and packages (thresholds from the policy's settings) ----------------------------
+
+@lint("layer-budget", WARNING,
+      "a derived image with more layers than nodes handle well (policy setting max-layers)",
+      fix="combine RUN steps; buildah bud without --layers commits one layer per build "
+          "(never squash the base's layers)")
+def layer_budget(ctx: Context) -> Iterator[Hit]:
+    limit = ctx.settings.get("max-layers")
+    if limit is None or ctx.layers <= ctx.base_layers or ctx.layers <= limit:
+        return
+    yield Hit(None, f"{ctx.layers} layers ({ctx.layers - ctx.base_layers} derived); the "
+                    f"policy's max-layers is {limit}")
+
+
+@lint("usr-growth", WARNING,
+      "the derived layers add more bytes to /usr than the policy allows (setting "
+      "max-usr-growth, off by default)",
+      fix="remove build tools and caches in the RUN step that installs them, or raise "
+          "max-usr-growth")
+def usr_growth(ctx: Context) -> Iterator[Hit]:
+    limit = ctx.settings.get("max-usr-growth")
+    if limit is None:
+        return
+    grown = 0
+    for c in ctx.changes:
+        if paths.under(c.path, "/usr"):
+            grown += (c.after.size if c.after is not None and c.after.is_file else 0) - (
+                c.before.size if c.before is not None and c.before.is_file else 0)
+    if grown > limit:
+        yield Hit("/usr", f"the derived layers add {_size(grown)} to /usr; the policy's "
+                          f"max-usr-growth is {_size(limit)}")
+
+
+@lint("package-files-missing", ERROR,
+      "a package the derived layers installed lacks files its database says are on disk "
+      "(a broken rpm -i or dnf run, or package files deleted afterwards)",
+      fix="install with the package manager and keep its files (rpm --justdb or deleting "
+          "them leaves the database, rpm -V and the SBOM claiming what the image lacks)",
+      packs=("packages",))
+def package_files_missing(ctx: Context) -> Iterator[Hit]:
+    """rpm only (dpkg's status lists no files); ghosts and excluded files are not expected."""
+    from nestbuild.validation.installed import exists
+
+    if ctx.packages is None:
+        return
+    added = ctx.packages.added()
+    db = ctx.packages.installed
+    where = ctx.tree.get(db.path) if db is not None else None
+    for p in added:
+        missing = [f for f in p.on_disk if not exists(ctx.tree, f)]
+        if missing:
+            pkg = p.package
+            more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+            yield Hit(missing[0], f"{pkg.name}-{pkg.evr}.{pkg.arch}: {len(missing)} of "
+                                  f"{len(p.on_disk)} files missing: "
+                                  + ", ".join(missing[:3]) + more,
+                      where.layer if where is not None else None)
+
+
+@lint("unowned-file", OFF,
+      "a file the derived layers added under /usr that no package owns (information in the "
+      "packages preset)",
+      fix="ship it as a package (rpm -V, upgrades and the SBOM then know it), or put it "
+          "under /opt or /etc", packs=("packages",))
+def unowned_file(ctx: Context) -> Iterator[Hit]:
+    """rpm only: dpkg's status lists no files."""
+    if ctx.packages is None:
+        return
+    added = [c for c in ctx.changes if c.kind == ADDED and c.type != DIR
+             and paths.under(c.path, "/usr")]
+    if not added:
+        return
+    db = ctx.packages.installed
+    if db is None or db.format == "dpkg":
+        return
+    owned = ctx.packages.owned
+    state = posixpath.dirname(db.path)  # the database's own files (-wal, .rpm.lock)
+    for c in added:
+        if c.path not in owned and not paths.under(c.path, state):
+            yield Hit(c.path, f"owned by no package in {db.path}", c.layer)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 #: Reported where the base is located (validate), before any layer is read.

@@ -7,6 +7,9 @@ A policy file is YAML::
     deny: [/etc/shadow]      # paths that must not change, even if allowed
     rules:                   # severity per rule id: error, warning, info or off
       var-content: error     # (what a node refuses stays an error: see severity())
+    settings:                # the thresholds some rules compare against
+      max-layers: 127        # layer-budget: more layers than this in a derived image
+      max-usr-growth: 512MiB # usr-growth: more bytes added to /usr (off by default)
 
 Errors name the file, line and problem, because a CI log is all a user may have.
 """
@@ -23,7 +26,7 @@ import yaml
 from nestbuild._util import userfile
 from nestbuild.errors import PolicyFileError
 from nestbuild.validation.rules import RULES
-from nestbuild.validation.severity import ERROR, LEVELS
+from nestbuild.validation.severity import ERROR, INFO, LEVELS, OFF
 
 PROTECTED_OS = [
     "/usr/lib/modules/**",
@@ -34,6 +37,24 @@ PROTECTED_OS = [
     "/sysroot/**",
     "/ostree",
 ]
+
+#: Every setting and its default (None: the check is off). Sizes are bytes; a policy file may
+#: write them with a unit (KiB, MiB, GiB, K, M, G) or as ``off``.
+SETTINGS: dict[str, int | None] = {
+    # overlayfs, container runtimes and ostree's import slow down with many layers, and some
+    # runtimes refuse images above about 128 (Docker's limit is 125 parent layers)
+    "max-layers": 127,
+    "max-usr-growth": None,
+}
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gib": 1 << 30, "b": 1}
+_SIZE = re.compile(r"(\d{1,15})\s*([A-Za-z]*)\Z")
+
+
+def _packs_on(pack: str) -> dict[str, str]:
+    """The rules of a pack that are off by default, switched on as information."""
+    return {r.id: INFO for r in RULES.values() if pack in r.packs and r.severity == OFF}
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "strict": {
@@ -47,7 +68,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "and setuid stay protected",
         "allow": ["/etc/**", "/var/**", "/usr/**", "/opt/**"],  # kargs.d is under /usr
         "deny": PROTECTED_OS,
-        "rules": {"setuid": "error"},
+        # the packages pack: what a package manager run leaves behind, shown as information
+        "rules": {"setuid": "error", **_packs_on("packages")},
     },
     "permissive": {
         "description": "any path may change; only the lints apply",
@@ -56,7 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_PRESET = "strict"
-_KEYS = {"extends", "allow", "deny", "rules", "description"}
+_KEYS = {"extends", "allow", "deny", "rules", "settings", "description"}
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -90,6 +112,8 @@ class Policy:
     deny: list[str]
     severities: dict[str, str] = field(default_factory=dict)
     source: str = "built-in"
+    #: Every setting of :data:`SETTINGS`, with the policy's value or the default.
+    settings: dict[str, int | None] = field(default_factory=lambda: dict(SETTINGS))
     _allow_re: list[re.Pattern[str]] = field(default_factory=list, repr=False)
     _deny_re: list[re.Pattern[str]] = field(default_factory=list, repr=False)
 
@@ -128,6 +152,7 @@ class Policy:
             "allow": self.allow,
             "deny": self.deny,
             "rules": {r: self.severity(r) for r in sorted(RULES)},
+            "settings": dict(self.settings),
         }
 
 
@@ -205,8 +230,32 @@ def from_node(node: yaml.Node, source: str) -> Policy:
             if not isinstance(v, yaml.ScalarNode) or v.value not in LEVELS:
                 raise fail(v, f"rule {k.value}: severity must be one of {', '.join(LEVELS)}")
             severities[k.value] = v.value
+    settings = dict(policy.settings)
+    if "settings" in values:
+        n = values["settings"]
+        if not isinstance(n, yaml.MappingNode):
+            raise fail(n, f"settings must map names ({', '.join(SETTINGS)}) to values")
+        for k, v in n.value:
+            if not isinstance(k, yaml.ScalarNode) or k.value not in SETTINGS:
+                raise fail(k, f"unknown setting {getattr(k, 'value', '?')!r} "
+                              f"(known: {', '.join(SETTINGS)})")
+            settings[k.value] = _setting(k.value, v, fail)
     name = base_name if len(values) <= 1 and "extends" in values else f"{base_name}+custom"
-    return Policy(name, allow, deny, severities, source)
+    return Policy(name, allow, deny, severities, source, settings)
+
+
+def _setting(name: str, n: yaml.Node, fail: Any) -> int | None:
+    """A count or size: a whole number, a size with a unit (512MiB), or ``off``."""
+    text = str(n.value).strip() if isinstance(n, yaml.ScalarNode) else ""
+    if text.lower() in ("off", "none", "null", "~"):
+        return None
+    m = _SIZE.match(text)
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS or (name == "max-layers" and unit):
+        what = "a whole number" if name == "max-layers" else "a size like 512MiB"
+        raise fail(n, f"setting {name}: {what}, or off")
+    value = int(m.group(1)) * _UNITS[unit]
+    return value
 
 
 def _with_source(policy: Policy, source: str) -> Policy:

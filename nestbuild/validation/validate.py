@@ -25,6 +25,7 @@ from nestbuild.node.nodetree import SymlinkGuard
 from nestbuild.validation import baseindex, lints
 from nestbuild.validation.changeset import Change, Overlay
 from nestbuild.validation.findings import Finding, evaluate
+from nestbuild.validation.installed import ImagePackages
 from nestbuild.validation.policy import Policy, preset
 from nestbuild.validation.report import BaseInfo, Report
 
@@ -229,6 +230,12 @@ def validate(image_ref: str, *, base_ref: str | None = None, policy: Policy | No
         merged=a.overlay,
         base=a.base_index if a.base_index.layers and not as_base else None,
         layer_raws=[*a.early, *a.scanner.raws],
+        layers=len(a.image.config.diff_ids),
+        base_layers=a.base.layers if a.base is not None and not as_base else 0,
+        settings=policy.settings,
+        packages=ImagePackages(a.image, a.overlay,
+                               a.base_index if a.base_index.layers and not as_base
+                               and not a.overlay.full_compare else None),
     )
     return Report.build(a.image, a.base, policy, a.changes, findings, a.notes)
 
