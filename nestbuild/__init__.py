@@ -80,6 +80,11 @@ _API: dict[str, str] = {
     "Signed": "nestbuild.signing.signatures",
     "Attested": "nestbuild.signing.signatures",
     "VerifyReport": "nestbuild.signing.signatures",
+    "key_id": "nestbuild.signing.signatures",
+    "tree": "nestbuild.signing.tree",
+    "ImageTree": "nestbuild.signing.tree",
+    "download_attestations": "nestbuild.signing.tree",
+    "Statement": "nestbuild.signing.tree",
     # shipping
     "push": "nestbuild.shipping.push",
     "PushOptions": "nestbuild.shipping.push",
@@ -119,7 +124,8 @@ _API: dict[str, str] = {
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
-    from nestbuild._image.reference import ImageRef, parse_reference
+    from nestbuild._image.reference import ImageRef as ImageRef
+    from nestbuild._image.reference import parse_reference as parse_reference
     from nestbuild._registry.access import RegistryAccess as RegistryAccess
     from nestbuild.building.baseimage import UPSTREAM_BASES as UPSTREAM_BASES
     from nestbuild.building.baseimage import BuiltBase as BuiltBase
@@ -174,6 +180,7 @@ if TYPE_CHECKING:
     from nestbuild.signing.signatures import attest as attest
     from nestbuild.signing.signatures import attest_validation as attest_validation
     from nestbuild.signing.signatures import generate_key_pair as generate_key_pair
+    from nestbuild.signing.signatures import key_id as key_id
     from nestbuild.signing.signatures import load_public_keys as load_public_keys
     from nestbuild.signing.signatures import load_signing_key as load_signing_key
     from nestbuild.signing.signatures import open_target as open_target
@@ -181,6 +188,10 @@ if TYPE_CHECKING:
     from nestbuild.signing.signatures import sign as sign
     from nestbuild.signing.signatures import start_loading_key as start_loading_key
     from nestbuild.signing.signatures import verify as verify
+    from nestbuild.signing.tree import ImageTree as ImageTree
+    from nestbuild.signing.tree import Statement as Statement
+    from nestbuild.signing.tree import download_attestations as download_attestations
+    from nestbuild.signing.tree import tree as tree
     from nestbuild.validation.declare import Rule as Rule
     from nestbuild.validation.findings import Finding as Finding
     from nestbuild.validation.policy import Policy as Policy

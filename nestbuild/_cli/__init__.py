@@ -6,7 +6,7 @@ parsed ``argparse.Namespace`` and returning an exit code).
 """
 
 COMMAND_MODULES = (
-    "nestbuild._cli.signing",   # keygen, sign, verify, attest
+    "nestbuild._cli.signing",   # keygen, sign, verify, attest, tree, download
     "nestbuild._cli.registry",  # login, push, pull, inspect
     "nestbuild._cli.build",     # build, init
     "nestbuild._cli.node",      # node trust, status, rollback
@@ -24,6 +24,8 @@ COMMAND_OWNERS = {
     "sign": "nestbuild._cli.signing",
     "verify": "nestbuild._cli.signing",
     "attest": "nestbuild._cli.signing",
+    "tree": "nestbuild._cli.signing",
+    "download": "nestbuild._cli.signing",
     "login": "nestbuild._cli.registry",
     "logout": "nestbuild._cli.registry",
     "push": "nestbuild._cli.registry",

@@ -85,7 +85,21 @@ def cmd_push(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         print(result.reference)
+        _print_attached(result.signatures, result.attestations)
     return EXIT_OK
+
+
+def _print_attached(signatures: list[Any], attestations: list[Any]) -> None:
+    """What push signed and attested, one line each, after the reference (the first line)."""
+    for s in signatures:
+        state = "signed" if s.added else "already signed"
+        what = s.digest[:19] + (f" ({s.platform})" if s.platform else "")
+        print(f"  {state}: {what} as {printable(s.docker_reference)} with key "
+              f"{(s.key_id or '?')[:19]} -> {s.tag} ({(s.manifest_digest or '?')[:19]})")
+    for a in attestations:
+        state = "attested" if a.added else "already attested"
+        print(f"  {state}: {a.digest[:19]} {printable(a.predicate_type)} with key "
+              f"{(a.key_id or '?')[:19]} -> {a.tag} ({(a.manifest_digest or '?')[:19]})")
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -124,8 +138,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     console.print(table)
     for k, v in sorted(doc["labels"].items()):
         console.print(text(f"  label {k}={v}"))
-    for r in doc.get("referrers", []):
-        console.print(text(f"  referrer {str(r['digest'])[:19]} {r.get('artifactType') or ''}"))
+    for kind in ("signatures", "attestations", "sboms", "referrers"):
+        for a in doc.get(kind, []):
+            about = str(a["subject"])[:19] + (f" ({a['platform']})" if a["platform"] else "")
+            content = [str(layer.get("identity") or layer.get("predicate_type")
+                           or layer.get("media_type")) for layer in a["layers"]]
+            console.print(text(f"  {a['kind']} of {about}: {a['tag'] or ''} "
+                               f"{str(a['digest'])[:19]} {a['artifact_type'] or ''} "
+                               f"{', '.join(content)}".rstrip()))
     return EXIT_OK
 
 
@@ -171,7 +191,9 @@ def register(sub: Any, command: Any) -> None:
                     HOST/REPO@sha256:..., the reference to deploy.
 
                     IMAGE: containers-storage (default), oci:DIR[:TAG], oci-archive:FILE[:TAG]
-                    (an OCI layout index is pushed whole, its bytes unchanged).
+                    (an OCI layout index is pushed whole, its bytes unchanged). A bare name is
+                    looked up in local storage; HOST/REPO:TAG that is not there fails with
+                    "did you mean docker://HOST/REPO:TAG?".
                     exit codes: 0 pushed, 1 validation failed (nothing pushed),
                     2 unusable input, registry or credentials problem
 
@@ -224,7 +246,14 @@ def register(sub: Any, command: Any) -> None:
     p = command("inspect", "show an image's manifest, config and bootability",
                 textwrap.dedent("""\
                     Show what skopeo inspect shows (digest, platform, labels, layers) plus
-                    whether the image is bootable and, in a registry, its referrers.
+                    whether the image is bootable and, in a registry or an OCI layout, its
+                    signatures, attestations, SBOMs and referrers (as 'nestbuild tree').
+
+                    IMAGE: containers-storage (default), docker://HOST/REPO[:TAG|@DIGEST],
+                    oci:DIR[:TAG], oci-archive:FILE[:TAG]. A bare name is looked up in local
+                    storage first, as podman does; HOST/REPO:TAG that is not there fails with
+                    "did you mean docker://HOST/REPO:TAG?" (nestbuild tree, sign and verify,
+                    which cannot read local storage, take HOST/REPO:TAG as a registry image).
 
                     example:
                       nestbuild inspect docker://registry.example.com/fleet/node:v1 --format json

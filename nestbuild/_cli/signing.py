@@ -21,8 +21,12 @@ Command = Callable[..., argparse.ArgumentParser]
 
 IMAGES = textwrap.dedent("""\
     images:
-      docker://REG/REPO[:TAG|@DIGEST]   in a registry (the name nodes pull)
+      [docker://]REG/REPO[:TAG|@DIGEST] in a registry (the name nodes pull); as in cosign,
+                                        a name that starts with a registry host (a "." or
+                                        a port: REG.example.com/..., 127.0.0.1:5000/...)
+                                        is a registry image without docker:// as well
       oci:DIR[:TAG]                     an OCI image layout (sign needs --identity)
+    local storage (containers-storage, localhost/NAME) holds no signatures: push first
 
     passphrase: NESTBUILD_PASSWORD or COSIGN_PASSWORD, else --passphrase-file, else a prompt
     exit codes: 0 done / verified, 1 not verified, 2 unusable input
@@ -60,9 +64,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def _local_target(args: argparse.Namespace, *, need_identity: bool = True) -> Any:
     """A layout target opened (and checked) before the passphrase is asked for: a typo
     should not cost a prompt. Registry targets are opened later, while the key decrypts."""
-    if args.image.startswith("docker://"):
+    from nestbuild import open_target, parse_reference
+
+    if parse_reference(args.image, bare="registry").transport == "docker":
         return None
-    from nestbuild import open_target
 
     return open_target(args.image, identity=args.identity, registry=registry_access(args),
                        require_identity=need_identity)
@@ -82,8 +87,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         target = open_target(args.image, identity=args.identity, registry=registry_access(args))
     results = sign(target, key, annotations=annotations)
     if args.format == "json":
-        rows = [{"digest": r.digest, "platform": r.platform, "tag": r.tag,
-                 "docker_reference": r.docker_reference, "added": r.added} for r in results]
+        rows = [r.to_json() for r in results]
         sys.stdout.write(json.dumps({"image": args.image, "signatures": rows}, indent=2) + "\n")
         return EXIT_OK
     for r in results:
@@ -155,12 +159,58 @@ def cmd_attest(args: argparse.Namespace) -> int:
         target = open_target(args.image, identity=args.identity, registry=registry_access(args))
     result = attest(target, key, predicate, predicate_type)
     if args.format == "json":
-        sys.stdout.write(json.dumps({"image": args.image, "digest": result.digest,
-                                     "tag": result.tag, "predicate_type": result.predicate_type,
-                                     "added": result.added}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"image": args.image, **result.to_json()}, indent=2) + "\n")
     else:
         state = "attested" if result.added else "already attested (same statement, same key)"
         print(f"{state}: {_short(result.digest)} {predicate_type} -> {result.tag}")
+    return EXIT_OK
+
+
+# --- tree, download ------------------------------------------------------------------------
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    from nestbuild import tree
+
+    found = tree(args.image, registry=registry_access(args))
+    if args.format == "json":
+        sys.stdout.write(json.dumps(found.to_json(), indent=2) + "\n")
+        return EXIT_OK
+    from nestbuild._cli.common import printable
+
+    # Plain lines (as verify prints), one per attachment and one per layer: grep finds them.
+    out = [f"{printable(found.image)}  {found.digest}"]
+    if not found.attachments:
+        out.append("  no signatures, attestations, SBOMs or referrers")
+    for a in found.attachments:
+        about = _short(a.subject) + (f" ({a.platform})" if a.platform else "")
+        where = printable(a.tag) if a.tag else printable(a.artifact_type or "artifact")
+        out.append(f"  {a.kind} of {about}: {where} {a.digest}")
+        out.extend(f"    {printable(_layer_text(layer))}" for layer in a.layers)
+    out.extend(f"  note: {printable(note)}" for note in found.notes)
+    sys.stdout.write("\n".join(out) + "\n")
+    return EXIT_OK
+
+
+def _layer_text(layer: Any) -> str:
+    """One signature, attestation or SBOM: what it is and what it claims (not verified)."""
+    if layer.identity:
+        return f"{_short(layer.digest)} signs for {layer.identity}"
+    if layer.predicate_type:
+        return f"{_short(layer.digest)} {layer.predicate_type}"
+    return f"{_short(layer.digest)} {layer.media_type}"
+
+
+def cmd_download_attestation(args: argparse.Namespace) -> int:
+    from nestbuild import download_attestations
+
+    found = download_attestations(args.image, predicate_type=args.predicate_type,
+                                  registry=registry_access(args))
+    for statement in found:  # one JSON document a line, as cosign prints them
+        sys.stdout.write(json.dumps(statement.statement, separators=(",", ":")) + "\n")
+    if not found:
+        what = f" of type {args.predicate_type}" if args.predicate_type else ""
+        sys.stderr.write(f"error: {args.image}: no attestations{what}\n")
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -267,3 +317,50 @@ def register(sub: Any, command: Command) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     registry_flags(p)
     p.set_defaults(func=cmd_attest)
+
+    p = command(
+        "tree", "list an image's signatures, attestations and SBOMs, as cosign tree does",
+        textwrap.dedent("""\
+            List what is attached to the image and to each platform manifest of an index:
+            cosign's sha256-DIGEST.sig, .att and .sbom tags (each with its manifest digest
+            and layers: the identity a signature claims, an attestation's predicate type)
+            and OCI referrers (the registry's referrers API, or its fallback tag). Nothing
+            is verified here: 'nestbuild verify' does that.
+
+            examples:
+              nestbuild tree registry.example.com/nodes/web:v3
+              nestbuild tree oci:./out:v3 --format json"""),
+        epilog=IMAGES + "\nexit codes: 0 listed, 2 no such image or unusable input\n",
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    registry_flags(p)
+    p.set_defaults(func=cmd_tree)
+
+    p = command(
+        "download", "print what is attached to an image, as cosign download does",
+        "Print an image's attachments. 'nestbuild download attestation IMAGE' prints its "
+        "in-toto statements.",
+        epilog="exit codes: 0 printed, 1 nothing of that kind, 2 unusable input\n",
+    )
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    q = kinds.add_parser(
+        "attestation", help="print the image's in-toto statements (one JSON a line)",
+        description=textwrap.dedent("""\
+            Print the in-toto statement of each attestation of the image (its .att tag),
+            one JSON document a line, as cosign download attestation prints them (cosign
+            prints the DSSE envelopes; these are their decoded payloads). Not verified:
+            'nestbuild verify' checks the attestations' signatures.
+
+            examples:
+              nestbuild download attestation registry.example.com/nodes/web:v3 \\
+                  --predicate-type https://nestbuild.dev/validation/v1 | jq .predicate"""),
+        epilog=IMAGES + "\nexit codes: 0 printed, 1 no attestation (of that type), "
+                        "2 unusable input\n",
+        formatter_class=p.formatter_class)
+    q.add_argument("image", metavar="IMAGE")
+    q.add_argument("--predicate-type", metavar="URI",
+                   help="only statements of this predicate type (a URI or a cosign "
+                        "shorthand: slsaprovenance, spdxjson, cyclonedx, ...)")
+    registry_flags(q)
+    q.set_defaults(func=cmd_download_attestation)

@@ -1,8 +1,18 @@
-"""Image references in the transport syntax users know from skopeo and podman."""
+"""Image references in the transport syntax users know from skopeo and podman.
+
+A bare reference (no transport) follows one rule in every command. Where local storage cannot
+hold what the command works on (``sign``, ``verify``, ``attest``, ``tree``: signatures live in
+a registry or an OCI layout), a name that starts with a registry host (:func:`registry_host`)
+is a registry image, as cosign reads it: ``HOST/REPO[:TAG|@DIGEST]`` is
+``docker://HOST/REPO[:TAG|@DIGEST]``. Where it can (``validate``, ``inspect``, ``push``'s
+source), a bare name is looked up in local storage first, as podman does, and a miss
+suggests the ``docker://`` reference (:func:`missing_locally`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from nestbuild.errors import UsageError
 
@@ -27,8 +37,35 @@ class ImageRef:
         return text
 
 
-def parse_reference(text: str) -> ImageRef:
-    """Parse ``[TRANSPORT:]REF``; without a transport the image is in containers-storage."""
+#: What a bare reference means: a local image first (``"local"``), or a registry image when
+#: it starts with a host (``"registry"``).
+Bare = Literal["local", "registry"]
+
+
+def registry_host(name: str) -> str | None:
+    """The registry host a bare ``HOST/REPO...`` name starts with, or None.
+
+    As docker and cosign decide, the first path component is a host when it has a ``.`` or a
+    ``:`` (a port): ``registry.example.com/...``, ``127.0.0.1:5000/...``,
+    ``localhost:5000/...``. ``library/alpine`` or ``my-node:v1`` name none, and neither does
+    a plain ``localhost/...``: podman and buildah name local images so (``nestbuild build``
+    too), and a registry on localhost has a port.
+    """
+    first, sep, rest = name.partition("/")
+    if not sep or not rest or not first:
+        return None
+    if "." in first or ":" in first:
+        return first
+    return None
+
+
+def parse_reference(text: str, *, bare: Bare = "local") -> ImageRef:
+    """Parse ``[TRANSPORT:]REF``.
+
+    Without a transport the image is in containers-storage, unless ``bare`` is ``"registry"``
+    (commands whose images cannot be in local storage) and the name starts with a registry
+    host: then it is ``docker://`` (see the module docstring).
+    """
     if not text:
         raise UsageError("empty image reference")
     if text.startswith("docker://"):
@@ -48,7 +85,18 @@ def parse_reference(text: str) -> ImageRef:
             f"transport {transport}: is not supported; use one of "
             "containers-storage:, oci:, oci-archive:, docker://"
         )
+    if bare == "registry" and registry_host(text) is not None:
+        return ImageRef("docker", text)
     return ImageRef(DEFAULT_TRANSPORT, text)
+
+
+def missing_locally(ref: ImageRef) -> str:
+    """The message for a local image that is not there; when its name starts with a registry
+    host, it names the ``docker://`` reference the user may have meant."""
+    host = registry_host(ref.name) if ref.transport == DEFAULT_TRANSPORT else None
+    if host is None:
+        return f"{ref}: no such image in local containers-storage"
+    return f"{ref.name}: not in local storage; did you mean docker://{ref.name}?"
 
 
 def _split_path_tag(rest: str) -> tuple[str, str | None]:

@@ -35,7 +35,7 @@ from nestbuild._image.model import (
     load_json_object,
     pick_platform,
 )
-from nestbuild._image.reference import ImageRef
+from nestbuild._image.reference import ImageRef, missing_locally
 from nestbuild._image.tarsplit import TarSplitStream
 from nestbuild._image.tree import READ_ERRORS
 from nestbuild._tools import buildah, skopeo
@@ -353,7 +353,7 @@ class StorageSource(ImageSource):
         except ToolError as exc:
             if "not known" in exc.message or "does not resolve" in exc.message \
                     or "no such image" in exc.message.lower():
-                raise ImageError(f"{self.ref}: no such image in local containers-storage") from None
+                raise ImageError(missing_locally(self.ref)) from None
             raise
 
     @cached_property

@@ -100,11 +100,9 @@ def inspect(image: str, *, access: RegistryAccess | None = None) -> dict[str, An
     """What skopeo inspect shows, plus what nestbuild checks: bootable labels, kernel."""
     from nestbuild._image import open_image
 
-    src: ImageSource
-    if image.startswith("docker://"):
-        src = RegistrySource(ImageRef("docker", image[len("docker://"):]), access)
-    else:
-        src = open_image(image)
+    ref = parse_reference(image)  # a bare name is a local image first (see _image.reference)
+    src: ImageSource = (RegistrySource(ref, access) if ref.transport == "docker"
+                        else open_image(ref))
     cfg = src.config
     doc: dict[str, Any] = {
         "name": str(src.ref),
@@ -125,9 +123,20 @@ def inspect(image: str, *, access: RegistryAccess | None = None) -> dict[str, An
             doc["index"] = {"digest": digest_of(raw), "manifests": [
                 {"digest": m.digest, "platform": m.platform}
                 for m in index_manifests(raw, f"{src.ref} index")]}
-        doc["referrers"] = [
-            {"digest": r.get("digest"), "artifactType": r.get("artifactType")}
-            for r in src.client.referrers(src.target.repo, src.manifest.digest)]
-        src.client.close()
+        try:
+            doc.update(_attached(src.target.with_digest(src.manifest.digest), src.client))
+        finally:
+            src.client.close()
+    elif ref.transport == "oci":
+        doc.update(_attached(f"oci:{ref.name}" + (f":{ref.tag}" if ref.tag else ""), None))
     return doc
+
+
+def _attached(image: Any, store: Any) -> dict[str, Any]:
+    """The image's signatures, attestations, SBOMs and referrers (see signing.tree)."""
+    from nestbuild.signing.signatures import open_target
+    from nestbuild.signing.tree import tree
+
+    found = tree(open_target(image, store=store)).to_json()
+    return {k: found[k] for k in ("signatures", "attestations", "sboms", "referrers")}
 

@@ -121,8 +121,8 @@ class PushResult:
             "bytesUploaded": self.bytes_uploaded,
             "blobs": [{"digest": b.digest, "size": b.size, "status": b.status}
                       for b in self.blobs],
-            "signatures": [f"{s.tag} ({s.docker_reference})" for s in self.signatures],
-            "attestations": [f"{a.tag} ({a.predicate_type})" for a in self.attestations],
+            "signatures": [s.to_json() for s in self.signatures],
+            "attestations": [a.to_json() for a in self.attestations],
         }
 
 

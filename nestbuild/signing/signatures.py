@@ -152,19 +152,23 @@ def open_target(
     store: SignatureStore | None = None,
     require_identity: bool = False,
 ) -> Target:
-    """Where ``image`` (``docker://REG/REPO[:TAG|@DIGEST]``, ``oci:DIR[:TAG]``, or an image
+    """Where ``image`` (``[docker://]REG/REPO[:TAG|@DIGEST]``, ``oci:DIR[:TAG]``, or an image
     in a registry as a :class:`RegistryRef`) is stored.
 
     ``identity`` overrides the signed name (required to sign a layout, which has none);
     ``require_identity`` refuses, here, a target without one (before a passphrase is asked
     for, not after). ``store`` reuses an open registry connection (push passes its own).
     """
+    from nestbuild._image.reference import parse_reference
+
     signed = _parse_identity(identity) if identity is not None else None
     display = image if isinstance(image, str) else image.transport
-    if isinstance(image, str) and image.startswith("docker://"):
+    # Signatures cannot live in local storage: HOST/REPO:TAG is a registry image, as in cosign.
+    parsed = parse_reference(image, bare="registry") if isinstance(image, str) else None
+    if parsed is not None and parsed.transport == "docker":
         from nestbuild._registry.reference import parse
 
-        image = parse(image)
+        image = parse(parsed.name)
     if not isinstance(image, str):
         ref = payload_mod.Reference(image.name, image.tag or (None if image.digest else "latest"),
                                     image.digest)
@@ -178,9 +182,7 @@ def open_target(
             identity=signed or ref,
             subject_name=(signed or ref).name,
         )
-    from nestbuild._image.reference import parse_reference
-
-    parsed = parse_reference(image)
+    assert parsed is not None
     if parsed.transport == "oci":
         from nestbuild.signing.layout_store import LayoutStore
 
@@ -638,11 +640,34 @@ def signed_identity(target: Target) -> str:
 class Signed:
     """One manifest's signature: new, or already there (same key, same claim)."""
 
+    #: The signed manifest's digest.
     digest: str
+    #: The attachment tag, ``sha256-HEX.sig``.
     tag: str
     docker_reference: str
     added: bool
     platform: str | None = None
+    #: The digest of the ``.sig`` manifest holding the signature (as confirmed in the store).
+    manifest_digest: str | None = None
+    #: The signing key's id (:func:`key_id`).
+    key_id: str | None = None
+    payload_type: str = SIMPLESIGNING_TYPE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "platform": self.platform, "tag": self.tag,
+                "docker_reference": self.docker_reference, "added": self.added,
+                "manifest_digest": self.manifest_digest, "key_id": self.key_id,
+                "payload_type": self.payload_type}
+
+
+def key_id(pub: keys.PublicKey) -> str:
+    """``sha256:`` of the public key's DER (SubjectPublicKeyInfo), as sigstore names keys:
+    the same for the key file, its ``.pub`` and every signature it made."""
+    from nestbuild.signing import keys
+
+    pem = keys.public_pem(pub).decode()
+    der = base64.b64decode("".join(ln for ln in pem.splitlines() if not ln.startswith("-")))
+    return digest_of(der)
 
 
 KeySource: TypeAlias = "keys.PrivateKey | Callable[[], keys.PrivateKey]"
@@ -714,7 +739,7 @@ def sign(
 
         pub = private.public_key()
         updates: list[_Update] = []
-        results: list[Signed] = []
+        done: list[tuple[Subject, Attachment, _Update | None]] = []
         for subject, att, body in zip(found, existing, bodies, strict=True):
             sig = keys.sign(private, body)
             # Check our own output as a verifier will, before it can reach the store.
@@ -722,16 +747,19 @@ def sign(
             if not keys.verify(pub, body, sig) or parsed.manifest_digest != subject.digest:
                 raise SigningError(f"{subject.digest}: the new signature does not verify")
             duplicate = any(_same_signature(layer, body, pub) for layer in att.layers)
+            update = None
             if not duplicate:
                 layer_annotations = {SIGNATURE_ANNOTATION: base64.b64encode(sig).decode()}
                 new = [(body, SIMPLESIGNING_TYPE, layer_annotations)]
-                updates.append(_update(att, subject.digest, "sig", new))
-            results.append(
-                Signed(subject.digest, att.tag, reference, not duplicate, subject.platform)
-            )
+                update = _update(att, subject.digest, "sig", new)
+                updates.append(update)
+            done.append((subject, att, update))
         _commit(target, updates)
         target.store.cancel_uploads()  # those prepared for signatures that were already there
-    return results
+    kid = key_id(pub)
+    return [Signed(subject.digest, att.tag, reference, update is not None, subject.platform,
+                   update.seen if update is not None else att.digest, kid)
+            for subject, att, update in done]
 
 
 def _same_signature(layer: dict[str, Any], body: bytes, pub: keys.PublicKey) -> bool:
@@ -777,10 +805,23 @@ def predicate_type_uri(value: str) -> str:
 
 @dataclass(frozen=True)
 class Attested:
+    """An attestation: new, or already there (same statement, same key)."""
+
+    #: The attested manifest's digest.
     digest: str
+    #: The attachment tag, ``sha256-HEX.att``.
     tag: str
     predicate_type: str
     added: bool
+    #: The digest of the ``.att`` manifest holding it (as confirmed in the store).
+    manifest_digest: str | None = None
+    key_id: str | None = None
+    payload_type: str = DSSE_TYPE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "tag": self.tag, "predicate_type": self.predicate_type,
+                "added": self.added, "manifest_digest": self.manifest_digest,
+                "key_id": self.key_id, "payload_type": self.payload_type}
 
 
 def attest(
@@ -819,11 +860,15 @@ def attest(
             ):
                 duplicate = True
                 break
+        manifest_digest = att.digest
         if not duplicate:
             annotations = {SIGNATURE_ANNOTATION: "", PREDICATE_TYPE_ANNOTATION: predicate_type}
             new = [(envelope, DSSE_TYPE, annotations)]
-            _commit(target, [_update(att, subject.digest, "att", new)])
-    return Attested(subject.digest, att.tag, predicate_type, not duplicate)
+            update = _update(att, subject.digest, "att", new)
+            _commit(target, [update])
+            manifest_digest = update.seen
+    return Attested(subject.digest, att.tag, predicate_type, not duplicate, manifest_digest,
+                    key_id(key.public_key()))
 
 
 def _statement_of(target: Target, layer: dict[str, Any], pub: keys.PublicKey) -> bytes | None:
@@ -1214,6 +1259,7 @@ __all__ = [
     "attest",
     "attest_validation",
     "generate_key_pair",
+    "key_id",
     "load_public_keys",
     "load_signing_key",
     "open_target",

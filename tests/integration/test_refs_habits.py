@@ -16,7 +16,10 @@ import pytest
 
 from nestbuild._tools import run
 from nestbuild.building.baseimage import BuiltBase
+from nestbuild.signing import keys
 from tests.fixtures import cli
+from tests.fixtures.registry import Registry
+from tests.ocibuilder import Layer, bootable_base, derived
 
 
 def _containers_of(image_id: str) -> list[str]:
@@ -105,3 +108,68 @@ def test_ctrl_c_during_a_run_step_removes_the_working_container(
     assert "interrupted" in err
     assert _containers_of(image_id) == []
     assert list(tmp.iterdir()) == []  # no build log either
+
+
+# --- bare references: one rule ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "local", "registry"), [
+    ("registry.example.com/nodes/web:v3", "containers-storage", "docker"),
+    ("127.0.0.1:5000/nodes/web@sha256:" + "a" * 64, "containers-storage", "docker"),
+    ("localhost:5000/web", "containers-storage", "docker"),
+    ("localhost/my-node:latest", "containers-storage", "containers-storage"),
+    ("my-node:v1", "containers-storage", "containers-storage"),
+    ("library/alpine", "containers-storage", "containers-storage"),
+    ("oci:/srv/out:v3", "oci", "oci"),
+    ("containers-storage:registry.example.com/x:1", "containers-storage",
+     "containers-storage"),
+    ("docker://registry.example.com/x:1", "docker", "docker"),
+])
+def test_a_bare_reference_means_the_same_in_every_command(text: str, local: str,
+                                                           registry: str) -> None:
+    from nestbuild import parse_reference
+
+    assert parse_reference(text).transport == local
+    assert parse_reference(text, bare="registry").transport == registry
+
+
+@pytest.fixture
+def in_registry(registry: Registry, tmp_path: Path) -> str:
+    """HOST/REPO:v1 of an image pushed (unsigned) to the test registry."""
+    _, image = derived(tmp_path / "l", [bootable_base()], [Layer().file("/etc/motd", b"x")])
+    name = f"{registry.host}/test/{uuid.uuid4().hex[:10]}:v1"
+    cli.nestbuild("push", image, name, "--no-validate", "-q", check=True)
+    return name
+
+
+def test_sign_attest_verify_and_tree_take_host_repo_tag_as_cosign_does(
+        in_registry: str, tmp_path: Path) -> None:
+    key, pub = keys.write_key_pair(tmp_path / "cosign", b"pw")
+    env = {**os.environ, "NESTBUILD_PASSWORD": "pw"}
+    signed = cli.nestbuild("sign", in_registry, "--key", key, env=env, check=True)
+    assert f"as {in_registry} ->" in signed.stdout
+    predicate = tmp_path / "p.json"
+    predicate.write_text('{"ok": true}')
+    cli.nestbuild("attest", in_registry, "--key", key, "--predicate", predicate, "--type",
+                  "https://example.com/p", env=env, check=True)
+    verified = cli.nestbuild("verify", in_registry, "--key", pub, "--format", "json",
+                             check=True)
+    doc = json.loads(verified.stdout)
+    assert doc["verified"] and doc["signed_identity"]["reference"] == in_registry
+    assert doc["manifests"][0]["attestations"][0]["verified"]
+    # the same name with docker:// is the same image
+    assert cli.nestbuild("verify", f"docker://{in_registry}", "--key", pub).returncode == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["validate", "{ref}"],
+    ["inspect", "{ref}"],
+    ["push", "{ref}", "{ref}"],
+    ["push", "{ref}", "{ref}", "--no-validate"],
+])
+def test_local_first_commands_suggest_docker_when_the_name_is_not_local(
+        argv: list[str]) -> None:
+    ref = f"registry.example.com/nodes/absent-{uuid.uuid4().hex[:8]}:v3"
+    got = cli.nestbuild(*[a.format(ref=ref) for a in argv])
+    assert got.returncode == 2, got.stderr
+    [error] = [ln for ln in got.stderr.splitlines() if ln.startswith("error:")]
+    assert error == f"error: {ref}: not in local storage; did you mean docker://{ref}?"
