@@ -52,11 +52,28 @@ def _short(digest: str) -> str:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from nestbuild import generate_key_pair
 
+    _make_key_directory(args.output_prefix.parent)
     pair = generate_key_pair(args.output_prefix, force=args.force,
                              passphrase_file=args.passphrase_file)
     print(f"private key: {pair.private} (encrypted, mode 0600)")
     print(f"public key:  {pair.public} (give this to nodes and verifiers)")
     return EXIT_OK
+
+
+def _make_key_directory(directory: Path) -> None:
+    """``--output-prefix keys/release`` with no ``keys/`` yet: the directories nestbuild
+    makes for a private key are its owner's alone (0700); existing ones are left as they are."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+            d.chmod(0o700)  # whatever the umask
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise UsageError(f"--output-prefix: cannot create {d} ({exc.strerror})") from None
+    if not directory.is_dir():
+        raise UsageError(f"--output-prefix: {directory} is not a directory")
 
 
 # --- sign ----------------------------------------------------------------------------------

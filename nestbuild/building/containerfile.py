@@ -3,6 +3,12 @@
 nestbuild must know the OS base before building (to refuse a non-bootable one and to pin it):
 the final stage's FROM, with ARG substitution, followed through stage aliases
 (``FROM builder``) to a real image. Errors name the file and line.
+
+What is a comment is what buildah says (and Docker): a line whose first non-blank character
+is ``#``, also between the lines of a continued instruction; a ``#`` after an instruction is
+part of it (``COPY motd /etc/motd  # config`` copies a file named ``#``). Blank lines inside a
+continued instruction are skipped, and the ``# escape=`` directive at the top changes the
+continuation character.
 """
 
 from __future__ import annotations
@@ -65,20 +71,34 @@ def substitute(text: str, values: Mapping[str, str | None], where: str) -> str:
     return _VAR.sub(repl, text)
 
 
-def logical_lines(text: str) -> list[tuple[int, str]]:
-    """Instructions with continuations joined, comments and blank lines dropped."""
+_DIRECTIVE = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(.*?)\s*")
+
+
+def directives(text: str) -> dict[str, str]:
+    """The parser directives (``# syntax=``, ``# escape=``): comment lines at the very top,
+    before any blank line, other comment or instruction; names are case-insensitive."""
+    found: dict[str, str] = {}
+    for raw in text.splitlines():
+        m = _DIRECTIVE.fullmatch(raw.strip())
+        if m is None or m.group(1).lower() in found:
+            break
+        found[m.group(1).lower()] = m.group(2)
+    return found
+
+
+def logical_lines(text: str, escape: str = "\\") -> list[tuple[int, str]]:
+    """Instructions with continuations joined, comments and blank lines dropped, as buildah
+    reads them (see the module docstring)."""
     out: list[tuple[int, str]] = []
     buf: list[str] = []
     start = 0
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.rstrip()
-        if not buf and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if buf and line.lstrip().startswith("#"):
-            continue
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue  # blank or a comment, within a continued instruction too
         if not buf:
             start = number
-        if line.endswith("\\"):
+        if line.endswith(escape):
             buf.append(line[:-1])
             continue
         buf.append(line)
@@ -101,7 +121,11 @@ def parse(path: Path, build_args: Mapping[str, str] | None = None) -> Containerf
     global_args: dict[str, str | None] = {}
     stages: list[Stage] = []
     needs_buildkit = None
-    for line_no, line in logical_lines(text):
+    found = directives(text)
+    escape = found.get("escape", "\\")
+    if escape not in ("\\", "`"):
+        raise UsageError(f"{path}:1: # escape={escape}: the escape character is \\ or `")
+    for line_no, line in logical_lines(text, escape):
         where = f"{path}:{line_no}"
         word, _, rest = line.strip().partition(" ")
         instr = word.upper()
@@ -128,7 +152,11 @@ def parse(path: Path, build_args: Mapping[str, str] | None = None) -> Containerf
             if len(tokens) >= 3 and tokens[1].upper() == "AS":
                 name = tokens[2].lower()
             elif len(tokens) != 1:
-                raise UsageError(f"{where}: expected FROM IMAGE [AS NAME]")
+                hint = ""
+                if any(t.startswith("#") for t in tokens):
+                    hint = (" (a # after an instruction is not a comment: only at the start "
+                            "of a line)")
+                raise UsageError(f"{where}: expected FROM IMAGE [AS NAME]{hint}")
             stages.append(Stage(image, name, line_no, platform))
         elif not stages:
             raise UsageError(f"{where}: {instr} before the first FROM")
@@ -136,6 +164,6 @@ def parse(path: Path, build_args: Mapping[str, str] | None = None) -> Containerf
             needs_buildkit = f"{where}: {line.strip()[:60]}"
     if not stages:
         raise UsageError(f"{path}: no FROM instruction")
-    if text.lstrip().startswith("# syntax="):
+    if "syntax" in found:
         needs_buildkit = needs_buildkit or f"{path}:1: # syntax= directive"
     return Containerfile(path, stages, global_args, needs_buildkit)

@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 
 from nestbuild._registry.access import RegistryAccess
+from nestbuild._tools import buildah
+from nestbuild.building.baseimage import BuiltBase
 from nestbuild.node import deploy
 from nestbuild.shipping.upload import upload
 from tests.fixtures import cli
 from tests.fixtures.cli import nestbuild
+from tests.fixtures.images import REPO, unique_tag
 from tests.fixtures.registry import Registry
 from tests.ocibuilder import Layer, bootable_base, derived, write_image
 
@@ -274,3 +277,70 @@ def test_validate_piped_to_head_in_a_pipefail_shell(images: Images) -> None:
     r = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -1"],
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
+
+
+# -- the documented Containerfile, and what buildah calls a comment --------------------------------
+
+
+def _first_dockerfile_block(doc: Path) -> str:
+    text = doc.read_text()
+    start = text.index("```Dockerfile\n") + len("```Dockerfile\n")
+    return text[start:text.index("```", start)]
+
+
+def _build(context: Path, base: str) -> subprocess.CompletedProcess[str]:
+    tag = unique_tag(context.name)
+    try:
+        return nestbuild("build", context, "-t", tag, "--build-arg", f"BASE={base}",
+                         "--no-validate", "-q", "--format", "json")
+    finally:
+        buildah.remove_image(tag)
+
+
+def test_the_containerfile_guide_example_builds(mini_base: BuiltBase, tmp_path: Path) -> None:
+    """docs/containerfile.md's first example, as written (on the mini base)."""
+    (tmp_path / "Containerfile").write_text(_first_dockerfile_block(
+        REPO / "docs" / "containerfile.md"))
+    (tmp_path / "motd").write_text("managed by the platform team\n")
+    (tmp_path / "90-host.conf").write_text("vm.swappiness = 10\n")
+    r = _build(tmp_path, mini_base.tag)
+    assert r.returncode == 0, r.stderr
+
+
+BUILDAH_COMMENTS = {
+    "blank-line-in-continuation": "ARG BASE\nFROM ${BASE}\nRUN echo a \\\n\n   \n  > /etc/x\n",
+    "comment-in-continuation": "ARG BASE\nFROM ${BASE}\nRUN echo a \\\n  # a comment\n"
+                               "  > /etc/x\n",
+    "indented-comment": "ARG BASE\n   # indented\nFROM ${BASE}\n\t# tab\nRUN true\n",
+    "escape-directive": "# escape=`\nARG BASE\nFROM ${BASE}\nRUN echo a `\n  > /etc/x\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDAH_COMMENTS))
+def test_containerfile_comments_as_buildah_reads_them(mini_base: BuiltBase, tmp_path: Path,
+                                                     name: str) -> None:
+    """Containerfiles buildah builds: nestbuild's own reading (the base, before the build)
+    must not refuse them."""
+    (tmp_path / "Containerfile").write_text(BUILDAH_COMMENTS[name])
+    r = _build(tmp_path, mini_base.tag)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_trailing_comment_after_from_is_explained(mini_base: BuiltBase, tmp_path: Path
+                                                   ) -> None:
+    (tmp_path / "Containerfile").write_text("ARG BASE\nFROM ${BASE}   # the base\n")
+    r = _build(tmp_path, mini_base.tag)
+    assert r.returncode == 2
+    assert "a # after an instruction is not a comment" in r.stderr
+
+
+def test_keygen_into_a_new_directory(tmp_path: Path) -> None:
+    """docs/signing.md's first command: keys/ does not exist yet."""
+    r = nestbuild("keygen", "--output-prefix", "keys/release", env=ENV, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "keys/release.key").stat().st_mode) == 0o600
+    assert (tmp_path / "keys/release.pub").is_file()
+    (tmp_path / "file").write_text("")
+    r = nestbuild("keygen", "--output-prefix", "file/release", env=ENV, cwd=tmp_path)
+    assert r.returncode == 2 and "file is not a directory" in r.stderr
