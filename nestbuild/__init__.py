@@ -119,6 +119,7 @@ _API: dict[str, str] = {
     "BootError": "nestbuild.node.boot",
     "changelog": "nestbuild.node.changelog",
     "Changelog": "nestbuild.node.changelog",
+    "rebase_changelog": "nestbuild.node.changelog",
 }
 
 __all__ = ["__version__", *_API]
@@ -150,6 +151,7 @@ if TYPE_CHECKING:
     from nestbuild.node.boot import boot as boot
     from nestbuild.node.changelog import Changelog as Changelog
     from nestbuild.node.changelog import changelog as changelog
+    from nestbuild.node.changelog import rebase_changelog as rebase_changelog
     from nestbuild.node.checks import RebaseRefused as RebaseRefused
     from nestbuild.node.rebase import RebaseOptions as RebaseOptions
     from nestbuild.node.rebase import rebase as rebase

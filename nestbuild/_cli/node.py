@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nestbuild._cli.common import HelpFormatter, registry_access, registry_flags
+from nestbuild._cli.common import HelpFormatter, printable, registry_access, registry_flags
 from nestbuild.errors import EXIT_OK
 
 
@@ -154,15 +154,36 @@ def cmd_rebase(args: argparse.Namespace) -> int:
     from nestbuild import RebaseOptions, rebase
 
     quiet = args.quiet or args.format == "json"
-    result = rebase(
-        RebaseOptions(args.image, via=args.via, host=args.host, sysroot=args.sysroot,
-                      osname=args.os, trust=args.trust, apply=args.apply,
-                      dry_run=args.dry_run, access=registry_access(args)),
-        progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
+    options = RebaseOptions(args.image, via=args.via, host=args.host, sysroot=args.sysroot,
+                            osname=args.os, trust=args.trust, apply=args.apply,
+                            dry_run=args.dry_run, access=registry_access(args))
+    result = rebase(options, progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
     for note in getattr(result, "notes", ()):
         print(f"nestbuild: note: {note}", file=sys.stderr)
+    changes = _dry_run_changelog(options, result, quiet) if args.dry_run else None
+    if args.format == "json" and args.dry_run:
+        doc = result.to_json() | {"changelog": changes.to_json() if changes else None}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return EXIT_OK
+    if changes is not None:
+        for line in changes.summary():
+            print(printable(line))
     _show(result, args.format)
     return EXIT_OK
+
+
+def _dry_run_changelog(options: Any, result: Any, quiet: bool) -> Any:
+    """What the switch would change (the node's current image against the target), or None
+    with a note on stderr when the current image cannot be read: the checks still stand."""
+    from nestbuild import rebase_changelog
+    from nestbuild.errors import NestbuildError
+
+    try:
+        return rebase_changelog(options, result, progress=None if quiet else (
+            lambda m: print(m, file=sys.stderr)))
+    except NestbuildError as exc:
+        print(f"nestbuild: note: no changelog: {exc.message}", file=sys.stderr)
+        return None
 
 
 def _node_flags(parser: argparse.ArgumentParser, *, via_help: str) -> None:

@@ -41,8 +41,10 @@ if TYPE_CHECKING:
     from nestbuild._image.source import ImageSource
     from nestbuild._registry.access import RegistryAccess
     from nestbuild.node.host import Host
+    from nestbuild.node.rebase import RebaseOptions
     from nestbuild.node.status import NodeStatus
-    from nestbuild.node.sysroot import SysrootStatus
+    from nestbuild.node.sysroot import SysrootRebase, SysrootStatus
+    from nestbuild.node.tool import ToolRebase
     from nestbuild.validation.packages import PackageDb
 
 Progress = Callable[[str], None]
@@ -722,3 +724,19 @@ def node_image(*, sysroot: Path | None = None, via: str | None = None,
     if sysroot is not None:
         return booted_image(backend_for("ostree", sysroot=sysroot).status())
     return booted_image(backend_for(via or "bootc", host=host).status())
+
+
+def rebase_changelog(options: RebaseOptions, result: ToolRebase | SysrootRebase,
+                     progress: Progress | None = None) -> Changelog:
+    """What the rebase ``result`` (checked, usually a dry run) changes: the node's current
+    image (its booted deployment, a sysroot's default) against the target by digest."""
+    from nestbuild.node.checks import repository
+    from nestbuild.node.sysroot import SysrootRebase
+
+    if isinstance(result, SysrootRebase):
+        target = f"docker://{repository(result.image.split('@', 1)[0])}@{result.digest}"
+        old = node_image(sysroot=options.sysroot)
+    else:
+        target = f"docker://{result.plan.pinned}"
+        old = node_image(via=options.via, host=options.host)
+    return changelog(old, target, access=options.access, progress=progress)

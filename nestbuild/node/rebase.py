@@ -40,8 +40,7 @@ class RebaseOptions:
     trust: Path | None = None
     #: Reboot into the new deployment once it is staged (bootc, rpm-ostree).
     apply: bool = False
-    #: Resolve and check only (bootc, rpm-ostree; an ostree sysroot is deployed regardless,
-    #: as ``nestbuild rebase --via ostree --dry-run`` has always done).
+    #: Resolve and check only: nothing is staged, fetched or deployed (every ``via``).
     dry_run: bool = False
     #: Registry access (authfile, cert-dir, tls-verify); None for the defaults.
     access: RegistryAccess | None = None

@@ -90,17 +90,24 @@ class SysrootRebase:
     bytes_downloaded: int
     #: One-line remarks for the operator, as :attr:`SysrootCheck.notes`.
     notes: list[str] = field(default_factory=list)
+    #: Checked only (``--dry-run``): nothing was fetched or deployed; ``after`` is ``before``.
+    dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"via": "ostree", "image": self.image, "digest": self.digest,
                 "trust": self.trust_from, "policy": self.verdict.to_json(),
                 "bytesDownloaded": self.bytes_downloaded, "notes": self.notes,
+                "dryRun": self.dry_run,
                 "before": [d.to_json() for d in self.before],
                 "after": [d.to_json() for d in self.after]}
 
     def lines(self) -> list[str]:
-        return [f"verified: {self.verdict.reason} (scope {self.verdict.scope}; trust from "
-                f"{self.trust_from})", *SysrootStatus(self.after).lines()]
+        verified = (f"verified: {self.verdict.reason} (scope {self.verdict.scope}; trust from "
+                    f"{self.trust_from})")
+        if self.dry_run:
+            return [verified, f"would deploy {self.image} ({self.digest}); dry run, the "
+                              "sysroot is unchanged", *SysrootStatus(self.before).lines()]
+        return [verified, *SysrootStatus(self.after).lines()]
 
 
 def absolute(path: Path) -> Path:
@@ -163,11 +170,18 @@ class SysrootBackend:
                progress: Progress | None = None) -> SysrootRebase:
         """Verify ``image`` under the node's policy, then deploy it into the sysroot by
         digest. Refusals raise RebaseRefused before anything in the sysroot is touched.
-        (``dry_run`` and ``apply`` do not apply: see RebaseOptions.)"""
+        ``dry_run`` runs the same checks and stops there (:meth:`check_update`); ``apply``
+        has no meaning here (the sysroot is not booted)."""
         from nestbuild._registry import reference
         from nestbuild._registry.access import RegistryAccess
         from nestbuild.node import deploy
 
+        if dry_run:
+            checked = self.check_update(image, access=access)
+            current = self._deployments() if self.sysroot.is_dir() else []
+            return SysrootRebase(checked.image, checked.digest, checked.verdict,
+                                 checked.trust_from, current, current, 0, checked.notes,
+                                 dry_run=True)
         say = progress or (lambda _m: None)
         target = reference.parse(image)
         with deploy.sysroot_lock(self.sysroot, say):

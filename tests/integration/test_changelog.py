@@ -200,7 +200,8 @@ def pushed(rpm_bases: dict[int, rpmbase.BuiltRpmBase], registry: Registry) -> di
 
 
 @pytest.mark.ostree
-def test_old_from_a_sysroot_nestbuild_deployed(pushed: dict[int, str], tmp_path: Path) -> None:
+def test_old_from_a_sysroot_nestbuild_deployed_and_rebase_dry_run(
+        pushed: dict[int, str], tmp_path: Path) -> None:
     sysroot = tmp_path / "sysroot"
     repo_tag = pushed[1].split("@", 1)[0] + ":v1"
     src = RegistrySource(ImageRef("docker", pushed[1]), access=RegistryAccess(tls_verify=False))
@@ -217,6 +218,28 @@ def test_old_from_a_sysroot_nestbuild_deployed(pushed: dict[int, str], tmp_path:
             "jq", "skopeo"]
         # a node already on v1 has every layer v1 and v2 share
         assert 0 < doc["download"]["layers"] < doc["download"]["totalLayers"]
+
+        # rebase --dry-run: the checks and this summary, and the sysroot stays as it was
+        trust = tmp_path / "trust"
+        (trust / "etc" / "containers").mkdir(parents=True)
+        (trust / "etc" / "containers" / "policy.json").write_text(
+            json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+        before = deploy.deployments(sysroot)
+        r = nestbuild("rebase", f"docker://{pushed[2]}", "--via", "ostree", "--sysroot",
+                      sysroot, "--trust", trust, "--dry-run", "--tls-verify", "false", "-q")
+        assert r.returncode == 0, r.stderr
+        assert "packages: 7 upgraded, 1 added, 1 removed, 0 downgraded" in r.stdout
+        assert "kernel: 6.11.4-301.nb.x86_64 -> 6.11.5-300.nb.x86_64" in r.stdout
+        assert "dry run, the sysroot is unchanged" in r.stdout
+        r = nestbuild("rebase", f"docker://{pushed[2]}", "--via", "ostree", "--sysroot",
+                      sysroot, "--trust", trust, "--dry-run", "--tls-verify", "false",
+                      "--format", "json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["dryRun"] is True and doc["bytesDownloaded"] == 0
+        assert doc["changelog"]["summary"]["upgraded"] == 7
+        assert doc["changelog"]["new"]["digest"] == pushed[2].split("@", 1)[1]
+        assert deploy.deployments(sysroot) == before
     finally:
         # ostree marks deployment roots immutable; let pytest clean up
         subprocess.run(["chattr", "-R", "-i", str(sysroot)], check=False,
