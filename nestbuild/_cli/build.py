@@ -54,7 +54,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("init", "write a starter nestbuild.yaml, Containerfile and policy",
                 "Write a starter project into DIR (default: the current directory).\n\n"
                 "example:\n  nestbuild init --base quay.io/fedora/fedora-bootc:41 my-node",
-                epilog="")
+                epilog="exit codes: 0 written, 2 unusable input (existing files without "
+                       "--force)\n")
     p.add_argument("directory", nargs="?", type=Path, default=Path("."), metavar="DIR")
     p.add_argument("--base", default=None, metavar="REF",
                    help="the bootable base image (default: the mini base)")
@@ -138,9 +139,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
-        from rich.console import Console
+        from nestbuild._cli.common import console
 
-        out = Console(highlight=False)
+        out = console()
+        if args.quiet and result.report is not None:
+            result.report.render_verdict(out)  # quiet: the verdict line only
+            return EXIT_OK if result.passed else EXIT_FAILED
         if result.report is not None:
             result.report.render(out)
         out.print(f"[bold]{result.image}[/bold]  id {result.image_id[:12]}  {result.digest}  "

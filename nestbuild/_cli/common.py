@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nestbuild.errors import UsageError
 
@@ -38,6 +39,23 @@ def _columns() -> int:
         return os.get_terminal_size().columns or 80
     except (ValueError, OSError):
         return 80
+
+
+#: Width of output that is not a terminal: wide enough that no table wraps or folds a path.
+PIPE_WIDTH = 10_000
+
+
+def console(*, stderr: bool = False) -> Any:
+    """A rich console for tables and reports. On a terminal it fits the terminal; piped (CI
+    logs, ``| grep``) it does not wrap at all, so a path is never split mid-word. COLUMNS
+    still wins when set."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if "COLUMNS" not in os.environ and not stream.isatty():
+        width = PIPE_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def parse_bool(text: str) -> bool:

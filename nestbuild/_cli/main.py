@@ -20,6 +20,7 @@ from nestbuild._cli import COMMAND_MODULES, COMMAND_OWNERS
 from nestbuild._cli.common import (
     HelpFormatter,
     check_output,
+    console,
     registry_access,
     registry_flags,
     write_output,
@@ -30,9 +31,7 @@ FORMATS = ("table", "json")
 
 
 def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    out = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    out = console(stderr=stderr)
     stream = sys.stderr if stderr else sys.stdout
 
     def gone() -> None:
@@ -169,15 +168,49 @@ def cmd_base_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- completion ----------------------------------------------------------------------------
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The completion script, made from the whole parser so it cannot drift from it."""
+    import shtab
+
+    parser = build_parser()
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return EXIT_OK
+
+
+COMPLETION_HELP = textwrap.dedent("""\
+    Print a completion script for SHELL, made from nestbuild's own parser: every command,
+    action and option. Install it once:
+
+      bash: nestbuild completion bash > ~/.local/share/bash-completion/completions/nestbuild
+      zsh:  nestbuild completion zsh > ~/.zfunc/_nestbuild   (~/.zfunc in $fpath)
+      fish: nestbuild completion fish > ~/.config/fish/completions/nestbuild.fish""")
+
+
 # --- the parser ----------------------------------------------------------------------------
 
-EPILOG = textwrap.dedent("""\
+IMAGE_NAMES = textwrap.dedent("""\
     images are named as skopeo and podman name them:
-      containers-storage:REF   buildah's/podman's local store (the default without a transport)
-      oci:DIR[:TAG]            an OCI image layout directory
-      oci-archive:FILE[:TAG]   an OCI layout in a tar file
+      containers-storage:REF            buildah's/podman's local store (the default)
+      docker://REG/REPO[:TAG|@DIGEST]   in a registry
+      oci:DIR[:TAG]                     an OCI image layout directory
+      oci-archive:FILE[:TAG]            an OCI layout in a tar file
+    """)
 
-    exit codes: 0 passed, 1 policy errors, 2 unusable input
+EPILOG = IMAGE_NAMES + textwrap.dedent("""
+    exit codes: 0 success (validate: passed), 1 the image failed a check (policy,
+    signature, digest), 2 unusable input (missing image, malformed file, missing tool),
+    130 interrupted; each command's --help says what its codes mean
+    """)
+
+VALIDATE_EPILOG = IMAGE_NAMES + textwrap.dedent("""
+    exit codes: 0 passed (warnings allowed), 1 policy errors (or registry content that does
+    not match its digest), 2 unusable input
+    """)
+
+DIFF_EPILOG = IMAGE_NAMES + textwrap.dedent("""
+    exit codes: 0 shown, 1 registry content that does not match its digest, 2 unusable input
     """)
 
 
@@ -209,7 +242,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=CommandParser)
 
-    def command(name: str, help: str, description: str, epilog: str = EPILOG
+    def command(name: str, help: str, description: str, epilog: str = ""
                 ) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description, epilog=epilog,
                               formatter_class=HelpFormatter)
@@ -235,6 +268,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
               nestbuild validate localhost/my-node:latest
               nestbuild validate oci:./out:v2 --base oci:./base --format json
               nestbuild validate my-node --preset packages --format sarif -o nestbuild.sarif"""),
+        epilog=VALIDATE_EPILOG,
     )
     p.add_argument("image", metavar="IMAGE", help="the derived image")
     p.add_argument("--base", metavar="REF", help="the base image (default: found from the image)")
@@ -258,6 +292,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "Print the changeset alone: every path added, modified, deleted or changed in\n"
         "metadata only, with the layer that changed it. No policy is applied.\n\n"
         "example:\n  nestbuild diff localhost/nestbuild/mini:latest localhost/my-node:latest",
+        epilog=DIFF_EPILOG,
     )
     p.add_argument("base", metavar="BASE", help="the base image")
     p.add_argument("image", metavar="IMAGE", help="the derived image")
@@ -268,22 +303,31 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diff)
 
     p = command("rules", "list the validation rules", "List every rule id with its default "
-                "severity; policies set severities by these ids.", epilog="")
+                "severity; policies set severities by these ids.",
+                epilog="exit codes: 0 listed, 2 unusable arguments\n")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.set_defaults(func=cmd_rules)
 
-    p = command("base", "build and list base images", "Base image recipes (base-images/).",
-                epilog="")
+    p = command("base", "build and list base images",
+                "Base images: build one from a recipe (base-images/), or list the recipes and\n"
+                "the known upstream bases.",
+                epilog="exit codes: 0 done, 2 unusable input or a failing tool\n")
     base_sub = p.add_subparsers(dest="base_command", metavar="ACTION", required=True)
     b = base_sub.add_parser("build", help="build a base image from a recipe",
                             description="Build a base from its recipe into local storage, "
                                         "offline.\n\nexample:\n  nestbuild base build mini",
+                            epilog="exit codes: 0 built, 2 unusable input or a failing tool\n",
                             formatter_class=HelpFormatter)
     b.add_argument("name", nargs="?", default="mini", help="recipe name (default: mini)")
     b.add_argument("-t", "--tag", help="image name (default: localhost/nestbuild/NAME:latest)")
     b.add_argument("--format", choices=FORMATS, default="table")
     b.set_defaults(func=cmd_base_build)
-    b = base_sub.add_parser("list", help="list base image recipes")
+    b = base_sub.add_parser("list", help="list base image recipes",
+                            description="List the local recipes (nestbuild base build NAME) "
+                                        "and the known\nupstream bases, with what nestbuild "
+                                        "checks of each.",
+                            epilog="exit codes: 0 listed, 2 unusable arguments\n",
+                            formatter_class=HelpFormatter)
     b.add_argument("--format", choices=FORMATS, default="table")
     b.set_defaults(func=cmd_base_list)
 
@@ -291,6 +335,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         module = _command_module(name)
         if module is not None:
             module.register(sub, command)
+
+    p = command("completion", "print a shell completion script (bash, zsh, fish)",
+                COMPLETION_HELP, epilog="exit codes: 0 printed, 2 unusable arguments\n")
+    p.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL",
+                   help="bash, zsh or fish")
+    p.set_defaults(func=cmd_completion)
     return parser
 
 

@@ -17,7 +17,8 @@ from nestbuild.errors import EXIT_OK
 def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("node", "node trust files, deployment status and rollback",
                 "What a node needs and does: trust files for verified pulls, and (for an\n"
-                "ostree sysroot) its deployments and rollback.", epilog="")
+                "ostree sysroot) its deployments and rollback.",
+                epilog="exit codes: 0 done, 2 unusable input or a failing tool\n")
     node_sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
 
     t = node_sub.add_parser(
@@ -34,7 +35,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
                     "examples:\n  nestbuild node trust registry.example.com/nodes/base "
                     "--key cosign.pub --out ./overlay\n"
                     "  nestbuild node trust registry.example.com/nodes/base "
-                    "--key cosign.pub --sysroot ./sysroot")
+                    "--key cosign.pub --sysroot ./sysroot",
+        epilog="exit codes: 0 written, 2 unusable input (a key, an existing policy.json)\n")
     t.add_argument("repo", metavar="REPO", help="REGISTRY/REPOSITORY the node pulls from")
     t.add_argument("--key", type=Path, action="append", required=True, metavar="K.pub",
                    help="public key (repeatable, for rotation)")
@@ -50,12 +52,29 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     t.add_argument("--format", choices=("table", "json"), default="table")
     t.set_defaults(func=cmd_trust)
 
-    s = node_sub.add_parser("status", help="a node's deployments (bootc, rpm-ostree or a sysroot)")
+    s = node_sub.add_parser(
+        "status", help="a node's deployments (bootc, rpm-ostree or a sysroot)",
+        formatter_class=HelpFormatter,
+        description="List a node's deployments (image, digest, version, which is booted, the\n"
+                    "default and the rollback): from a local ostree sysroot, or from the\n"
+                    "node's bootc or rpm-ostree, here or over ssh with --host.\n\n"
+                    "examples:\n  nestbuild node status --sysroot ./sysroot\n"
+                    "  nestbuild node status --via bootc --host ssh://core@node1 --format json",
+        epilog="exit codes: 0 shown, 2 unusable input or a failing tool\n")
     _node_flags(s, via_help="ask the node's tool")
     s.add_argument("--format", choices=("table", "json"), default="table")
     s.set_defaults(func=cmd_status)
 
-    r = node_sub.add_parser("rollback", help="make the previous deployment the default")
+    r = node_sub.add_parser(
+        "rollback", help="make the previous deployment the default",
+        formatter_class=HelpFormatter,
+        description="Make the previous deployment the default again: in a local ostree\n"
+                    "sysroot, or with the node's bootc or rpm-ostree (here or over ssh).\n"
+                    "--apply reboots into it now; otherwise the next boot takes it.\n\n"
+                    "examples:\n  nestbuild node rollback --sysroot ./sysroot\n"
+                    "  nestbuild node rollback --via bootc --host ssh://core@node1 --apply",
+        epilog="exit codes: 0 rolled back, 2 nothing to roll back to, unusable input or a\n"
+               "failing tool\n")
     _node_flags(r, via_help="use the node's tool")
     r.add_argument("--apply", action="store_true", help="reboot into it now")
     r.add_argument("--os", default="nestos", metavar="NAME", help="stateroot (default nestos)")

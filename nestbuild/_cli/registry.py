@@ -13,6 +13,7 @@ from typing import Any
 
 from nestbuild._cli.common import (
     check_output,
+    console,
     printable,
     registry_access,
     registry_flags,
@@ -150,9 +151,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
+    return console()
 
 
 def register(sub: Any, command: Any) -> None:
@@ -258,7 +257,8 @@ def register(sub: Any, command: Any) -> None:
                     example:
                       nestbuild inspect docker://registry.example.com/fleet/node:v1 --format json
                     """),
-                "exit codes: 0 shown, 2 no such image or registry problem\n")
+                "exit codes: 0 shown, 1 registry content that does not match its digest,\n"
+                "2 no such image or registry problem\n")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--format", choices=("table", "json"), default="table")
     registry_flags(p)

@@ -27,10 +27,15 @@ IMAGES = textwrap.dedent("""\
                                         is a registry image without docker:// as well
       oci:DIR[:TAG]                     an OCI image layout (sign needs --identity)
     local storage (containers-storage, localhost/NAME) holds no signatures: push first
-
-    passphrase: NESTBUILD_PASSWORD or COSIGN_PASSWORD, else --passphrase-file, else a prompt
-    exit codes: 0 done / verified, 1 not verified, 2 unusable input
     """)
+
+PASSPHRASE = ("passphrase: NESTBUILD_PASSWORD or COSIGN_PASSWORD, else --passphrase-file, "
+              "else a prompt\n")
+
+#: What a signing command's exit codes mean (1: another writer kept replacing the attachment
+#: tag, or the registry served content that does not match its digest).
+WRITE_EXIT_CODES = ("exit codes: 0 done, 1 the registry did not keep the result or served "
+                    "content\nthat does not match its digest, 2 unusable input\n")
 
 
 def _annotations(pairs: list[str] | None) -> dict[str, str]:
@@ -266,7 +271,7 @@ def register(sub: Any, command: Command) -> None:
               nestbuild sign docker://registry.example.com/nodes/web:v3 --key cosign.key
               nestbuild sign oci:./out:v3 --key cosign.key \\
                   --identity registry.example.com/nodes/web:v3"""),
-        epilog=IMAGES,
+        epilog=IMAGES + "\n" + PASSPHRASE + WRITE_EXIT_CODES,
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--key", type=Path, required=True, metavar="FILE",
@@ -293,7 +298,7 @@ def register(sub: Any, command: Command) -> None:
             examples:
               nestbuild verify docker://registry.example.com/nodes/web:v3 --key cosign.pub
               nestbuild verify oci:./out:v3 --key cosign.pub --format json"""),
-        epilog=IMAGES,
+        epilog=IMAGES + "\nexit codes: 0 verified, 1 not verified, 2 unusable input\n",
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--key", type=Path, action="append", required=True, metavar="FILE",
@@ -319,7 +324,7 @@ def register(sub: Any, command: Command) -> None:
             example:
               nestbuild attest docker://registry.example.com/nodes/web:v3 --key cosign.key \\
                   --predicate report.json --type https://nestbuild.dev/validation/v1"""),
-        epilog=IMAGES,
+        epilog=IMAGES + "\n" + PASSPHRASE + WRITE_EXIT_CODES,
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--key", type=Path, required=True, metavar="FILE")

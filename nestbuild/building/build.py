@@ -167,7 +167,8 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
         from nestbuild.validation.validate import validate
 
         result.report = validate(f"containers-storage:{tag}",
-                                 base_ref=f"containers-storage:{base.name}", policy=policy)
+                                 base_ref=f"containers-storage:{base.name}",
+                                 policy=policy).with_base_found_by("build")
     result.seconds = time.monotonic() - start
     return result
 

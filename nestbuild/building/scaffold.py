@@ -19,8 +19,15 @@ FROM ${{BASE}}
 COPY motd /etc/motd
 
 # State in /var is created at boot by tmpfiles.d, never shipped in the image:
-RUN mkdir -p /etc/tmpfiles.d \\
- && printf 'd /var/lib/{name} 0750 root root -\\n' > /etc/tmpfiles.d/{name}.conf
+COPY tmpfiles.conf /etc/tmpfiles.d/{name}.conf
+"""
+
+# The starter copies files only: a RUN step would make buildah leave its mount points
+# (/etc/hostname, /etc/resolv.conf) in the image on bases without them, and the first build
+# would start with warnings about files nobody wrote.
+TMPFILES = """\
+# systemd-tmpfiles creates {name}'s state directory on every boot (man tmpfiles.d)
+d /var/lib/{name} 0750 root root -
 """
 
 PROJECT = """\
@@ -65,6 +72,7 @@ def init_project(directory: Path, *, base: str | None = None,
         "nestbuild.yaml": PROJECT.format(image=image, base=base),
         "policy.yaml": POLICY,
         "motd": f"{name}: managed by the platform team; local edits are kept on update.\n",
+        "tmpfiles.conf": TMPFILES.format(name=name),
     }
     existing = [n for n in files if (directory / n).exists()]
     if existing and not force:

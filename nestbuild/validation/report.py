@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from nestbuild import __version__
@@ -32,8 +32,18 @@ class BaseInfo:
     digest: str | None
     #: How many of the image's layers belong to the base.
     layers: int
-    #: How the base was found: --base, annotation, ostree.final-diffid.
+    #: How the base was found: --base, annotation, ostree.final-diffid, or build (the base
+    #: ``nestbuild build`` pinned before building).
     found_by: str
+
+
+#: How the table names each way of finding the base (``found_by``).
+FOUND_BY_TEXT = {
+    "--base": "given with --base",
+    "annotation": "from the image's base annotations",
+    "ostree.final-diffid": "from ostree.final-diffid",
+    "build": "pinned by nestbuild build",
+}
 
 
 @dataclass
@@ -83,6 +93,13 @@ class Report:
             "passed": self.passed,
             "notes": self.notes,
         }
+
+    def with_base_found_by(self, how: str) -> Report:
+        """The same report, saying the base was found ``how`` (a caller that chose the base
+        itself, as ``nestbuild build`` does, is not the user's ``--base``)."""
+        if self.base is None:
+            return self
+        return replace(self, base=replace(self.base, found_by=how))
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
@@ -142,7 +159,8 @@ class Report:
 
         base = "none found" if self.base is None else (
             f"{self.base.ref or self.base.digest} ({self.base.layers} "
-            f"layer{'s' if self.base.layers != 1 else ''}, found by {self.base.found_by})")
+            f"layer{'s' if self.base.layers != 1 else ''}, "
+            f"{FOUND_BY_TEXT.get(self.base.found_by, 'found by ' + self.base.found_by)})")
         console.print(Text.assemble(("image  ", "bold"), p(self.image_ref), "  ",
                                     (self.image_digest[:19], "dim")))
         console.print(Text.assemble(("base   ", "bold"), p(base)))
@@ -195,7 +213,13 @@ class Report:
                                          p(f.message), "\n", ("fix: " + p(f.remedy), "dim"))
                     table.add_row(Text(f.severity, style=sev_style[f.severity]), f.rule, body)
                 console.print(table)
-            verdict = ("PASSED", "bold green") if self.passed else ("FAILED", "bold red")
-            console.print(Text.assemble(verdict, f": {self.errors} error(s), "
-                                        f"{self.warnings} warning(s), "
-                                        f"{len(self.changes)} change(s)"))
+            self.render_verdict(console)
+
+    def render_verdict(self, console: Console) -> None:
+        """The one line that says whether the image passed (all ``-q`` shows)."""
+        from rich.text import Text
+
+        verdict = ("PASSED", "bold green") if self.passed else ("FAILED", "bold red")
+        console.print(Text.assemble(verdict, f": {self.errors} error(s), "
+                                    f"{self.warnings} warning(s), "
+                                    f"{len(self.changes)} change(s)"))

@@ -135,7 +135,7 @@ def test_init_writes_a_project_and_refuses_to_overwrite(tmp_path: Path) -> None:
     r = nb("init", str(tmp_path / "node"))
     assert r.returncode == 0
     assert {p.name for p in (tmp_path / "node").iterdir()} == {
-        "Containerfile", "nestbuild.yaml", "policy.yaml", "motd"}
+        "Containerfile", "nestbuild.yaml", "policy.yaml", "motd", "tmpfiles.conf"}
     r = nb("init", str(tmp_path / "node"))
     assert r.returncode == 2 and "--force" in r.stderr
 
