@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from nestbuild import changelog
 from nestbuild._image import open_image
@@ -27,6 +26,7 @@ from nestbuild.validation import packages
 from tests.fixtures.cli import nestbuild
 from tests.fixtures.registry import Registry
 from tests.ocibuilder import Layer, bootable_base, write_image
+from tests.unit.test_nodecmd import bootc_status_json
 
 #: The sysroot case deploys with nestbuild's deploy (ostree).
 pytestmark = [pytest.mark.skopeo]
@@ -248,14 +248,13 @@ def test_old_from_a_sysroot_nestbuild_deployed_and_rebase_dry_run(
 
 def test_old_from_a_recorded_bootc_status(pushed: dict[int, str], tmp_path: Path) -> None:
     """bootc's own status document (its test fixture), the booted image made ours."""
-    doc = yaml.safe_load((REFERENCE / "bootc" / "fixtures" / "spec-staged-booted.yaml")
-                         .read_text())
+    doc = json.loads(bootc_status_json("spec-staged-booted.yaml"))
     repo, digest = pushed[1].split("@", 1)
     booted = doc["status"]["booted"]["image"]
     booted["image"]["image"] = f"{repo}:v1"
     booted["imageDigest"] = digest
     status = tmp_path / "status.json"
-    status.write_text(json.dumps(doc, default=str))
+    status.write_text(json.dumps(doc))
     r = nestbuild("changelog", "--status", status, f"docker://{pushed[2]}",
                   "--tls-verify", "false", "--format", "markdown")
     assert r.returncode == 0, r.stderr
