@@ -398,10 +398,13 @@ def usr_growth(ctx: Context) -> Iterator[Hit]:
       packs=("packages",))
 def package_files_missing(ctx: Context) -> Iterator[Hit]:
     """rpm only (dpkg's status lists no files); ghosts and excluded files are not expected."""
-    from nestbuild.validation.installed import exists
+    from nestbuild.validation.installed import exists, locate
 
-    if ctx.packages is None:
-        return
+    if ctx.packages is None or not ctx.packages.database_changed():
+        return  # the derived layers installed nothing: no database is read
+    found = locate(ctx.packages.final)
+    if found is None or found.format == "dpkg":
+        return  # dpkg lists no files: nothing to compare, so no layer is read for it
     added = ctx.packages.added()
     db = ctx.packages.installed
     where = ctx.tree.get(db.path) if db is not None else None
@@ -423,14 +426,19 @@ def package_files_missing(ctx: Context) -> Iterator[Hit]:
           "under /opt or /etc", packs=("packages",))
 def unowned_file(ctx: Context) -> Iterator[Hit]:
     """rpm only: dpkg's status lists no files."""
+    from nestbuild.validation.installed import locate
+
     if ctx.packages is None:
         return
     added = [c for c in ctx.changes if c.kind == ADDED and c.type != DIR
              and paths.under(c.path, "/usr")]
     if not added:
         return
+    found = locate(ctx.packages.final)
+    if found is None or found.format == "dpkg":
+        return  # asked of the tree: no layer is read for a database that lists no files
     db = ctx.packages.installed
-    if db is None or db.format == "dpkg":
+    if db is None:
         return
     owned = ctx.packages.owned
     state = posixpath.dirname(db.path)  # the database's own files (-wal, .rpm.lock)
