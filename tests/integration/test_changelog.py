@@ -12,6 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from nestbuild import changelog
@@ -32,6 +33,8 @@ from tests.unit.test_nodecmd import bootc_status_json
 pytestmark = [pytest.mark.skopeo]
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "reference" / "schemas" /
+                     "changelog.schema.json").read_text())
 MAINTAINER = "nestbuild test base <base@nestbuild.invalid>"
 #: Version 1 -> 2 of the rpm base: (name, arch, old, new, [(entry version, date, text)]).
 UPGRADES = [
@@ -73,6 +76,7 @@ def test_rpm_base_v1_to_v2_entry_by_entry(rpm_bases: dict[int, rpmbase.BuiltRpmB
     r = nestbuild("changelog", v1, v2, "--format", "json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
+    jsonschema.validate(doc, SCHEMA)
     assert entry_rows(doc, "upgraded") == [tuple(u) for u in UPGRADES]
     assert entry_rows(doc, "added") == [("jq", "x86_64", None, "1.7.1-6", [])]
     assert entry_rows(doc, "removed") == [("skopeo", "x86_64", "1.16.1-1", None, [])]
@@ -185,6 +189,7 @@ def test_debian_packages_dpkg_order_changelogs_kargs_and_etc(tmp_path: Path) -> 
         ("/etc/hosts.allow", "removed", ()), ("/etc/motd", "modified", ("content",))]
     assert result.old.package_format == "dpkg" and not result.kernel_changed
     assert (result.download.layers, result.download.total_layers) == (1, 2)
+    jsonschema.validate(result.to_json(), SCHEMA)
 
 
 @pytest.fixture(scope="module")
