@@ -498,7 +498,14 @@ class _Store:
         return None
 
     def find_image(self, name: str) -> tuple[bytes, bytes] | None:
-        """(manifest, config) of the image named exactly ``name`` (tag defaults to latest)."""
+        """(manifest, config) of the image named exactly ``name`` (tag defaults to latest),
+        or by its full ID (a base recorded by ID: no skopeo run to read it)."""
+        if re.fullmatch(r"[0-9a-f]{64}", name):
+            for image in self._images():
+                if image.get("id") == name:
+                    folder = self.graphroot / f"{self.driver}-images" / name
+                    return _big_data(folder, "manifest"), _big_data(folder, "sha256:" + name)
+            return None
         if "@" in name or "/" not in name:
             return None
         if ":" not in name.rsplit("/", 1)[-1]:
