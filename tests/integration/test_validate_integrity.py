@@ -74,7 +74,10 @@ def assert_not_passed_on_an_intermediate(tag: str, base: str) -> None:
     image = open_image(f"containers-storage:{tag}")
     recorded = image.manifest.annotations[ANNOTATION_BASE_DIGEST]
     assert recorded != open_image(f"containers-storage:{base}").digest  # the engines' record
-    assert image.manifest.annotations[ANNOTATION_BASE_NAME] == base
+    # the FROM image by one of its names (the store may know the same image by several, e.g.
+    # when `nestbuild base build mini` made it too: the engine records the first)
+    named = open_image(f"containers-storage:{image.manifest.annotations[ANNOTATION_BASE_NAME]}")
+    assert named.digest == open_image(f"containers-storage:{base}").digest
 
     code, doc, err = validate_json(f"containers-storage:{tag}")
     assert code == 2 and doc is None, err
