@@ -455,9 +455,23 @@ class Tree:
     notes: list[str] = field(default_factory=list)
     kept: int = 0
 
+    #: Every directory above a path ever kept: most entries of an image are not, and need no
+    #: look through the tables when they replace or delete something.
+    dirs: set[str] = field(default_factory=set)
+
+    def keep(self, table: dict[str, Any], path: str, value: Any) -> None:
+        table[path] = value
+        parent = path
+        while (parent := parent.rpartition("/")[0]) and parent not in self.dirs:
+            self.dirs.add(parent)
+
     def forget(self, path: str, *, below_only: bool = False) -> None:
         """A whiteout or a replaced directory: ``path`` (unless ``below_only``) and what was
         below it are gone."""
+        if path not in self.dirs and (below_only or not any(
+                path in t for t in (self.etc_entries, self.kargs, self.vmlinuz, self.db,
+                                    self.changelogs))):
+            return
         prefix = path.rstrip("/") + "/"
         tables: tuple[dict[str, Any], ...] = (
             self.etc_entries, self.kargs, self.vmlinuz, self.db, self.changelogs)
@@ -536,26 +550,26 @@ def read_tree(src: ImageSource, *, changelogs: bool, progress: Progress | None =
                         target = tree.etc_entries.get(item.link)
                         item.size, item.digest = (target.size, target.digest) if target else (
                             0, None)
-                    tree.etc_entries[path] = item
+                    tree.keep(tree.etc_entries, path, item)
                     continue
                 if item.type != FILE:
                     continue
                 kver = _kernel_of(path)
                 if kver is not None:
-                    tree.vmlinuz[path] = kver
+                    tree.keep(tree.vmlinuz, path, kver)
                 elif _is_kargs(path):
                     if m.size <= MAX_KARGS_FILE:
-                        tree.kargs[path] = b"".join(tar.body(m))
+                        tree.keep(tree.kargs, path, b"".join(tar.body(m)))
                     else:
                         tree.notes.append(f"{path}: larger than {MAX_KARGS_FILE} bytes; "
                                           "not read")
                 elif packages.is_candidate(path):
                     data = _capped(tar, m, what)
-                    tree.db[path] = (data, i)
+                    tree.keep(tree.db, path, (data, i))
                 elif changelogs and _is_changelog(path):
                     if m.size > MAX_CHANGELOG or tree.kept + m.size > MAX_CHANGELOGS:
                         continue  # its package's entries are left out (parse notes none)
-                    tree.changelogs[path] = b"".join(tar.body(m))
+                    tree.keep(tree.changelogs, path, b"".join(tar.body(m)))
                     tree.kept += m.size
             layer.finish()
     return tree
@@ -663,9 +677,11 @@ def changelog(old: str | None, new: str, *, sysroot: Path | None = None,
     """
     from nestbuild._image.transports import open_image
 
-    given = sum(x is not None for x in (old, sysroot, status)) + (
-        1 if (via is not None or host is not None) else 0)
-    if given != 1:
+    # one source: an image, a sysroot, a saved status, or a live node (--via tells how to
+    # read a saved status too)
+    sources = [x is not None for x in (old, sysroot, status, host)]
+    if sum(sources) + (via is not None and not any(sources[1:])) != 1 or (
+            via is not None and (old is not None or sysroot is not None)):
         raise UsageError("name the old image once: an image, --sysroot, --host/--via or "
                          "--status")
     old_ref = old if old is not None else node_image(

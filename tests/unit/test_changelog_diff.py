@@ -9,12 +9,14 @@ import pytest
 
 from nestbuild._image.tree import Entry
 from nestbuild._pkgdb.model import ChangelogEntry, Package
+from nestbuild.errors import UsageError
 from nestbuild.node.changelog import (
     Changelog,
     ChangelogError,
     Download,
     Side,
     booted_image,
+    changelog,
     diff_etc,
     diff_kargs,
     diff_packages,
@@ -173,3 +175,12 @@ def test_rpm_ostree_document_without_an_image() -> None:
     text = (REFERENCE / "rpm-ostree" / "workstation-status.json").read_text()
     with pytest.raises(ChangelogError, match="not made from a container image"):
         node_image(status=text)
+
+
+@pytest.mark.parametrize("kw", [
+    {"old": None}, {"old": "a", "via": "bootc"}, {"old": "a", "sysroot": Path("s")},
+    {"old": None, "status": "{}", "host": "ssh://n"}, {"old": None, "sysroot": Path("s"),
+                                                       "via": "bootc"}])
+def test_old_is_named_exactly_once(kw: dict[str, object]) -> None:
+    with pytest.raises(UsageError, match="name the old image once"):
+        changelog(new="oci:/nonexistent", **kw)  # type: ignore[arg-type]
