@@ -31,8 +31,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         "  nestbuild changelog --sysroot ./sysroot docker://reg.example.com/nodes/base:v2 \\\n"
         "      --format markdown > comment.md",
         epilog="")
-    p.add_argument("images", nargs="+", metavar="[OLD] NEW",
-                   help="the old image (unless a node names it) and the new one")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="OLD NEW, or NEW alone when a node names OLD")
     node = p.add_argument_group("OLD from a node")
     node.add_argument("--sysroot", type=Path, metavar="DIR",
                       help="a local ostree sysroot: its default deployment")
