@@ -1,8 +1,8 @@
 """Debian's package database: ``var/lib/dpkg/status`` and each package's changelog.
 
-New code for the model of this package (the attestation's older reader keeps its own for
-now). Both inputs come from an image: sizes are capped, text is decoded leniently, and any
-malformed input is a PackageDbError.
+The one dpkg reader (the package attestation and ``nestbuild changelog`` use it). Both inputs
+come from an image: sizes are capped, text is decoded leniently, and any malformed input is a
+PackageDbError.
 """
 
 from __future__ import annotations
