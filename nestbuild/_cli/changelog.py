@@ -30,7 +30,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         "  nestbuild changelog --host ssh://core@node1 registry.example.com/nodes/base:v2\n"
         "  nestbuild changelog --sysroot ./sysroot docker://reg.example.com/nodes/base:v2 \\\n"
         "      --format markdown > comment.md",
-        epilog="")
+        epilog="exit codes: 0 compared, 1 registry content that does not match its digest,\n"
+               "2 unusable input (an image, a node or a status file)\n")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="OLD NEW, or NEW alone when a node names OLD")
     node = p.add_argument_group("OLD from a node")

@@ -176,7 +176,7 @@ def register(sub: Any, command: Any) -> None:
 
     p = command("logout", "remove stored credentials for a registry",
                 "Remove REGISTRY's entry from the auth file login writes.",
-                "exit codes: 0 removed, 1 not logged in\n")
+                "exit codes: 0 removed, 1 not logged in, 2 unusable input\n")
     p.add_argument("registry", metavar="REGISTRY")
     p.add_argument("--authfile", type=Path, metavar="FILE")
     p.set_defaults(func=cmd_logout)

@@ -20,7 +20,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         "and every installed package with its package URL (pkg:rpm/..., pkg:deb/...).\n"
         "It is the document `push --sign-key` attests (predicate type\n"
         "https://spdx.dev/Document, as `cosign attest --type spdxjson`).\n\n"
-        "exit codes: 0 written, 2 unusable input\n\n"
+        "exit codes: 0 written, 1 registry content that does not match its digest,\n"
+        "2 unusable input\n\n"
         "examples:\n  nestbuild sbom localhost/node:1 --output node.spdx.json\n"
         "  nestbuild sbom oci:./out:v1 | jq '.packages | length'",
         epilog="")

@@ -352,7 +352,8 @@ def register(sub: Any, command: Command) -> None:
             examples:
               nestbuild tree registry.example.com/nodes/web:v3
               nestbuild tree oci:./out:v3 --format json"""),
-        epilog=IMAGES + "\nexit codes: 0 listed, 2 no such image or unusable input\n",
+        epilog=IMAGES + "\nexit codes: 0 listed, 1 registry content that does not match its "
+                        "digest,\n2 no such image or unusable input\n",
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--format", choices=("table", "json"), default="table")

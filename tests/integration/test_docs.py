@@ -341,3 +341,85 @@ def test_completion_script_is_valid_bash_and_completes(tmp_path: Path) -> None:
                           timeout=60)
     assert done.stdout.split("\n")[:3] == ["status", "rebase", "--preset"]
 
+
+
+# --- JSON output against its documented schema ----------------------------------------------
+
+SCHEMAS = REPO / "docs" / "reference" / "schemas"
+
+
+def schema_for(command: str) -> dict[str, object]:
+    """docs/reference/schemas/COMMAND.schema.json (``node status`` -> node-status)."""
+    import json
+
+    loaded: dict[str, object] = json.loads(
+        (SCHEMAS / f"{command.replace(' ', '-')}.schema.json").read_text())
+    return loaded
+
+
+def test_json_outputs_match_their_schemas(world: World) -> None:
+    """Every ``--format json`` this machine can produce, from real runs, checked against the
+    schema docs/reference/ documents (boot needs qemu and a bootable base: not here)."""
+    import json
+
+    import jsonschema
+
+    reg = world.registry.host
+    work = world.scratch / "json"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "NESTBUILD_PASSWORD": "docs", "SSL_CERT_FILE": str(world.registry.ca_cert),
+           "REGISTRY_AUTH_FILE": str(world.registry.auth_file)}
+    unique = uuid.uuid4().hex[:8]
+    local = {v: f"localhost/nestbuild-test/docs-json:{v}-{unique}" for v in ("v1", "v2")}
+    outputs: dict[str, list[object]] = {}
+
+    def nb(command: str, *args: str) -> None:
+        argv = [str(BIN / "nestbuild"), *command.split(), *args, "--format", "json"]
+        proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True,
+                              timeout=600, check=False)
+        assert proc.returncode == 0, f"{' '.join(argv[1:])}: {proc.stderr[-2000:]}"
+        outputs.setdefault(command, []).append(json.loads(proc.stdout))
+
+    subprocess.run([str(BIN / "nestbuild"), "keygen"], cwd=work, env=env, check=True,
+                   capture_output=True, timeout=120)
+    (work / "predicate.json").write_text('{"checked": true}\n')
+    try:
+        for v, tag in local.items():
+            (work / v).mkdir()
+            (work / v / "Containerfile").write_text(f"FROM {MINI}\nENV VERSION={v}\n")
+            nb("build", "-t", tag, "--trust", f"{reg}/json/node", "--trust-key", "cosign.pub",
+               v)
+            nb("push", tag, f"{reg}/json/node:{v}", "--sign-key", "cosign.key")
+        nb("validate", local["v1"])
+        nb("diff", MINI, local["v1"])
+        nb("changelog", local["v1"], local["v2"])
+        nb("rules")
+        nb("base list")
+        nb("base build", "mini")
+        remote = f"docker://{reg}/json/node:v1"
+        nb("sign", remote, "--key", "cosign.key")
+        nb("attest", remote, "--key", "cosign.key", "--predicate", "predicate.json",
+           "--type", "https://example.com/checked/v1")
+        nb("verify", remote, "--key", "cosign.pub")
+        nb("tree", remote)
+        nb("inspect", remote)
+        nb("pull", remote, "oci:./pulled:v1")
+        nb("node trust", f"{reg}/json/node", "--key", "cosign.pub", "--out", "trust")
+        nb("rebase", remote, "--via", "ostree", "--sysroot", "sysroot", "--dry-run",
+           "--trust", "trust")
+        nb("rebase", remote, "--via", "ostree", "--sysroot", "sysroot", "--trust", "trust")
+        nb("rebase", f"docker://{reg}/json/node:v2", "--via", "ostree", "--sysroot", "sysroot")
+        nb("node status", "--sysroot", "sysroot")
+        nb("node rollback", "--sysroot", "sysroot")
+    finally:
+        for tag in local.values():
+            buildah.remove_image(tag)
+        subprocess.run(["chattr", "-R", "-i", str(work / "sysroot")], check=False,
+                       stderr=subprocess.DEVNULL)
+    if os.environ.get("NESTBUILD_JSON_SAMPLES"):
+        Path(os.environ["NESTBUILD_JSON_SAMPLES"]).write_text(json.dumps(outputs, indent=1))
+    for command, docs in outputs.items():
+        schema = schema_for(command)
+        for doc in docs:
+            jsonschema.validate(doc, schema)
