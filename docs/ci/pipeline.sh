@@ -17,8 +17,10 @@
 #   CONTEXT                    build context (default: .)
 #   OUT_DIR                    where build.json, push.json and digest.txt go (default: nestbuild-out)
 #   NESTBUILD_BUILD_FLAGS      extra flags for build, e.g. "--build-arg BASE=quay.io/fedora/fedora-bootc:41"
-#   NESTBUILD_REGISTRY_FLAGS   extra flags for login/push/verify, e.g. "--cert-dir DIR --tls-verify true"
-#                              (both split on whitespace: no spaces inside one value)
+#   NESTBUILD_REGISTRY_FLAGS   extra flags for login/build/push/verify, e.g. "--cert-dir DIR --tls-verify true"
+#                              (both split on whitespace: no spaces inside one value); build
+#                              uses them (and the login's credentials) to pull a base that is
+#                              not on the runner yet
 #   NESTBUILD                  the nestbuild command (default: nestbuild from PATH)
 #   REGISTRY_AUTH_FILE         where login stores the credentials (default: a private temp
 #                              file, deleted on exit)
@@ -72,8 +74,9 @@ printf '%s\n' "$REGISTRY_PASSWORD" |
 unset REGISTRY_PASSWORD
 
 echo "== build $local_image from $CONTEXT (and validate it)"
-"$NESTBUILD" build -t "$local_image" --format json "${build_flags[@]}" "$CONTEXT" \
-    | tee "$OUT_DIR/build.json"
+# A base that is not on the runner is pulled (--pull=missing) with the login's credentials.
+"$NESTBUILD" build -t "$local_image" --format json "${registry_flags[@]}" "${build_flags[@]}" \
+    "$CONTEXT" | tee "$OUT_DIR/build.json"
 
 echo "== push $remote:$TAG (validate, sign, attest)"
 "$NESTBUILD" push "$local_image" "$remote:$TAG" --sign-key "$SIGNING_KEY_FILE" \

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from nestbuild import settings
+from nestbuild._cli.common import registry_access, registry_flags
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, UsageError
 
-BUILD_KEYS = ("image", "containerfile", "context", "engine", "build-args", "labels", "secrets",
-              "layers", "no-cache", "pull", "platform", "validate", "base")
+#: The settings whose flags come from the settings table (``image`` and ``pull`` have flags of
+#: their own here: several ``-t``, and buildah's pull policies).
+BUILD_KEYS = ("containerfile", "context", "engine", "build-args", "labels", "secrets",
+              "layers", "no-cache", "platform", "validate", "base")
+PULL_POLICIES = ("missing", "always", "never")
 
 
 def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -28,12 +32,22 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         "examples:\n"
         "  nestbuild build -t localhost/my-node:latest .\n"
         "  nestbuild build --build-arg BASE=localhost/nestbuild/mini:latest --format json\n"
-        "  nestbuild build --engine docker --no-validate",
+        "  nestbuild build --engine docker --no-validate\n"
+        "  nestbuild build -t localhost/node:v2 -t localhost/node:latest \\\n"
+        "      --authfile auth.json --cert-dir certs.d/reg.example.com  # a base in a registry",
         epilog="",
     )
     p.add_argument("context", nargs="?", type=Path, metavar="CONTEXT",
                    help="build context directory [nestbuild.yaml: context] (default: .)")
+    p.add_argument("-t", "--tag", dest="tags", action="append", metavar="IMAGE",
+                   help="name (and tag) of the image to build; repeat for more names "
+                        "[nestbuild.yaml: image]")
     settings.add_arguments(p, BUILD_KEYS)
+    p.add_argument("--pull", nargs="?", const="always", choices=PULL_POLICIES,
+                   metavar="POLICY",
+                   help="when to pull the base: missing (the default: only if it is not in "
+                        "local storage), always (--pull alone), never [nestbuild.yaml: pull: "
+                        "true is always]")
     p.add_argument("--kargs", action="append", metavar="PROFILE",
                    help="add kernel/kargs/PROFILE.toml to /usr/lib/bootc/kargs.d (repeatable) "
                         "[nestbuild.yaml: kernel.kargs]")
@@ -47,8 +61,14 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--digestfile", type=Path, metavar="FILE",
                    help="write the image's manifest digest to FILE")
+    p.add_argument("--iidfile", type=Path, metavar="FILE",
+                   help="write the image's id (sha256:...) to FILE, as buildah does")
     p.add_argument("-v", "--verbose", action="store_true", help="show the full build log")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    registry_flags(p)
+    p.add_argument("--creds", metavar="USER:PASSWORD",
+                   help="credentials for the base's registry (kept out of every command "
+                        "line; prefer --authfile or nestbuild login)")
     p.set_defaults(func=cmd_build)
 
     p = command("init", "write a starter nestbuild.yaml, Containerfile and policy",
@@ -111,14 +131,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     from nestbuild._cli.common import check_output, write_output
 
     check_output(args.digestfile, "--digestfile")
+    check_output(args.iidfile, "--iidfile")
     proj = project.load()
     merged = settings.merge(proj, args, BUILD_KEYS)
     context = args.context or merged["context"] or Path(".")
+    tags = list(args.tags or [])
     opts = BuildOptions(
-        context=Path(context), containerfile=merged["containerfile"], image=merged["image"],
+        context=Path(context), containerfile=merged["containerfile"],
+        image=tags.pop(0) if tags else proj.get("image"), tags=tags,
         engine=merged["engine"], build_args=merged["build-args"], labels=merged["labels"],
         secrets=merged["secrets"], layers=bool(merged["layers"]),
-        no_cache=bool(merged["no-cache"]), pull=bool(merged["pull"]),
+        no_cache=bool(merged["no-cache"]),
+        pull_policy=args.pull or ("always" if proj.get("pull") else "missing"),
+        access=registry_access(args), credentials=args.creds,
         platform=merged["platform"], validate=bool(merged["validate"]),
     )
     if args.trust_repo and not args.trust_key:
@@ -136,6 +161,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         progress.stop()
     if args.digestfile is not None:
         write_output(args.digestfile, result.digest, "--digestfile")
+    if args.iidfile is not None:
+        write_output(args.iidfile, f"sha256:{result.image_id}", "--iidfile")
     if args.format == "json":
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:

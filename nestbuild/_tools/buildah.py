@@ -128,14 +128,15 @@ def bud_logged(containerfile: Path, context: Path, tag: str, *, isolation: str,
                build_args: Mapping[str, str] | None = None,
                labels: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
                layers: bool = False, annotations: Mapping[str, str] | None = None,
-               no_cache: bool = False, pull: bool = False,
-               platform: str | None = None) -> int:
+               no_cache: bool = False, pull: bool | str = False,
+               platform: str | None = None, registry_args: Sequence[str] = ()) -> int:
     """A ``buildah bud`` whose log (stdout and stderr, in order) is copied to ``logfile`` and
     handed to ``log`` line by line as it arrives; returns buildah's exit status (the caller
     reads the failure's cause from the log and the image id from ``iidfile``).
 
     Without ``pull`` the base must already be in local storage (``--pull-never``): the caller
-    has pinned it by digest.
+    has pinned it by digest. A string is buildah's own policy (``--pull=false`` pulls only
+    what is missing); ``registry_args`` are :func:`registry_args`' flags for those pulls.
     """
     args = ["buildah", "bud", "--isolation", isolation, "-f", str(containerfile), "-t", tag,
             "--iidfile", str(iidfile)]
@@ -151,7 +152,11 @@ def bud_logged(containerfile: Path, context: Path, tag: str, *, isolation: str,
             args += ["--annotation", f"{k}={v}"]
     if no_cache:
         args.append("--no-cache")
-    args.append("--pull" if pull else "--pull-never")
+    if isinstance(pull, str):
+        args.append(f"--pull={pull}")
+    else:
+        args.append("--pull" if pull else "--pull-never")
+    args += registry_args
     if platform:
         args += ["--platform", platform]
     args.append(str(context))
@@ -191,9 +196,30 @@ def _interrupt(proc: Any) -> None:
     proc.wait()
 
 
-def pull(ref: str) -> None:
-    """Pull ``ref`` into local storage (as podman would resolve and store it)."""
-    run.run(["buildah", "pull", "--quiet", ref], what=f"pulling {ref}")
+def pull(ref: str, registry_args: Sequence[str] = ()) -> None:
+    """Pull ``ref`` into local storage (as podman would resolve and store it), once (no
+    retries: the caller says what failed); ``registry_args`` from :func:`registry_args`."""
+    run.run(["buildah", "pull", "--quiet", "--retry", "0", *registry_args, ref],
+            what=f"pulling {ref}")
+
+
+def registry_args(*, authfile: Path | None = None, cert_dir: Path | None = None,
+                  tls_verify: bool = True) -> list[str]:
+    """buildah's flags for reaching a registry, as skopeo's and nestbuild's are spelled."""
+    args = []
+    if authfile is not None:
+        args += ["--authfile", str(authfile)]
+    if cert_dir is not None:
+        args += ["--cert-dir", str(cert_dir)]
+    if not tls_verify:
+        args.append("--tls-verify=false")
+    return args
+
+
+def tag(image: str, names: Sequence[str]) -> None:
+    """Give ``image`` further names in local storage."""
+    if names:
+        run.run(["buildah", "tag", image, *names], what=f"tagging {image}")
 
 
 def store_location() -> tuple[Path, str]:

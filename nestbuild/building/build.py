@@ -4,7 +4,9 @@ Before building, the OS base is resolved from FROM (ARGs substituted, stages fol
 if it is not bootable, and pinned by digest; after building, the image must start with that
 base's layers and record that base (name and digest), and it is validated with the project's
 policy. The result keeps the base's layers (never squashed), so nodes can tell where the OS
-ends and the changes begin.
+ends and the changes begin. A base missing from local storage is pulled first, as buildah and
+podman do (``--pull=missing``; ``always``, ``never``), through the registry access given
+(authfile, cert-dir, TLS verification, credentials).
 
 With ``--layers`` buildah records the last cached step's intermediate image as the base, not
 the FROM image; the build passes the real record itself (``--annotation``), and when the layer
@@ -14,10 +16,13 @@ cache hands back an image recorded otherwise, records it again in an empty layer
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from typing import Any
 from nestbuild._image import ImageSource, open_image
 from nestbuild._image.model import ANNOTATION_BASE_DIGEST
 from nestbuild._tools import buildah
+from nestbuild._util.atomic import write_atomic
 from nestbuild.building import containerfile
 from nestbuild.building.engine import (
     BuildOptions,
@@ -84,25 +90,99 @@ def find_containerfile(context: Path, explicit: Path | None) -> Path:
     raise UsageError(f"{context}: no Containerfile or Dockerfile (use -f FILE)")
 
 
-def resolve_base(cf: containerfile.Containerfile, *, pull: bool,
-                 log: LogSink | None = None) -> ResolvedBase:
-    """The final stage's OS base, bootable, in local storage, with its digest."""
+PULL_POLICIES = ("missing", "always", "never")
+
+
+def resolve_base(cf: containerfile.Containerfile, *, pull: bool | str,
+                 log: LogSink | None = None, registry_args: Sequence[str] = ()
+                 ) -> ResolvedBase:
+    """The final stage's OS base, bootable, in local storage, with its digest.
+
+    ``pull`` is the policy: ``"missing"`` pulls a base that is not in local storage (as
+    buildah and podman do), ``"always"`` (or True) pulls it anyway, ``"never"`` (or False)
+    takes only what is there; ``registry_args`` reach its registry."""
+    policy = pull if isinstance(pull, str) else ("always" if pull else "never")
+    if policy not in PULL_POLICIES:
+        raise UsageError(f"--pull={policy}: expected one of {', '.join(PULL_POLICIES)}")
     name, stage = cf.final_base()
+    where = f"{cf.path}:{stage.line}"
     if name == "scratch":
-        raise ImageError(f"{cf.path}:{stage.line}: FROM scratch is not a bootable OS base")
-    if pull:
-        buildah.pull(name)
+        raise ImageError(f"{where}: FROM scratch is not a bootable OS base")
     src = open_image(f"containers-storage:{name}")
+    present = _in_storage(src)
+    local_only = name.startswith("localhost/")  # podman's and buildah's local names
+    if policy == "always" or (policy == "missing" and not present and not local_only):
+        try:
+            buildah.pull(name, registry_args)
+        except NestbuildError as exc:
+            how = "" if present else "is not in local storage and "
+            raise ImageError(f"{where}: base {name} {how}could not be pulled: {exc.message}"
+                             " (registry access: --authfile, --cert-dir, --tls-verify, "
+                             "--creds)", detail=exc.detail) from None
+        src = open_image(f"containers-storage:{name}")
     try:
         digest = src.digest
     except ImageError:
-        raise ImageError(
-            f"{cf.path}:{stage.line}: base {name} is not in local storage (pull it with "
-            "--pull, or build one with 'nestbuild base build mini')") from None
+        hint = "--pull=never; pull it" if policy == "never" else "pull it"
+        raise ImageError(f"{where}: base {name} is not in local storage ({hint}, or build "
+                         "one with 'nestbuild base build mini')") from None
     if not src.config.bootable:
         raise ImageError(f"{cf.path}:{stage.line}: base {name} is not a bootable OS image "
                          "(no containers.bootc=1 or ostree.bootable=true label)")
     return ResolvedBase(name, digest, tuple(src.config.diff_ids))
+
+
+def _in_storage(src: ImageSource) -> bool:
+    try:
+        src.digest  # noqa: B018 - reading it is the check
+    except ImageError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def registry_args(opts: BuildOptions, base_name: str) -> Iterator[list[str]]:
+    """buildah's flags for ``opts``' registry access. ``--creds`` go into a private auth file
+    (0600, in a 0700 directory removed afterwards) for the base's registry, on top of the
+    --authfile's entries: a password is never an argument of any process."""
+    from nestbuild._tools.buildah import registry_args as flags
+
+    access = opts.access
+    authfile = access.authfile if access is not None else None
+    cert_dir = access.cert_dir if access is not None else None
+    tls_verify = access.tls_verify if access is not None else True
+    if opts.credentials is None:
+        yield flags(authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify)
+        return
+    user, sep, password = opts.credentials.partition(":")
+    if not user or not sep:
+        raise UsageError("--creds: expected USER:PASSWORD")
+    host = _registry_of(base_name)
+    auths: dict[str, Any] = {}
+    if authfile is not None:
+        try:
+            doc = json.loads(authfile.read_bytes())
+        except OSError as exc:
+            raise UsageError(f"--authfile {authfile}: cannot read ({exc.strerror})") from None
+        except ValueError:
+            raise UsageError(f"--authfile {authfile}: not valid JSON") from None
+        if isinstance(doc, dict) and isinstance(doc.get("auths"), dict):
+            auths = dict(doc["auths"])
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    auths[host] = {"auth": token}
+    with tempfile.TemporaryDirectory(prefix="nestbuild-creds-") as tmp:
+        private = Path(tmp) / "auth.json"
+        write_atomic(private, json.dumps({"auths": auths}).encode(), 0o600)
+        yield flags(authfile=private, cert_dir=cert_dir, tls_verify=tls_verify)
+
+
+def _registry_of(name: str) -> str:
+    """The registry a base name is pulled from (a name without one: docker.io, as buildah
+    resolves it without a short-name alias)."""
+    first, sep, _ = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
 
 
 def _engine(name: str, cf: containerfile.Containerfile) -> Engine:
@@ -122,18 +202,27 @@ def _engine(name: str, cf: containerfile.Containerfile) -> Engine:
 def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | None = None,
           note: Callable[[str], None] | None = None) -> BuildResult:
     """Build, check the recorded base, validate. Raises BuildFailed / NestbuildError."""
-    say = note or (lambda _m: None)
     start = time.monotonic()
     path = find_containerfile(opts.context, opts.containerfile)
     cf = containerfile.parse(path, opts.build_args)
-    base = resolve_base(cf, pull=opts.pull, log=log)
+    with registry_args(opts, cf.final_base()[0]) as reach:
+        return _build(opts, path, cf, reach, start, policy=policy, log=log, note=note)
+
+
+def _build(opts: BuildOptions, path: Path, cf: containerfile.Containerfile,
+           reach: list[str], start: float, *, policy: Policy | None, log: LogSink | None,
+           note: Callable[[str], None] | None) -> BuildResult:
+    say = note or (lambda _m: None)
+    pulling = opts.pull_policy or ("always" if opts.pull else "missing")
+    base = resolve_base(cf, pull=pulling, log=log, registry_args=reach)
     engine = _engine(opts.engine, cf)
     tag = opts.image or f"localhost/{opts.context.resolve().name or 'image'}:latest"
 
     logdir = Path(tempfile.mkdtemp(prefix="nestbuild-build-"))
     logfile = logdir / "build.log"
     try:
-        built = engine.build(EngineJob(opts, path, tag, base, logfile, log, say))
+        built = engine.build(EngineJob(opts, path, tag, base, logfile, log, say,
+                                       tuple(reach)))
     except NestbuildError:
         if not logfile.is_file() or not logfile.stat().st_size:
             shutil.rmtree(logdir, ignore_errors=True)
@@ -163,6 +252,7 @@ def build(opts: BuildOptions, *, policy: Policy | None = None, log: LogSink | No
         image = open_image(f"containers-storage:{tag}")
     result = BuildResult(tag, image_id, image.digest, base.name, base.digest, opts.engine,
                          built.isolation, time.monotonic() - start, None)
+    buildah.tag(tag, opts.tags)
     if opts.validate:
         from nestbuild.validation.validate import validate
 

@@ -2,7 +2,9 @@
 
 With ``--layers`` buildah records the last cached step's intermediate image as the base, not
 the FROM image, so the engine passes the real record itself (``--annotation``); the build
-checks the layers either way.
+checks the layers either way. The base is in local storage by then (the build resolved and
+pinned it); other stages' images are pulled only if missing (``--pull=never``: not at all),
+through the same registry access.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ class BuildahEngine:
         if mode.reason:
             job.note(f"RUN steps use {mode.mode} isolation: {mode.reason}")
         iidfile = job.logfile.with_name("iid")
+        never = (opts.pull_policy or ("always" if opts.pull else "missing")) == "never"
         code = buildah.bud_logged(
             job.containerfile, opts.context, job.tag, isolation=mode.mode, iidfile=iidfile,
             logfile=job.logfile, log=job.log, build_args=opts.build_args, labels=opts.labels,
             secrets=opts.secrets, layers=opts.layers, annotations=job.base.record,
-            no_cache=opts.no_cache, pull=opts.pull, platform=opts.platform)
+            no_cache=opts.no_cache, pull="never" if never else "false",
+            platform=opts.platform, registry_args=job.registry_args)
         text = job.logfile.read_text(errors="replace")
         if code != 0:
             raise _build_error(text, code, job)

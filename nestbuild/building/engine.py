@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nestbuild._image.model import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME
 from nestbuild.errors import EXIT_FAILED, NestbuildError
+
+if TYPE_CHECKING:
+    from nestbuild._registry.access import RegistryAccess
 
 #: Called with each line of the engine's build log as it arrives.
 LogSink = Callable[[str], None]
@@ -36,7 +39,18 @@ class BuildOptions:
     secrets: list[str] = field(default_factory=list)
     layers: bool = False
     no_cache: bool = False
+    #: Pull the base even if it is in local storage (``pull_policy="always"``).
     pull: bool = False
+    #: When the base is pulled: ``"missing"`` (None's meaning unless ``pull``: as buildah and
+    #: podman), ``"always"`` or ``"never"``.
+    pull_policy: str | None = None
+    #: How to reach the base's registry (authfile, cert-dir, TLS verification).
+    access: RegistryAccess | None = None
+    #: ``USER:PASSWORD`` for the base's registry (buildah's ``--creds``; never on a command
+    #: line: it goes into a private auth file for the pull).
+    credentials: str | None = None
+    #: Further names for the built image.
+    tags: list[str] = field(default_factory=list)
     platform: str | None = None
     validate: bool = True
     docker_host: str | None = None
@@ -72,6 +86,8 @@ class EngineJob:
     log: LogSink | None
     #: One-line remarks for the user (how RUN steps are isolated).
     note: Callable[[str], None]
+    #: buildah's flags to reach registries, for the build's own pulls (other stages' images).
+    registry_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

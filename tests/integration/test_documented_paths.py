@@ -344,3 +344,102 @@ def test_keygen_into_a_new_directory(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     r = nestbuild("keygen", "--output-prefix", "file/release", env=ENV, cwd=tmp_path)
     assert r.returncode == 2 and "file is not a directory" in r.stderr
+
+
+# -- build on a base that is only in a registry ----------------------------------------------------
+
+
+@dataclass
+class RemoteBase:
+    """The mini base pushed to a TLS registry with auth, under a name local storage lacks."""
+
+    name: str
+    authfile: Path
+    cert_dir: Path
+    registry: Registry
+
+
+@pytest.fixture
+def remote_base(tls_registry: Registry, mini_base: BuiltBase, tmp_path: Path
+                ) -> Iterator[RemoteBase]:
+    name = f"{tls_registry.host}/bases/mini-{uuid.uuid4().hex[:8]}:v1"
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps(tls_registry.auth_json()))
+    upload(f"containers-storage:{mini_base.tag}", name, quiet=True,
+           access=RegistryAccess(authfile=authfile, cert_dir=tls_registry.cert_dir))
+    assert not buildah.image_exists(name)
+    yield RemoteBase(name, authfile, tls_registry.cert_dir, tls_registry)
+    buildah.remove_image(name)  # by name: the pulled base is the mini base's image
+
+
+def _context(tmp_path: Path) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Containerfile").write_text("ARG BASE\nFROM ${BASE}\nCOPY motd /etc/motd\n")
+    (ctx / "motd").write_text("pulled base\n")
+    return ctx
+
+
+def test_build_pulls_a_missing_base_from_a_tls_registry_with_auth(remote_base: RemoteBase,
+                                                                  tmp_path: Path) -> None:
+    ctx = _context(tmp_path)
+    tag, extra = unique_tag("pulled"), unique_tag("pulled-extra")
+    base = ["--build-arg", f"BASE={remote_base.name}"]
+    try:
+        never = nestbuild("build", ctx, "-t", tag, *base, "--pull=never", "-q")
+        assert never.returncode == 2
+        assert "is not in local storage (--pull=never" in never.stderr
+        no_access = nestbuild("build", ctx, "-t", tag, *base, "-q")
+        assert no_access.returncode == 2
+        assert "could not be pulled" in no_access.stderr and "--cert-dir" in no_access.stderr
+
+        iid = tmp_path / "iid"
+        r = nestbuild("build", ctx, "-t", tag, "-t", extra, *base, "--authfile",
+                      remote_base.authfile, "--cert-dir", remote_base.cert_dir,
+                      "--iidfile", iid, "--format", "json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["passed"] is True and doc["base"]["name"] == remote_base.name
+        assert buildah.image_exists(remote_base.name) and buildah.image_exists(extra)
+        assert iid.read_text() == f"sha256:{doc['image_id']}"
+        r = nestbuild("inspect", extra, "--format", "json")
+        assert r.returncode == 0, r.stderr
+    finally:
+        buildah.remove_image(extra)
+        buildah.remove_image(tag)
+
+
+def test_build_creds_reach_the_base_without_an_authfile(remote_base: RemoteBase,
+                                                        tmp_path: Path) -> None:
+    """--creds USER:PASSWORD, as buildah takes them; the password is on no command line but
+    nestbuild's own."""
+    reg = remote_base.registry
+    ctx = _context(tmp_path)
+    tag = unique_tag("creds")
+    env = {k: v for k, v in ENV.items() if k != "REGISTRY_AUTH_FILE"}
+    try:
+        r = nestbuild("build", ctx, "-t", tag, "--build-arg", f"BASE={remote_base.name}",
+                      "--creds", f"{reg.username}:{reg.password}", "--cert-dir",
+                      remote_base.cert_dir, "--pull=always", "-q", env=env)
+        assert r.returncode == 0, r.stderr
+        assert str(reg.password) not in r.stdout + r.stderr
+    finally:
+        buildah.remove_image(tag)
+
+
+def test_ci_pipeline_on_a_runner_without_the_base(remote_base: RemoteBase,
+                                                  tmp_path: Path) -> None:
+    """docs/ci/pipeline.sh, as the CI files run it, with the base only in the TLS registry
+    the job logs in to: build pulls it with the job's registry flags and credentials."""
+    from tests.integration.test_ci_pipeline import Run
+
+    run = Run(remote_base.registry, remote_base.name, tmp_path)
+    try:
+        proc = run.pipeline("etc-config")
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log
+        run.assert_no_secret_in(log)
+        assert json.loads((run.out / "build.json").read_text())["base"]["name"] == \
+            remote_base.name
+    finally:
+        buildah.remove_image(run.local)
