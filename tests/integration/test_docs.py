@@ -198,6 +198,8 @@ def setup_for(doc: str, world: World) -> Setup:
                      cleanup=["localhost/my-node:latest"])
     if doc == "docs/build.md":
         return Setup(cleanup=["localhost/my-node:latest"])
+    if doc == "docs/changelog.md":
+        return Setup(cleanup=["localhost/my-node:v2"])
     if doc == "docs/signing.md":
         web = world.image("ENV WEB=1")
         return Setup(commands=[keygen, _push(world, web, f"{reg}/nodes/web:v3")],
@@ -341,6 +343,32 @@ def test_completion_script_is_valid_bash_and_completes(tmp_path: Path) -> None:
                           timeout=60)
     assert done.stdout.split("\n")[:3] == ["status", "rebase", "--preset"]
 
+
+
+def test_the_starter_builds_clean_and_quietly(world: World) -> None:
+    """``nestbuild init``'s first build has nothing to warn about; ``-q`` prints the verdict
+    line only; the report says the build pinned the base (the user gave no --base)."""
+    work = world.scratch / "starter"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    tag = f"localhost/nestbuild-test/starter:{uuid.uuid4().hex[:8]}"
+
+    def nb(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "nestbuild"), *args], cwd=work, env=env, text=True,
+                              capture_output=True, timeout=600, check=True)
+
+    work.mkdir()
+    nb("init", "node")
+    work = work / "node"
+    try:
+        quiet = nb("build", "-q", "-t", tag)
+        assert quiet.stdout.splitlines() == ["PASSED: 0 error(s), 0 warning(s), 3 change(s)"]
+        assert quiet.stderr == ""
+        table = nb("validate", tag, "--base", MINI).stdout
+        assert "given with --base" in table
+        full = nb("build", "-t", tag).stdout
+        assert "pinned by nestbuild build" in full and "--base" not in full
+    finally:
+        buildah.remove_image(tag)
 
 
 # --- JSON output against its documented schema ----------------------------------------------
