@@ -7,6 +7,7 @@ never from the command line, where any local user could read them in the process
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import textwrap
@@ -57,28 +58,41 @@ def _short(digest: str) -> str:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from nestbuild import generate_key_pair
 
-    _make_key_directory(args.output_prefix.parent)
-    pair = generate_key_pair(args.output_prefix, force=args.force,
-                             passphrase_file=args.passphrase_file)
+    made = _make_key_directory(args.output_prefix.parent)
+    try:
+        pair = generate_key_pair(args.output_prefix, force=args.force,
+                                 passphrase_file=args.passphrase_file)
+    except BaseException:
+        for d in reversed(made):  # no key written: nor the directories made for it
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     print(f"private key: {pair.private} (encrypted, mode 0600)")
     print(f"public key:  {pair.public} (give this to nodes and verifiers)")
     return EXIT_OK
 
 
-def _make_key_directory(directory: Path) -> None:
+def _make_key_directory(directory: Path) -> list[Path]:
     """``--output-prefix keys/release`` with no ``keys/`` yet: the directories nestbuild
-    makes for a private key are its owner's alone (0700); existing ones are left as they are."""
+    makes for a private key are its owner's alone (0700); existing ones are left as they are.
+    The ones made, outermost first."""
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    made: list[Path] = []
     for d in reversed(missing):
         try:
             d.mkdir(mode=0o700)
+            made.append(d)
             d.chmod(0o700)  # whatever the umask
         except FileExistsError:
             pass
         except OSError as exc:
+            for m in reversed(made):
+                with contextlib.suppress(OSError):
+                    m.rmdir()
             raise UsageError(f"--output-prefix: cannot create {d} ({exc.strerror})") from None
     if not directory.is_dir():
         raise UsageError(f"--output-prefix: {directory} is not a directory")
+    return made
 
 
 # --- sign ----------------------------------------------------------------------------------

@@ -597,10 +597,12 @@ def case_keygen_public_key_exists(ctx: Ctx) -> Run:
 
 
 @case
-def case_keygen_into_a_missing_directory(ctx: Ctx) -> Run:
-    prefix = ctx.path("no/such/dir/release")
-    return Run(["keygen", "--output-prefix", str(prefix)], 2,
-               ("cannot write", "No such file or directory"), keep=(ctx.path("no"),),
+def case_keygen_under_a_file(ctx: Ctx) -> Run:
+    # a missing directory is made (0700: docs/signing.md's keys/release); one under a file
+    # cannot be
+    file = ctx.write("file", "a file, not a directory\n")
+    return Run(["keygen", "--output-prefix", str(file / "keys" / "release")], 2,
+               ("--output-prefix: cannot create", "Not a directory"), keep=(file,),
                env={"NESTBUILD_PASSWORD": PASSPHRASE})
 
 

@@ -362,14 +362,24 @@ class RemoteBase:
 @pytest.fixture
 def remote_base(tls_registry: Registry, mini_base: BuiltBase, tmp_path: Path
                 ) -> Iterator[RemoteBase]:
-    name = f"{tls_registry.host}/bases/mini-{uuid.uuid4().hex[:8]}:v1"
+    unique = uuid.uuid4().hex[:8]
+    name = f"{tls_registry.host}/bases/mini-{unique}:v1"
     authfile = tmp_path / "auth.json"
     authfile.write_text(json.dumps(tls_registry.auth_json()))
-    upload(f"containers-storage:{mini_base.tag}", name, quiet=True,
-           access=RegistryAccess(authfile=authfile, cert_dir=tls_registry.cert_dir))
+    # an image of its own (the mini base's id is shared by every local name of it, whose
+    # manifests other builds rewrite), gone from local storage once pushed
+    local = unique_tag("remote-base")
+    with buildah.working_container(mini_base.tag) as ctr:
+        buildah.config(ctr, labels={"nestbuild.test.base": unique})
+        buildah.commit(ctr, local)
+    try:
+        upload(f"containers-storage:{local}", name, quiet=True,
+               access=RegistryAccess(authfile=authfile, cert_dir=tls_registry.cert_dir))
+    finally:
+        buildah.remove_image(local)
     assert not buildah.image_exists(name)
     yield RemoteBase(name, authfile, tls_registry.cert_dir, tls_registry)
-    buildah.remove_image(name)  # by name: the pulled base is the mini base's image
+    buildah.remove_image(name)
 
 
 def _context(tmp_path: Path) -> Path:
