@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import yaml
+from typing import TYPE_CHECKING
 
 from nestbuild import settings
+
+if TYPE_CHECKING:  # PyYAML is imported only where a project file is read (settings.load)
+    import yaml
 
 PROJECT_FILE = "nestbuild.yaml"
 

@@ -7,7 +7,6 @@ PackageDbError.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import zlib
 from collections.abc import Iterable
@@ -166,6 +165,8 @@ def _split_trailer(text: str) -> tuple[str, str]:
 
 
 def _date(text: str) -> int | None:
+    import email.utils  # changelogs only: the status file (every validate) needs no dates
+
     try:
         return int(email.utils.parsedate_to_datetime(text.strip()).timestamp())
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -19,14 +19,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from nestbuild._util import userfile
 from nestbuild.errors import PolicyFileError
 from nestbuild.validation.rules import RULES
 from nestbuild.validation.severity import ERROR, INFO, LEVELS, OFF
+
+if TYPE_CHECKING:  # imported where a policy is read from YAML: a preset needs no PyYAML
+    import yaml
 
 PROTECTED_OS = [
     "/usr/lib/modules/**",
@@ -177,6 +178,7 @@ def parse(text: str, source: str) -> Policy:
 
 def from_node(node: yaml.Node, source: str) -> Policy:
     """Build a policy from a composed YAML mapping (a policy file, or ``policy:`` in a config)."""
+    import yaml
 
     def fail(n: yaml.Node, problem: str) -> PolicyFileError:
         return PolicyFileError(f"{source}:{n.start_mark.line + 1}: {problem}")
@@ -246,6 +248,8 @@ def from_node(node: yaml.Node, source: str) -> Policy:
 
 def _setting(name: str, n: yaml.Node, fail: Any) -> int | None:
     """A count or size: a whole number, a size with a unit (512MiB), or ``off``."""
+    import yaml
+
     text = str(n.value).strip() if isinstance(n, yaml.ScalarNode) else ""
     if text.lower() in ("off", "none", "null", "~"):
         return None
@@ -273,6 +277,8 @@ def load_policy(policy_file: Path | None = None, preset_name: str | None = None)
 
     configured = project.policy_node()
     if configured is not None:
+        import yaml
+
         node, source = configured
         if isinstance(node, yaml.ScalarNode):
             base = Path(source).parent
