@@ -208,6 +208,9 @@ IMAGE_NAMES = textwrap.dedent("""\
       docker://REG/REPO[:TAG|@DIGEST]   in a registry
       oci:DIR[:TAG]                     an OCI image layout directory
       oci-archive:FILE[:TAG]            an OCI layout in a tar file
+    a bare name is looked up in local storage first, as podman does; a HOST/REPO:TAG that
+    is not there fails with "did you mean docker://HOST/REPO:TAG?" (sign, verify, attest
+    and tree, which need a registry or a layout, read HOST/REPO:TAG as cosign does)
     """)
 
 EPILOG = IMAGE_NAMES + textwrap.dedent("""
