@@ -11,9 +11,11 @@ suggests the ``docker://`` reference (:func:`missing_locally`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from nestbuild._registry.reference import RegistryRef
+from nestbuild._registry.reference import parse as parse_registry
 from nestbuild.errors import UsageError
 
 TRANSPORTS = ("containers-storage", "oci", "oci-archive", "docker")
@@ -22,11 +24,29 @@ DEFAULT_TRANSPORT = "containers-storage"
 
 @dataclass(frozen=True)
 class ImageRef:
+    """Any image a user can name: a transport and where the image is in it.
+
+    A ``docker://`` image carries its parsed :class:`~nestbuild._registry.reference.RegistryRef`
+    (``registry``), made once when the reference is made and handed on as it is; nothing
+    below formats it into a string to parse again.
+    """
+
     transport: str
     #: For containers-storage and docker: the image name/ID; for oci and oci-archive: the path.
     name: str
     #: oci/oci-archive: the tag (``org.opencontainers.image.ref.name``) or None for the only image.
     tag: str | None = None
+    #: docker: the registry reference (host, repository, tag or digest).
+    registry: RegistryRef | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.transport == "docker" and self.registry is None:
+            object.__setattr__(self, "registry", parse_registry(self.name))
+
+    @classmethod
+    def of_registry(cls, ref: RegistryRef) -> ImageRef:
+        """The ``docker://`` image of an already parsed registry reference."""
+        return cls("docker", str(ref), registry=ref)
 
     def __str__(self) -> str:
         if self.transport == "docker":

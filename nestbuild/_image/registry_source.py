@@ -30,7 +30,9 @@ class RegistrySource(ImageSource):
     def __init__(self, ref: ImageRef, access: RegistryAccess | None = None,
                  client: RegistryClient | None = None) -> None:
         self.ref = ref
-        self.target: RegistryRef = reference.parse(ref.name)
+        if ref.registry is None:
+            raise UsageError(f"{ref}: not a registry image")
+        self.target: RegistryRef = ref.registry
         self.client = client or (access or RegistryAccess()).client(self.target.host)
 
     @cached_property
@@ -87,7 +89,7 @@ class RegistrySource(ImageSource):
         raw, media_type = got
         if digest_of(raw) == digest or (media_type in INDEX_TYPES
                                         and digest in index_children(raw)):
-            return RegistrySource(ImageRef("docker", str(named.with_digest(digest))),
+            return RegistrySource(ImageRef.of_registry(named.with_digest(digest)),
                                   client=self.client), ""
         return None, (f"{name} is {digest_of(raw)[:19]} in {self.target.host}, not the "
                       f"recorded {digest[:19]}")

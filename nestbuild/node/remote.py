@@ -35,7 +35,7 @@ def remote_image(image: str, access: RegistryAccess | None = None) -> RemoteImag
     from nestbuild._registry import reference
 
     target = reference.parse(image)
-    src = RegistrySource(ImageRef("docker", str(target)), access)
+    src = RegistrySource(ImageRef.of_registry(target), access)
     try:
         manifest = src.manifest
         config = src.config

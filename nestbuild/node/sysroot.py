@@ -289,7 +289,7 @@ class SysrootBackend:
         if not verdict.accepted:
             raise RebaseRefused(f"{pinned}: refused: {verdict.reason}; the sysroot is "
                                 "unchanged")
-        src = RegistrySource(ImageRef("docker", str(pinned)), client=client)
+        src = RegistrySource(ImageRef.of_registry(pinned), client=client)
         if not src.config.bootable:
             raise RebaseRefused(f"{pinned}: not bootable (no containers.bootc=1 or "
                                 "ostree.bootable=true label); the sysroot is unchanged")

@@ -55,7 +55,7 @@ def pull(
     dest_ref = parse_reference(dest or f"containers-storage:{target}")
     if dest_ref.transport not in ("oci", "containers-storage"):
         raise UsageError(f"{dest}: pull into oci:DIR[:TAG] or containers-storage:NAME")
-    src = RegistrySource(ImageRef("docker", str(target)), access)
+    src = RegistrySource(ImageRef.of_registry(target), access)
     info = BlobInfo()
     try:
         manifest = src.manifest

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nestbuild._registry.reference import RegistryRef, check_digest, parse_normalized
 from nestbuild.errors import NestbuildError
 
 SIGNATURE_TYPE = "cosign container image signature"
@@ -39,93 +39,6 @@ class Payload:
     optional: Mapping[str, Any] | None = field(default=None)
 
 
-# ---------------------------------------------------------------------------------------------
-# digests and references (containers/image docker/reference and go-digest, re-stated)
-
-_DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
-_DIGEST_ALGO = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*")
-
-
-def check_digest(value: str) -> str | None:
-    """Why ``value`` is not a digest go-digest's ``Parse`` accepts, or None if it is."""
-    algo, sep, encoded = value.partition(":")
-    if not sep or not algo or not encoded:
-        return "is not of the form ALGORITHM:HEX"
-    if algo not in _DIGEST_HEX_LEN:
-        if _DIGEST_ALGO.fullmatch(algo):
-            return f"uses unsupported algorithm {algo!r}"
-        return "is not of the form ALGORITHM:HEX"
-    if len(encoded) != _DIGEST_HEX_LEN[algo] or not re.fullmatch(r"[a-f0-9]+", encoded):
-        return f"is not {_DIGEST_HEX_LEN[algo]} lowercase hex digits after {algo}:"
-    return None
-
-
-_ALNUM = r"[a-z0-9]+"
-# ``[-]+``, not docker/distribution's older ``[-]*``: the same names, but an empty separator
-# let Python's backtracking matcher split a run of letters every way (exponential in its
-# length) before refusing a name; Go's matcher does not backtrack, Python's does.
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST_PAT = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
-_REFERENCE = re.compile(rf"({_NAME})(?::({_TAG}))?(?:@({_DIGEST_PAT}))?", re.ASCII)
-_IDENTIFIER = re.compile(r"[a-f0-9]{64}")
-_NAME_MAX = 255
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A normalized docker reference: ``name`` is ``docker.io/library/x`` for ``x``."""
-
-    name: str
-    tag: str | None
-    digest: str | None
-
-    def __str__(self) -> str:
-        text = self.name
-        if self.tag is not None:
-            text += ":" + self.tag
-        if self.digest is not None:
-            text += "@" + self.digest
-        return text
-
-    @property
-    def name_only(self) -> bool:
-        return self.tag is None and self.digest is None
-
-
-def parse_reference(text: str) -> Reference:
-    """Parse like containers/image ``reference.ParseNormalizedNamed``; ValueError if invalid."""
-    if _IDENTIFIER.fullmatch(text):
-        raise ValueError("a 64-hex-digit identifier is not a repository name")
-    slash = text.find("/")
-    if slash == -1 or (not any(c in text[:slash] for c in ".:") and text[:slash] != "localhost"):
-        domain, rest = "docker.io", text
-    else:
-        domain, rest = text[:slash], text[slash + 1 :]
-    if domain == "index.docker.io":
-        domain = "docker.io"
-    if domain == "docker.io" and "/" not in rest:
-        rest = "library/" + rest
-    remote = rest.split(":", 1)[0]
-    if remote.lower() != remote:
-        raise ValueError("repository name must be lowercase")
-    m = _REFERENCE.fullmatch(domain + "/" + rest)
-    if m is None:
-        raise ValueError("invalid reference format")
-    name, tag, digest = m.group(1), m.group(2), m.group(3)
-    if len(name) > _NAME_MAX:
-        raise ValueError(f"repository name must not be more than {_NAME_MAX} characters")
-    if digest is not None:
-        problem = check_digest(digest)
-        if problem is not None:
-            raise ValueError(f"digest {problem}")
-    return Reference(name, tag, digest)
-
-
 def identity_matches(payload_ref: str, image_ref: str, rule: str) -> bool:
     """Whether a signature claiming ``payload_ref`` is accepted for a pull of ``image_ref``.
 
@@ -136,12 +49,12 @@ def identity_matches(payload_ref: str, image_ref: str, rule: str) -> bool:
     if rule not in RULES:
         raise PayloadError(f"unknown signedIdentity type {rule!r} (known: {', '.join(RULES)})")
     try:
-        intended = parse_reference(image_ref)
-        signed = parse_reference(payload_ref)
+        intended = parse_normalized(image_ref)
+        signed = parse_normalized(payload_ref)
     except ValueError:
         return False
     if intended.name_only:
-        intended = Reference(intended.name, "latest", None)
+        intended = RegistryRef(intended.host, intended.repo, "latest", None)
     if intended.tag is not None and intended.digest is not None:
         return False
     if rule == "matchRepository":
@@ -149,10 +62,10 @@ def identity_matches(payload_ref: str, image_ref: str, rule: str) -> bool:
     if signed.name_only:
         return False
     if rule == "matchExact":
-        return str(signed) == str(intended)
+        return signed.exact == intended.exact
     # matchRepoDigestOrExact
     if intended.tag is not None:
-        return str(signed) == str(intended)
+        return signed.exact == intended.exact
     return signed.name == intended.name
 
 
@@ -189,7 +102,7 @@ def make_payload(
     and timestamp as containers/image writes them (timestamp a number, which ``-a`` cannot do).
     """
     try:
-        parse_reference(docker_reference)
+        parse_normalized(docker_reference)
     except ValueError as exc:
         raise PayloadError(f"invalid docker reference {docker_reference!r}: {exc}") from None
     problem = check_digest(manifest_digest)

@@ -114,7 +114,7 @@ class Target:
     #: The reference as the user gave it, for messages.
     display: str
     #: The docker reference signatures claim and verification matches (None: unknown).
-    identity: payload_mod.Reference | None
+    identity: RegistryRef | None
     #: ``REG/REPO``, the in-toto subject name (or the layout's name).
     subject_name: str
 
@@ -130,13 +130,13 @@ class Subject:
     platform: str | None = None
 
 
-def _parse_identity(identity: str | payload_mod.Reference | RegistryRef) -> payload_mod.Reference:
-    if isinstance(identity, payload_mod.Reference):
-        return identity
+def _parse_identity(identity: str | RegistryRef) -> RegistryRef:
+    from nestbuild._registry.reference import parse_normalized
+
     if not isinstance(identity, str):
-        return payload_mod.Reference(identity.name, identity.tag, identity.digest)
+        return identity
     try:
-        ref = payload_mod.parse_reference(identity)
+        ref = parse_normalized(identity)
     except ValueError as exc:
         raise UsageError(f"--identity {identity!r} is not a docker reference: {exc}") from None
     if ref.tag is not None and ref.digest is not None:
@@ -147,7 +147,7 @@ def _parse_identity(identity: str | payload_mod.Reference | RegistryRef) -> payl
 def open_target(
     image: str | RegistryRef,
     *,
-    identity: str | payload_mod.Reference | RegistryRef | None = None,
+    identity: str | RegistryRef | None = None,
     registry: RegistryAccess | None = None,
     store: SignatureStore | None = None,
     require_identity: bool = False,
@@ -165,13 +165,11 @@ def open_target(
     display = image if isinstance(image, str) else image.transport
     # Signatures cannot live in local storage: HOST/REPO:TAG is a registry image, as in cosign.
     parsed = parse_reference(image, bare="registry") if isinstance(image, str) else None
-    if parsed is not None and parsed.transport == "docker":
-        from nestbuild._registry.reference import parse
-
-        image = parse(parsed.name)
+    if parsed is not None and parsed.registry is not None:
+        image = parsed.registry
     if not isinstance(image, str):
-        ref = payload_mod.Reference(image.name, image.tag or (None if image.digest else "latest"),
-                                    image.digest)
+        # what a pull of it fetches: a name alone is its :latest
+        ref = image if image.tag or image.digest else image.with_tag("latest")
         if store is None:
             store = (registry or RegistryAccess()).client(image.host)
         return Target(
@@ -633,7 +631,7 @@ def signed_identity(target: Target) -> str:
             f"{target.display}: an OCI layout has no registry name; pass --identity "
             "REG/REPO:TAG, the name nodes will pull the image by"
         )
-    return str(target.identity)
+    return target.identity.exact
 
 
 @dataclass(frozen=True)
@@ -889,7 +887,7 @@ def attest_validation(
     report: Any,
     key: KeySource | Path,
     *,
-    identity: str | payload_mod.Reference | RegistryRef | None = None,
+    identity: str | RegistryRef | None = None,
     store: SignatureStore | None = None,
     registry: RegistryAccess | None = None,
     passphrase_file: Path | None = None,
@@ -1093,7 +1091,7 @@ def verify(
     if isinstance(target, str):
         target = open_target(target, registry=registry)
     found, notes = subjects(target)
-    identity = str(target.identity) if target.identity is not None else None
+    identity = target.identity.exact if target.identity is not None else None
     if identity is None:
         notes.append("identity not checked: an OCI layout has no registry name (use --identity)")
     checks = []

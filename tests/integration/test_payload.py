@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from nestbuild._image.reference import parse_reference
+from nestbuild._registry.reference import parse_normalized
 from nestbuild.signing import keys, payload
 from nestbuild.signing.payload import PayloadError, identity_matches, make_payload, parse_payload
 from tests.fixtures.cosign import Cosign
@@ -252,10 +254,13 @@ def test_unknown_identity_rule() -> None:
 
 
 def test_reference_parsing_follows_containers_image() -> None:
-    parse = payload.parse_reference
-    assert str(parse("busybox")) == "docker.io/library/busybox"
-    assert str(parse("index.docker.io/foo/bar:1")) == "docker.io/foo/bar:1"
-    assert str(parse("quay.io/a/b:t@" + D2)) == "quay.io/a/b:t@" + D2
+    parse = parse_normalized
+    assert parse("busybox").exact == "docker.io/library/busybox"
+    assert parse("index.docker.io/foo/bar:1").exact == "docker.io/foo/bar:1"
+    assert parse("quay.io/a/b:t@" + D2).exact == "quay.io/a/b:t@" + D2
+    # what a pull of a bare name fetches, and the one type for every registry name
+    assert str(parse("busybox")) == "docker.io/library/busybox:latest"
+    assert parse_reference("docker://quay.io/a/b:t").registry == parse("quay.io/a/b:t")
     assert parse("Host.Example:5000/a").name == "Host.Example:5000/a"  # domain may be upper
     for bad in ["", "a" * 64, "A/b", "reg.example/a//b", "reg.example/a:" + "t" * 129,
                 "reg.example/a@sha256:xyz", "reg.example/a\n"]:

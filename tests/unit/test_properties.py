@@ -207,8 +207,8 @@ def test_registry_reference(text: str) -> None:
 
 @given(reference_text(), reference_text(), st.sampled_from([*payload.RULES, "exactReference"]))
 def test_docker_reference_and_identity(payload_ref: str, image_ref: str, rule: str) -> None:
-    # parse_reference documents ValueError (its callers turn it into their own error).
-    raises_only(lambda: payload.parse_reference(payload_ref), ValueError)
+    # parse_normalized documents ValueError (its callers turn it into their own error).
+    raises_only(lambda: registry_reference.parse_normalized(payload_ref), ValueError)
     raises_only(lambda: payload.identity_matches(payload_ref, image_ref, rule),
                 payload.PayloadError)
 
@@ -219,7 +219,7 @@ def test_reference_regex_is_linear() -> None:
     for bad in ("reg.example/" + "a" * 64 + "!", "reg.example/" + "a-" * 64 + "!",
                 "a" * 64 + "A:tag"):
         with pytest.raises(ValueError):
-            payload.parse_reference(bad)
+            registry_reference.parse_normalized(bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,7 +837,7 @@ def test_verify_reads_only_what_it_checked(image: bytes, sig: Any, att: Any) -> 
         store = _signed_store(Path(tmp), image, sig, att)
         digest = model.digest_of(image)
         target = signing.Target(store, "", digest, "oci:x",
-                                payload.parse_reference("reg.example/os/node"), "x")
+                                registry_reference.parse_normalized("reg.example/os/node"), "x")
 
         def verify() -> None:
             report = signing.verify(target, [("k.pub", KEY.public_key())])
