@@ -83,14 +83,15 @@ class OsRelease:
 
 
 def locate(tree: Tree) -> rpmdb.DbLocation | None:
-    """The database file of a merged tree (rpmdb's order of preference)."""
-    candidates = [f"{d}/{name}{wal}" for d in rpmdb.RPM_DIRS for name, _ in rpmdb.RPM_FILES
-                  for wal in ("", "-wal")] + list(dpkg.STATUS_PATHS)
+    """The database file of a merged tree (rpmdb's order of preference), among the files
+    that may hold one (:data:`nestbuild.validation.packages.CANDIDATES`)."""
+    from nestbuild.validation.packages import CANDIDATES
+
     present = set()
-    for path in candidates:
-        e = tree.get("/" + path)
+    for path in CANDIDATES:
+        e = tree.get(path)
         if e is not None and e.type in (FILE, HARDLINK):
-            present.add(path)
+            present.add(path.lstrip("/"))
     return rpmdb.locate(present)
 
 
