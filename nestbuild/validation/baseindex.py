@@ -122,6 +122,19 @@ class BaseIndex:
         ):
             yield _row_entry(row)
 
+    def below_ending(self, prefix: str, suffix: str) -> Iterator[Entry]:
+        """The entries below ``prefix`` whose path ends with ``suffix``, filtered by SQLite:
+        finding the kernels reads their rows, not every module's."""
+        lo, hi = _range(prefix)
+        if prefix == "/":
+            lo, hi = b"/", b"0"
+        end = _p(suffix)
+        for row in self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE path > ? AND path < ? "
+            "AND substr(path, ?) = ? ORDER BY path", (lo, hi, -len(end), end)
+        ):
+            yield _row_entry(row)
+
     def content(self, path: str) -> bytes | None:
         row = self._db.execute(
             "SELECT c.data FROM content c JOIN entries e ON e.path = c.path WHERE c.path = ?",

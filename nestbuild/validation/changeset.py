@@ -200,10 +200,18 @@ class Overlay:
 
     def below(self, prefix: str) -> Iterator[Entry]:
         """Every entry strictly below ``prefix`` in the final image (unordered)."""
+        return self._below(prefix, "", self.base.below(prefix))
+
+    def below_ending(self, prefix: str, suffix: str) -> Iterator[Entry]:
+        """The entries below ``prefix`` whose path ends with ``suffix`` (the base's are
+        filtered by its index, not read one by one)."""
+        return self._below(prefix, suffix, self.base.below_ending(prefix, suffix))
+
+    def _below(self, prefix: str, suffix: str, base: Iterator[Entry]) -> Iterator[Entry]:
         seen: set[str] = set()
         pre = prefix.rstrip("/") + "/"
         for p, e in self.entries.items():
-            if p.startswith(pre):
+            if p.startswith(pre) and p.endswith(suffix):
                 seen.add(p)
                 if isinstance(e, Entry):
                     yield e
@@ -215,7 +223,7 @@ class Overlay:
             return
         inner = tuple(h.rstrip("/") + "/" for h in self.hidden
                       if h.startswith(pre) and h.rstrip("/"))
-        for e in self.base.below(prefix):
+        for e in base:
             if e.path not in seen and not (inner and e.path.startswith(inner)):
                 yield e
 

@@ -56,6 +56,7 @@ class View(Protocol):
 
     def get(self, path: str) -> Entry | None: ...
     def below(self, prefix: str) -> Iterator[Entry]: ...
+    def below_ending(self, prefix: str, suffix: str) -> Iterator[Entry]: ...
     def content(self, path: str) -> bytes | None: ...
 
 
@@ -87,7 +88,7 @@ class Context:
     def kernels(self) -> tuple[str, ...]:
         """The kernel versions: the /usr/lib/modules/KVER directories that hold a vmlinuz."""
         out = []
-        for e in self.tree.below(paths.MODULES_DIR):
+        for e in self.tree.below_ending(paths.MODULES_DIR, "/vmlinuz"):
             if e.path.endswith("/vmlinuz") and e.path.count("/") == 5 and e.is_file:
                 out.append(posixpath.basename(posixpath.dirname(e.path)))
         return tuple(sorted(out))
