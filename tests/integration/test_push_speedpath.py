@@ -36,6 +36,13 @@ pytestmark = [pytest.mark.registry, pytest.mark.skopeo, pytest.mark.buildah]
 CHUNK = 256 << 10
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob-info cache of these tests' own: what they push must not make the session's
+    other pushes mount (or skip) the mini base's layers."""
+    monkeypatch.setenv("NESTBUILD_CACHE", str(tmp_path / "cache"))
+
+
 def _repo() -> str:
     return f"test/{uuid.uuid4().hex[:10]}"
 
