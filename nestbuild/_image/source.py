@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -37,7 +36,7 @@ from nestbuild._image.model import (
 )
 from nestbuild._image.reference import ImageRef, missing_locally
 from nestbuild._image.tarsplit import TarSplitStream
-from nestbuild._image.tree import READ_ERRORS
+from nestbuild._image.tree import read_errors
 from nestbuild._tools import buildah, skopeo
 from nestbuild.errors import ImageError, LayerError, ToolError
 
@@ -149,7 +148,7 @@ class ImageSource:
             def check() -> None:
                 try:
                     tar.drain()
-                except READ_ERRORS as exc:
+                except read_errors() as exc:
                     raise LayerError(f"{what}: corrupt {compression} data ({exc})") from None
                 blob.drain()
                 blob.check(desc.digest, desc.size, what)
@@ -290,6 +289,8 @@ class OCIArchiveSource(OCILayoutSource):
         path = Path(ref.name)
         if not path.is_file():
             raise ImageError(f"{ref}: no such file")
+        import tarfile  # only here: reading local storage or a layout does not need it
+
         self._file = open(path, "rb")  # noqa: SIM115
         self._members: dict[str, tuple[int, int]] = {}
         try:

@@ -31,11 +31,11 @@ from nestbuild._image.tree import (
     FIFO,
     FILE,
     HARDLINK,
-    READ_ERRORS,
     SYMLINK,
     Entry,
     Whiteout,
     item_of,
+    read_errors,
 )
 from nestbuild.errors import LayerError
 from nestbuild.node import nodetree
@@ -208,7 +208,7 @@ class LayerWriter:
                 self._apply(item, stream, member)
             while fileobj.read(1 << 20):  # the end of archive and padding, for the proof
                 pass
-        except READ_ERRORS as exc:
+        except read_errors() as exc:
             raise LayerError(f"{self._what}: corrupt or truncated tar ({exc})") from None
         self.facts.implicit_dirs.append(sorted(self._implicit))
         self.facts.segments = self._seg + 1

@@ -13,12 +13,14 @@ both sides.
 
 from __future__ import annotations
 
-import configparser
-import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nestbuild._image.tree import BLOCK, CHAR, FIFO, SYMLINK, Entry, Item, Unsafe, Whiteout, is_utf8
+
+if TYPE_CHECKING:
+    import configparser
 
 KEEP, DROP, REFUSE = "keep", "drop", "refuse"
 
@@ -88,6 +90,8 @@ def prepare_root(data: bytes | None) -> configparser.ConfigParser | None:
     """prepare-root.conf parsed (None when missing or unreadable: the defaults apply)."""
     if data is None:
         return None
+    import configparser  # here: validate and deploy import this module, few need the parser
+
     conf = configparser.ConfigParser()
     try:
         conf.read_string(data.decode("utf-8", "replace"))
@@ -160,11 +164,13 @@ class SymlinkGuard:
             found = self._ancestor_link("/usr" + path)
             if found is not None:
                 return found
-        parent = posixpath.dirname(path)
-        while parent not in ("/", ""):
-            if parent in self._links:
+        links = self._links  # per entry of every layer: str.rfind, not posixpath.dirname
+        end = path.rfind("/")
+        while end > 0:
+            parent = path[:end]
+            if parent in links:
                 return parent
-            parent = posixpath.dirname(parent)
+            end = path.rfind("/", 0, end)
         return None
 
     def _forget_below(self, path: str, *, include_self: bool) -> None:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -200,6 +199,8 @@ def load_or_build(
                 db.close()
     if progress:
         progress(f"indexing the base ({layers} layers); this is done once per base")
+    import tempfile  # only when the index is built, not each time it is loaded
+
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".sqlite", dir=path.parent)
     os.close(fd)
     try:

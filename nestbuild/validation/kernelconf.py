@@ -7,11 +7,11 @@ writing it into the image. This module imports nothing of either, so each import
 
 from __future__ import annotations
 
-import tomllib
-
 
 def kargs_problem(data: bytes) -> str | None:
     """The problem with a kargs.d TOML file, as bootc would see it; None if it is valid."""
+    import tomllib  # here: most images carry no kargs.d file, every validate imports this
+
     try:
         doc = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
