@@ -100,6 +100,8 @@ def _registry_message(resp: Response) -> str:
     return f"HTTP {resp.status_code}" + (f" ({text})" if text else "")
 
 
+#: The longest error body read to keep its connection (a longer one closes it instead).
+ERROR_BODY_MAX = 64 << 10
 #: How much of a registry's own error text a message quotes.
 ERROR_TEXT_MAX = 300
 #: A bearer token as it may go into a header: printable ASCII, no space (RFC 6750's b64token
@@ -545,7 +547,11 @@ class RegistryClient:
         resp = self.do_request(f"/v2/{repo}/manifests/{ref}", headers={"Accept": ACCEPT},
                                repo=repo, stream=True)
         if resp.status_code == 404:
-            resp.close()
+            # Read the short error body rather than close: the connection (and its TLS session)
+            # then carries the next request. Signing reads an absent .sig tag twice, then
+            # stores it; each close cost a new connection.
+            with contextlib.suppress(TransportError):
+                resp.read_limited(ERROR_BODY_MAX)
             return None
         if resp.status_code != 200:
             raise self._fail(resp, f"reading manifest {repo}:{ref}")

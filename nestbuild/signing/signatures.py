@@ -663,9 +663,7 @@ def key_id(pub: keys.PublicKey) -> str:
     the same for the key file, its ``.pub`` and every signature it made."""
     from nestbuild.signing import keys
 
-    pem = keys.public_pem(pub).decode()
-    der = base64.b64decode("".join(ln for ln in pem.splitlines() if not ln.startswith("-")))
-    return digest_of(der)
+    return digest_of(keys.public_der(pub))
 
 
 KeySource: TypeAlias = "keys.PrivateKey | Callable[[], keys.PrivateKey]"

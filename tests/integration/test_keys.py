@@ -84,6 +84,30 @@ def test_public_pem_is_byte_identical_to_cosigns() -> None:
     assert keys.public_pem(keys.load_public_key(data, "cosign.pub")) == data
 
 
+def test_sealed_keys_open_to_the_same_key_by_either_reader() -> None:
+    """Signing reads a P-256 PKCS#8 key in cosign's layout without cryptography's full parser;
+    the key and its public DER are the parser's. A document whose point is not its scalar's,
+    or a scalar out of range, goes to the full parser, which decides as before."""
+    cosign_key = keys.load_private_key(HELLO_KEY.read_bytes(), b"hello", "sigstore-hello.key")
+    for key in (cosign_key, ec.generate_private_key(ec.SECP256R1())):
+        der = pkcs8(key)
+        opened = keys.load_private_key(seal(der, b"pw", 1 << 15), b"pw", "k.key")
+        assert opened.private_numbers() == key.private_numbers()
+        assert keys.public_der(opened) == key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        other = pkcs8(ec.generate_private_key(ec.SECP256R1()))
+        mixed = der[:-64] + other[-64:]  # our scalar, another key's point
+        try:
+            loaded = keys.load_private_key(seal(mixed, b"pw", 1 << 15), b"pw", "k.key")
+        except keyfile.KeyFileError as exc:
+            assert "is corrupt" in exc.message
+        else:  # what OpenSSL makes of it, as without the shortcut
+            assert loaded.private_numbers().private_value == key.private_numbers().private_value
+    zero = der[:36] + bytes(32) + der[68:]
+    with pytest.raises(keyfile.KeyFileError):
+        keys.load_private_key(seal(zero, b"pw", 1 << 15), b"pw", "k.key")
+
+
 # --- what nestbuild writes -----------------------------------------------------------------
 
 

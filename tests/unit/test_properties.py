@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -392,9 +393,9 @@ SEALED_DOC = {
     "cipher": {"name": "nacl/secretbox", "nonce": base64.b64encode(b"n" * 24).decode()},
     "ciphertext": base64.b64encode(b"c" * 40).decode(),
 }
-PKCS8_DER = KEY.private_bytes(keys.serialization.Encoding.DER,
-                              keys.serialization.PrivateFormat.PKCS8,
-                              keys.serialization.NoEncryption())
+PKCS8_DER = KEY.private_bytes(serialization.Encoding.DER,
+                              serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
 PEM_TYPES = st.sampled_from([*keyfile.ENCRYPTED_PEM_TYPES, "PUBLIC KEY", "PRIVATE KEY",
                              "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "RSA PRIVATE KEY",
                              "CERTIFICATE", ""])
