@@ -216,9 +216,14 @@ def resolve(tree: Tree, path: str) -> str | None:
 
 
 def exists(tree: Tree, path: str) -> bool:
-    """Whether ``path`` names something in the tree, symlinks on the way followed."""
-    resolved = resolve(tree, path)
-    return resolved is not None and (resolved == "/" or tree.get(resolved) is not None)
+    """Whether ``path`` names something in the tree: symlinks on the way are followed, the
+    last component is not (as lstat): a package's symlink is there even when it dangles in
+    the image, as ``/ostree -> sysroot/ostree`` does until a node deploys it."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not name:
+        return True
+    where = resolve(tree, parent or "/")
+    return where is not None and tree.get(posixpath.join(where, name)) is not None
 
 
 @dataclass

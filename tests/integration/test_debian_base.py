@@ -117,7 +117,8 @@ def test_signed_push_attests_the_package_list(debian_marker: str, registry: Regi
     assert main(["verify", f"docker://{dest}", "--key", str(pub), "--format", "json"]) == 0
     found = json.loads(capsys.readouterr().out)["manifests"][0]["attestations"]
     assert {a["predicate_type"] for a in found if a["verified"]} == {
-        "https://nestbuild.dev/validation/v1", packages.PREDICATE_TYPE}
+        "https://nestbuild.dev/validation/v1", packages.PREDICATE_TYPE,
+        "https://spdx.dev/Document"}
     listed = packages.package_list(open_image(debian_marker))
     assert listed is not None
     names = {p["name"] for p in listed["packages"]}
