@@ -37,7 +37,7 @@ from nestbuild._image.model import (
     digest_of,
 )
 from nestbuild._registry.access import RegistryAccess
-from nestbuild._util.background import run_all
+from nestbuild._util.background import in_thread, run_all
 from nestbuild.errors import EXIT_FAILED, ImageError, NestbuildError, UsageError
 from nestbuild.signing import dsse, keyfile, keyload
 from nestbuild.signing import payload as payload_mod
@@ -492,9 +492,10 @@ def _commit(target: Target, updates: Sequence[_Update]) -> None:
     """Blobs (payloads and configs) first, then the manifests that reference them; returns
     once a read of each tag, a settle interval after it last changed, holds our layers.
 
-    The blobs are stored in parallel: a registry answers each in a few milliseconds, and
-    these round trips are most of what is left of signing once the key is open. Several
-    tags (an index and its platforms) settle together, in one interval.
+    One signature's two blobs go one after the other on the open connection
+    (:data:`SERIAL_BLOBS`); an index's, more of them, in parallel: these round trips are most
+    of what is left of signing once the key is open. Several tags (an index and its
+    platforms) settle together, in one interval.
     """
     if not updates:
         return
@@ -514,6 +515,12 @@ def _commit(target: Target, updates: Sequence[_Update]) -> None:
     raise _unconfirmed(target, pending[0])
 
 
+#: Up to this many blobs are stored one after the other on the connection already open.
+#: Another thread needs a connection of its own: a TCP (and TLS) handshake costs as many round
+#: trips as the request it would save. One signature's payload and config go this way.
+SERIAL_BLOBS = 2
+
+
 def _store_blobs(target: Target, writes: Sequence[_Write], stored: set[str]) -> None:
     blobs = {digest_of(b): b for w in writes for b in (*w.blobs, w.config)}
     todo = {digest: blob for digest, blob in blobs.items() if digest not in stored}
@@ -522,7 +529,11 @@ def _store_blobs(target: Target, writes: Sequence[_Write], stored: set[str]) -> 
         if not target.store.has_blob(target.repo, digest):
             target.store.put_blob(target.repo, blob, digest, len(blob))
 
-    run_all(functools.partial(store, digest, blob) for digest, blob in todo.items())
+    if len(todo) <= SERIAL_BLOBS:
+        for digest, blob in todo.items():
+            store(digest, blob)
+    else:
+        run_all(functools.partial(store, digest, blob) for digest, blob in todo.items())
     stored.update(todo)
 
 
@@ -673,8 +684,15 @@ def _key(source: KeySource) -> keys.PrivateKey:
     return source() if callable(source) else source
 
 
+def _warm_keys() -> None:
+    from nestbuild.signing import keys
+
+    keys.warm_up()
+
+
 def _key_when_ready(target: Target, source: KeySource, existing: Sequence[Attachment],
-                    bodies: Sequence[bytes]) -> keys.PrivateKey:
+                    bodies: Sequence[bytes],
+                    warming: Callable[[], None] | None = None) -> keys.PrivateKey:
     """The key; while it decrypts, the store gets ready for the blobs that signing ``bodies``
     would add to the ``existing`` attachments, and cryptography is loaded, so that little is
     left once scrypt ends. A key that is already open is simply returned.
@@ -692,9 +710,7 @@ def _key_when_ready(target: Target, source: KeySource, existing: Sequence[Attach
             target.repo, [digest_of(b) for w in likely for b in (*w.blobs, w.config)])
         # Usually still scrypt's time: load what opening and signing need, so that the key
         # thread finds it done (each thread does it if it gets there first).
-        from nestbuild.signing import keys
-
-        keys.warm_up()
+        (warming or _warm_keys)()
     try:
         return _key(source)
     except BaseException:
@@ -721,6 +737,9 @@ def sign(
     if isinstance(target, str):
         target = open_target(target, registry=registry)
     reference = signed_identity(target)
+    # cryptography's ECDSA (~30 ms of imports and set-up, holding the GIL) loads in a thread
+    # while this one waits for the registry, rather than after, once scrypt is as good as done.
+    warming = in_thread(_warm_keys, "nestbuild-warm") if callable(key) else None
     with _locked(target):
         found, _ = subjects(target)
         existing = [
@@ -730,7 +749,7 @@ def sign(
         ]
         bodies = [payload_mod.make_payload(reference, subject.digest, annotations=annotations)
                   for subject in found]
-        private = _key_when_ready(target, key, existing, bodies)
+        private = _key_when_ready(target, key, existing, bodies, warming)
         from nestbuild.signing import keys  # loaded by now: the key thread needed it
 
         pub = private.public_key()
