@@ -542,7 +542,9 @@ def _write(target: Target, update: _Update, stored: set[str]) -> None:
     plan again on what the tag holds now (nothing to store if it holds our layers already).
 
     Nothing but a digest comparison lies between the read and the PUT: that read-to-stored
-    time is what other writers' settle intervals must cover.
+    time is what other writers' settle intervals must cover. The read the plan was made on
+    cannot stand in for this one: in ``sign`` it comes before the key has opened (scrypt),
+    and every writer's settle interval would have to cover that wait as well.
     """
     for _ in range(MAX_WRITES):
         start = time.monotonic()
