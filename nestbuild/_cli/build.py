@@ -87,14 +87,17 @@ class _Progress:
     """The current build step and elapsed time on a terminal; plain step lines otherwise."""
 
     def __init__(self, verbose: bool, quiet: bool) -> None:
-        from rich.console import Console
-
-        self.err = Console(stderr=True, highlight=False)
         self.verbose, self.quiet = verbose, quiet
         self.start = time.monotonic()
         self.step = "starting"
         self.status: Any = None
-        if not quiet and self.err.is_terminal and not verbose:
+        self.err: Any = None
+        if quiet:
+            return  # nothing to show: rich is not even loaded
+        from rich.console import Console
+
+        self.err = Console(stderr=True, highlight=False)
+        if self.err.is_terminal and not verbose:
             self.status = self.err.status(self._text())
             self.status.start()
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nestbuild._image import ImageSource, open_image
 from nestbuild._image.model import ANNOTATION_BASE_DIGEST
@@ -40,8 +40,11 @@ from nestbuild.building.engine import (
     ResolvedBase,
 )
 from nestbuild.errors import ImageError, NestbuildError, UsageError
-from nestbuild.validation.policy import Policy
-from nestbuild.validation.report import Report
+
+if TYPE_CHECKING:
+    # validation's catalogue loads every lint: a build that does not validate never needs it
+    from nestbuild.validation.policy import Policy
+    from nestbuild.validation.report import Report
 
 
 @dataclass
