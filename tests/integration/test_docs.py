@@ -45,14 +45,6 @@ RUN_LANGS = {"sh", "shell", "bash", "console"}
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.+?)\s*-->")
 FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)")
 
-#: Blocks of documents another change owns, which cannot take a marker yet:
-#: (document, start of the command) -> why it does not run here.
-SKIPPED_ELSEWHERE: dict[tuple[str, str], str] = {
-    ("docs/nodes.md", "nestbuild rebase registry.example.com/nodes/base:v2 --host"):
-        "needs a real bootc node over ssh",
-}
-
-
 @dataclass
 class Command:
     line: int
@@ -130,11 +122,6 @@ def parse(path: Path) -> list[Block]:
             i = end
             continue
         i += 1
-    for block in blocks:
-        for cmd in block.commands:
-            for (name, start), why in SKIPPED_ELSEWHERE.items():
-                if name == doc and cmd.text.startswith(start) and block.skip is None:
-                    block.skip = why
     return blocks
 
 
