@@ -72,6 +72,15 @@ def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def _command(argv: Sequence[str | Path],
+             env: Mapping[str, str] | None) -> tuple[list[str], dict[str, str] | None]:
+    """The argument list with the tool found on PATH, and the environment with ``env`` laid
+    over this process's (None: inherited as it is)."""
+    args = [str(a) for a in argv]
+    args[0] = which(args[0])
+    return args, None if env is None else {**os.environ, **env}
+
+
 def run(
     argv: Sequence[str | Path],
     *,
@@ -89,12 +98,7 @@ def run(
     input or output holds a secret (a docker-credential program's answer), so no error quotes
     either.
     """
-    args = [str(a) for a in argv]
-    args[0] = which(args[0])
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
+    args, full_env = _command(argv, env)
     try:
         proc = subprocess.run(
             args,
@@ -143,12 +147,7 @@ def popen(
     stderr: int | None = subprocess.STDOUT,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running command whose output the caller streams (build logs, servers)."""
-    args = [str(a) for a in argv]
-    args[0] = which(args[0])
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
+    args, full_env = _command(argv, env)
     try:
         return subprocess.Popen(args, env=full_env, cwd=cwd, stdin=stdin, stdout=stdout,
                                 stderr=stderr)
