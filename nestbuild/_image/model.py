@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from nestbuild._util.userfile import json_document
 from nestbuild.errors import ImageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -143,15 +143,7 @@ class ImageConfig:
 
 def load_json_object(raw: bytes, what: str) -> dict[str, Any]:
     """A JSON object from untrusted bytes; anything else is an ImageError naming ``what``."""
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ImageError(f"{what}: not valid JSON ({exc})") from None
-    except UnicodeDecodeError:
-        raise ImageError(f"{what}: not valid JSON (not UTF-8)") from None
-    except (ValueError, RecursionError):  # a number past the digit limit; deep nesting
-        raise ImageError(f"{what}: not valid JSON (a number too long or nesting too deep)") \
-            from None
+    obj = json_document(raw, what, ImageError, lines=False)
     if not isinstance(obj, dict):
         raise ImageError(f"{what}: not a JSON object")
     return obj

@@ -52,19 +52,29 @@ def decode(data: bytes, source: str, error: type[NestbuildError]) -> str:
         raise error(f"{source}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
-def json_object(data: bytes, source: str, error: type[NestbuildError],
-                kind: str) -> dict[str, Any]:
-    """A JSON document that must be an object; every problem is one ``error`` line naming
-    ``source`` (and the line, where the parser knows it). ``kind`` names what the file is."""
+def json_document(data: bytes, source: str, error: type[NestbuildError], *,
+                  lines: bool = True) -> Any:
+    """Any JSON document from untrusted bytes; every problem is one ``error`` line naming
+    ``source``: for a file a person edits (``lines``), with the line of a syntax error; for a
+    blob, with the parser's own words."""
     try:
-        doc = json.loads(data)
+        return json.loads(data)
     except json.JSONDecodeError as exc:
-        raise error(f"{source}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if lines:
+            raise error(f"{source}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise error(f"{source}: not valid JSON ({exc})") from None
     except UnicodeDecodeError:
         raise error(f"{source}: not valid JSON (not UTF-8)") from None
     except (ValueError, RecursionError):  # a number past the digit limit; deep nesting
         raise error(f"{source}: not valid JSON (a number too long or nesting too deep)") \
             from None
+
+
+def json_object(data: bytes, source: str, error: type[NestbuildError],
+                kind: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (:func:`json_document`); ``kind`` names what
+    the file is."""
+    doc = json_document(data, source, error)
     if not isinstance(doc, dict):
         raise error(f"{source}: {kind} must hold a JSON object")
     return doc
