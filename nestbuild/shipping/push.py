@@ -190,8 +190,12 @@ def push(options: PushOptions) -> PushResult:
         from nestbuild._image import open_image
         from nestbuild.validation import packages, sbom
 
-        package_list = packages.package_list(open_image(options.image))
+        # the package list is the SBOM's database, read once: the layer holding it can be a
+        # base layer of hundreds of megabytes
         bom = _sbom(options)
+        package_list = None if bom is None or bom.database is None else packages.predicate(
+            bom.database.format, (i.package for i in bom.database.packages),
+            str(open_image(options.image).ref))
         key = loading()  # a wrong passphrase or a corrupt key stops here, before any upload
 
         def sign_then_tag(digest: str, tags: list[str]) -> None:

@@ -163,7 +163,14 @@ def entries(packages: Iterable[Package]) -> list[dict[str, str]]:
 def package_list(src: ImageSource) -> dict[str, Any] | None:
     """The attestation predicate, or None when the image has no package database."""
     db = read_packages(src)
-    if db is None:
-        return None
-    return {"format": "dpkg" if db.kind == "deb" else "rpm", "image": str(src.ref),
-            "count": len(db.packages), "packages": entries(db.packages)}
+    return None if db is None else predicate(db.format, db.packages, str(src.ref))
+
+
+def predicate(format: Format, packages: Iterable[Package], image: str) -> dict[str, Any]:
+    """The attestation predicate of a database already read (as push reads it for the SBOM):
+    its packages in the order :func:`parse` gives them."""
+    listed = list(packages)
+    if format != "dpkg":
+        listed.sort(key=lambda p: (p.name, p.arch, p.evr))
+    return {"format": "dpkg" if format == "dpkg" else "rpm", "image": image,
+            "count": len(listed), "packages": entries(listed)}

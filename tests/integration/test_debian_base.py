@@ -123,3 +123,8 @@ def test_signed_push_attests_the_package_list(debian_marker: str, registry: Regi
     assert listed is not None
     names = {p["name"] for p in listed["packages"]}
     assert {"systemd", "containerd", "ostree"} <= names
+    # what push attested is that list, in dpkg's order
+    assert main(["download", "attestation", f"docker://{dest}", "--predicate-type",
+                 packages.PREDICATE_TYPE]) == 0
+    [statement] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert statement["predicate"] == listed

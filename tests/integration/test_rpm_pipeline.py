@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from nestbuild._cli.main import main
+from nestbuild._image import open_image
 from nestbuild._registry.client import RegistryClient
 from nestbuild.building import rpmbase
 from nestbuild.node import deploy
 from nestbuild.signing import keys
+from nestbuild.validation import packages
 from tests.fixtures.registry import Registry
 
 pytestmark = [pytest.mark.ostree]
@@ -75,6 +77,12 @@ def test_chunked_rpm_base_push_deploy_update_rollback(
     assert main(["tree", f"docker://{repo}:v1", "--format", "json", *access]) == 0
     tree = json.dumps(json.loads(capsys.readouterr().out))
     assert "https://spdx.dev/Document" in tree
+    # the attested package list is what the database of the image says, package by package
+    assert main(["download", "attestation", f"docker://{repo}:v1", "--predicate-type",
+                 packages.PREDICATE_TYPE, *access]) == 0
+    [statement] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert statement["predicate"] == packages.package_list(
+        open_image(f"containers-storage:{rpm_bases[1].tag}"))
 
     rebase = ["rebase", "--via", "ostree", "--sysroot", str(node), "--trust", str(trust),
               "--format", "json", *access]
