@@ -122,6 +122,12 @@ _API: dict[str, str] = {
     "changelog": "nestbuild.node.changelog",
     "Changelog": "nestbuild.node.changelog",
     "rebase_changelog": "nestbuild.node.changelog",
+    "upgrade": "nestbuild.node.upgrade",
+    "UpgradeOptions": "nestbuild.node.upgrade",
+    "UpgradeResult": "nestbuild.node.upgrade",
+    "HealthSpec": "nestbuild.node.health",
+    "HealthReport": "nestbuild.node.health",
+    # rollout
 }
 
 __all__ = ["__version__", *_API]
@@ -155,6 +161,8 @@ if TYPE_CHECKING:
     from nestbuild.node.changelog import changelog as changelog
     from nestbuild.node.changelog import rebase_changelog as rebase_changelog
     from nestbuild.node.checks import RebaseRefused as RebaseRefused
+    from nestbuild.node.health import HealthReport as HealthReport
+    from nestbuild.node.health import HealthSpec as HealthSpec
     from nestbuild.node.rebase import RebaseOptions as RebaseOptions
     from nestbuild.node.rebase import rebase as rebase
     from nestbuild.node.status import NodeStatus as NodeStatus
@@ -164,6 +172,9 @@ if TYPE_CHECKING:
     from nestbuild.node.tool import ToolRebase as ToolRebase
     from nestbuild.node.trust import TrustSettings as TrustSettings
     from nestbuild.node.trust import write_trust as write_trust
+    from nestbuild.node.upgrade import UpgradeOptions as UpgradeOptions
+    from nestbuild.node.upgrade import UpgradeResult as UpgradeResult
+    from nestbuild.node.upgrade import upgrade as upgrade
     from nestbuild.shipping.credentials import StoredLogin as StoredLogin
     from nestbuild.shipping.credentials import login as login
     from nestbuild.shipping.credentials import logout as logout

@@ -113,3 +113,21 @@ def write_output(path: Path, text: str, option: str) -> None:
         write_atomic(path, text.encode(), 0o666 & ~umask)
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot write it ({exc.strerror})") from None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``1h`` as seconds (argparse type)."""
+    value = text.strip()
+    unit = _UNITS.get(value[-1:])
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a duration such as 90, 30s, 5m or 1h") from None
+    if seconds < 0 or seconds != seconds:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration is not negative")
+    return seconds

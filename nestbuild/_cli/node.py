@@ -10,15 +10,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nestbuild._cli.common import HelpFormatter, printable, registry_access, registry_flags
-from nestbuild.errors import EXIT_OK
+from nestbuild._cli.common import (
+    HelpFormatter,
+    duration,
+    printable,
+    registry_access,
+    registry_flags,
+)
+from nestbuild.errors import EXIT_OK, UsageError
 
 
 def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
-    p = command("node", "node trust files, deployment status and rollback",
+    p = command("node", "node trust files, deployment status, rollback and upgrade",
                 "What a node needs and does: trust files for verified pulls, and (for an\n"
-                "ostree sysroot) its deployments and rollback.",
-                epilog="exit codes: 0 done, 2 unusable input or a failing tool\n")
+                "ostree sysroot) its deployments and rollback, and the health-gated upgrade\n"
+                "step a rollout runs on each node.",
+                epilog="exit codes: 0 done, 1 unhealthy or rolled back (upgrade), 2 unusable\n"
+                       "input or a failing tool\n")
     node_sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
 
     t = node_sub.add_parser(
@@ -80,6 +88,58 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     r.add_argument("--os", default="nestos", metavar="NAME", help="stateroot (default nestos)")
     r.add_argument("--format", choices=("table", "json"), default="table")
     r.set_defaults(func=cmd_rollback)
+
+    u = node_sub.add_parser(
+        "upgrade", help="move this node onto IMAGE@DIGEST, health-gated (the rollout's step)",
+        formatter_class=HelpFormatter,
+        description="The per-node step of `nestbuild rollout`, usable by hand: take the next\n"
+                    "step of moving this node onto IMAGE (by digest) and say where it stands.\n"
+                    "Safe to run again at any point: not on the target -> stage it and reboot\n"
+                    "(--reboot none: say a reboot is required); booted the target -> the health\n"
+                    "gate (the booted digest is the target, systemd is not degraded, every\n"
+                    "--health-cmd and --health-url passes within --health-timeout); unhealthy\n"
+                    "with --rollback-on-failure -> roll back and check the previous digest runs\n"
+                    "again. A target rolled back on this node is not taken again by a later run.\n"
+                    "Health commands run with sh -c and NESTBUILD_ROOT set to the node's root\n"
+                    "(/ on a node, the deployed tree of an ostree sysroot).\n\n"
+                    "For --via ostree the sysroot's default deployment counts as booted;\n"
+                    "--boot boots it under qemu and gates on that boot (the image's marker is\n"
+                    "then NESTBUILD_BOOT_MARKER).\n\n"
+                    "examples:\n"
+                    "  nestbuild node upgrade registry.example.com/nodes/base@sha256:... \\\n"
+                    "      --health-cmd 'systemctl is-active kubelet' --rollback-on-failure\n"
+                    "  nestbuild node upgrade reg.example.com/nodes/base@sha256:... \\\n"
+                    "      --via ostree --sysroot ./sysroot --check",
+        epilog="exit codes: 0 healthy on the target (or staged: a reboot is required or under\n"
+               "way; or checked), 1 unhealthy or rolled back, 2 unusable input, a refused\n"
+               "image or a failing tool\n")
+    u.add_argument("image", metavar="IMAGE", help="[docker://]REGISTRY/REPO@sha256:DIGEST")
+    u.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"), default="bootc")
+    u.add_argument("--sysroot", type=absolute, metavar="DIR",
+                   help="the ostree sysroot for --via ostree")
+    u.add_argument("--os", default="nestos", metavar="NAME",
+                   help="stateroot for --via ostree (default nestos)")
+    u.add_argument("--trust", type=absolute, metavar="DIR",
+                   help="trust files for --via ostree (see `nestbuild rebase --trust`)")
+    u.add_argument("--health-cmd", action="append", default=[], metavar="CMD",
+                   help="a command that must exit 0 (repeatable)")
+    u.add_argument("--health-url", action="append", default=[], metavar="URL",
+                   help="a URL that must answer 2xx (repeatable)")
+    u.add_argument("--health-timeout", type=duration, default=300.0, metavar="DURATION",
+                   help="time for every check to pass (default 5m)")
+    u.add_argument("--rollback-on-failure", action="store_true",
+                   help="roll back when the health gate fails")
+    u.add_argument("--reboot", choices=("self", "none"), default="self",
+                   help="self: reboot the node (default); none: report that a reboot is "
+                        "required and let the caller reboot")
+    u.add_argument("--check", action="store_true",
+                   help="read the node and run the update's checks only; change nothing")
+    u.add_argument("--boot", action="store_true",
+                   help="--via ostree: boot the sysroot under qemu and gate on that boot")
+    u.add_argument("--format", choices=("table", "json"), default="table")
+    u.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    registry_flags(u)
+    u.set_defaults(func=cmd_upgrade)
 
     b = command(
         "rebase", "move a node onto an image: by digest, signature-enforced, checked first",
@@ -189,6 +249,22 @@ def cmd_rebase(args: argparse.Namespace) -> int:
             print(printable(line))
     _show(result, args.format)
     return EXIT_OK
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from nestbuild import HealthSpec, UpgradeOptions, upgrade
+
+    if args.via == "ostree" and args.sysroot is None:
+        raise UsageError("--via ostree needs --sysroot DIR")
+    quiet = args.quiet or args.format == "json"
+    options = UpgradeOptions(
+        args.image, via=args.via, sysroot=args.sysroot, osname=args.os, trust=args.trust,
+        health=HealthSpec(tuple(args.health_cmd), tuple(args.health_url), args.health_timeout),
+        rollback_on_failure=args.rollback_on_failure, reboot=args.reboot,
+        check_only=args.check, boot=args.boot, access=registry_access(args))
+    result = upgrade(options, progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
+    _show(result, args.format)
+    return result.exit_code
 
 
 def _dry_run_changelog(options: Any, result: Any, quiet: bool) -> Any:

@@ -28,7 +28,8 @@ SCHEMAS = REPO / "docs" / "reference" / "schemas"
 #: (any command that reads a registry). Every command can exit 0 and 2 (bad arguments at least).
 CAN_FAIL = {
     "validate", "diff", "sign", "verify", "attest", "tree", "download attestation", "push",
-    "pull", "inspect", "build", "logout", "rebase", "boot", "sbom", "changelog",
+    "pull", "inspect", "build", "logout", "rebase", "boot", "sbom", "changelog", "node upgrade",
+    "rollout",
 }
 
 
