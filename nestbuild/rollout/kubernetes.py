@@ -5,7 +5,8 @@ per selected node, ``concurrency`` nodes at a time, each Job cordoning (or drain
 and running the upgrade container with the host's root at ``/host``. nestbuild's Plans run the
 same per-node step as every other engine, on the host:
 
-    chroot /host nestbuild node upgrade REPO@DIGEST --via V --rollback-on-failure --reboot self
+    chroot /host nestbuild node upgrade --via=V --rollback-on-failure --reboot=self
+        [--health-cmd=CMD]... [--health-url=URL]... [--health-timeout=Ns] -- REPO@DIGEST
 
 so nestbuild must be installed in the node image. The step reboots the node itself; the Job's
 pod dies with the reboot and the Job starts it again, and the second run (the step is
@@ -19,9 +20,9 @@ keep their workloads) is ``kubectl wait`` until every canary node carries that l
 version: a canary that fails its health gate never gets the label, and the rest never starts.
 
 Nothing passes through a shell: the step's arguments are an argv list, so a health command
-reaches ``nestbuild node upgrade`` as one argument whatever it contains. The one rewriting
-Kubernetes does to ``command``/``args`` is ``$(VAR)`` expansion, so every ``$`` is written
-``$$`` (Kubernetes' escape).
+reaches ``nestbuild node upgrade`` as one argument whatever it contains (``--health-cmd=CMD``,
+so one that starts with ``-`` is still a value). The one rewriting Kubernetes does to
+``command`` and ``args`` is ``$(VAR)`` expansion, so every ``$`` is written ``$$``.
 """
 
 from __future__ import annotations
@@ -205,16 +206,15 @@ def plans(spec: KubePlanSpec) -> list[dict[str, Any]]:
 
 def step_argv(spec: KubePlanSpec, target: str) -> list[str]:
     """The per-node step as the host runs it (after ``chroot /host``), before Kubernetes'
-    ``$`` escaping."""
-    argv = ["nestbuild", "node", "upgrade", target, "--via", spec.via,
-            "--rollback-on-failure", "--reboot", "self"]
-    for cmd in spec.health_cmds:
-        argv += ["--health-cmd", cmd]
-    for url in spec.health_urls:
-        argv += ["--health-url", url]
+    ``$`` escaping. User text goes in ``--option=VALUE`` form, so a health command that starts
+    with ``-`` is that option's value, not an option of its own."""
+    argv = ["nestbuild", "node", "upgrade", f"--via={spec.via}", "--rollback-on-failure",
+            "--reboot=self"]
+    argv += [f"--health-cmd={cmd}" for cmd in spec.health_cmds]
+    argv += [f"--health-url={url}" for url in spec.health_urls]
     if spec.health_timeout is not None:
-        argv += ["--health-timeout", _go_duration(spec.health_timeout)]
-    return argv
+        argv.append(f"--health-timeout={_go_duration(spec.health_timeout)}")
+    return [*argv, "--", target]
 
 
 def dump_plans(items: Sequence[Mapping[str, Any]]) -> str:

@@ -133,8 +133,8 @@ def test_plans_roll_the_target_by_digest_with_the_step_on_the_host() -> None:
         up = spec["upgrade"]
         assert up["image"] == "docker.io/library/busybox:1.36"
         assert up["command"] == ["chroot", "/host"]
-        assert up["args"] == ["nestbuild", "node", "upgrade", IMAGE, "--via", "bootc",
-                              "--rollback-on-failure", "--reboot", "self"]
+        assert up["args"] == ["nestbuild", "node", "upgrade", "--via=bootc",
+                              "--rollback-on-failure", "--reboot=self", "--", IMAGE]
     assert [p["metadata"]["name"] for p in (canary, fleet)] == ["nestbuild-canary",
                                                                 "nestbuild-fleet"]
 
@@ -175,11 +175,9 @@ def test_health_commands_reach_the_step_unchanged() -> None:
                "a\nb", "--health-url", "test \"$(cat /etc/role)\" = edge")
     spec = KubePlanSpec(image=IMAGE, health_cmds=hostile, health_urls=("http://h/$(HOME)",),
                         health_timeout=59.5)
-    want = ["nestbuild", "node", "upgrade", IMAGE, "--via", "bootc", "--rollback-on-failure",
-            "--reboot", "self"]
-    for cmd in hostile:
-        want += ["--health-cmd", cmd]
-    want += ["--health-url", "http://h/$(HOME)", "--health-timeout", "60s"]
+    want = ["nestbuild", "node", "upgrade", "--via=bootc", "--rollback-on-failure",
+            "--reboot=self", *[f"--health-cmd={cmd}" for cmd in hostile],
+            "--health-url=http://h/$(HOME)", "--health-timeout=60s", "--", IMAGE]
     assert kube.step_argv(spec, IMAGE) == want
     for plan in plans(spec):
         args = plan["spec"]["upgrade"]["args"]
@@ -306,3 +304,22 @@ def test_writing_into_a_missing_directory_is_a_usage_error(tmp_path: Path) -> No
     with pytest.raises(UsageError, match="no such directory"):
         write_plans(plans(SPECS["default"]), tmp_path / "nope" / "plans.yaml")
     assert not (tmp_path / "nope").exists()
+
+
+def test_the_step_is_what_nestbuild_node_upgrade_accepts() -> None:
+    """The Plan's arguments, after chroot and Kubernetes' expansion, parse as the real command
+    line, to the values asked for."""
+    from nestbuild._cli.main import build_parser
+
+    spec = KubePlanSpec(image=IMAGE, via="rpm-ostree",
+                        health_cmds=("a $(B)", "--x", "--reboot=none", "-h"),
+                        health_urls=("http://127.0.0.1:8080/ok",), health_timeout=90)
+    for plan in plans(spec):
+        upgrade = plan["spec"]["upgrade"]
+        argv = [_expand(a, {"B": "expanded"}) for a in upgrade["args"]]
+        assert upgrade["command"] == ["chroot", "/host"] and argv[0] == "nestbuild"
+        args = build_parser().parse_args(argv[1:])
+        assert (args.command, args.image, args.via) == ("node", IMAGE, "rpm-ostree")
+        assert args.health_cmd == ["a $(B)", "--x", "--reboot=none", "-h"]
+        assert args.health_url == ["http://127.0.0.1:8080/ok"]
+        assert (args.health_timeout, args.rollback_on_failure, args.reboot) == (90, True, "self")
