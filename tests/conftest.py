@@ -26,6 +26,8 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.chroot",
     "tests.fixtures.rpmbase",
+    "tests.fixtures.sshd",
+    "tests.fixtures.fleet",
 ]
 
 TESTS = Path(__file__).resolve().parent
@@ -47,6 +49,8 @@ COMPONENT_FIXTURES: dict[str, tuple[str, ...]] = {
     "rpm_bases": ("buildah", "skopeo"),
     "trixie_root": ("mmdebstrap", "skopeo"),
     "trixie": ("mmdebstrap", "skopeo"),
+    "sshd": ("sshd",),
+    "make_fleet": ("ostree",),
 }
 
 

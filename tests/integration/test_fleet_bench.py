@@ -1,0 +1,98 @@
+"""The fleet test bench works for real: Ansible reaches every node over the real sshd and
+runs the node's nestbuild there; a rebase over ssh moves exactly the node it ran on; a node
+refuses an image signed with a key it does not trust."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+
+import pytest
+
+from tests.fixtures.fleet import Fleet, FleetImages, MakeFleet
+
+#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
+pytestmark = [pytest.mark.ansible]
+
+
+def _ansible_status(fleet: Fleet, forks: int) -> dict[str, str]:
+    """Every node's default digest, as its own ``nestbuild node status`` reports it through
+    Ansible (each host's result read from the JSON file ``--tree`` writes)."""
+    cmd = ("{{ nestbuild_command }} node status --sysroot {{ nestbuild_sysroot }} "
+           "--format json")
+    tree = fleet.ansible_dir / "tree"
+    r = subprocess.run(
+        ["ansible", "-i", str(fleet.inventory), "all", "-f", str(forks), "--tree", str(tree),
+         "-m", "ansible.builtin.command", "-a", cmd],
+        env=fleet.ansible_env(), capture_output=True, text=True, timeout=600,
+        stdin=subprocess.DEVNULL, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    found: dict[str, str] = {}
+    for path in sorted(tree.iterdir()):
+        result = json.loads(path.read_text())
+        assert result["rc"] == 0, (path.name, result)
+        [default] = [d for d in json.loads(result["stdout"]) if d["default"]]
+        found[path.name] = default["digest"]
+    return found
+
+
+def test_ansible_reaches_fifty_nodes_over_ssh(make_fleet: MakeFleet,
+                                              fleet_images: FleetImages) -> None:
+    began = time.monotonic()
+    fleet = make_fleet(50)
+    made = time.monotonic() - began
+    began = time.monotonic()
+    found = _ansible_status(fleet, forks=10)
+    ran = time.monotonic() - began
+    print(f"\nfleet of 50: made in {made:.1f} s, ansible status in {ran:.1f} s")
+    assert found == dict.fromkeys(fleet.nodes, fleet_images.digest("v1"))
+    assert list(fleet.nodes) == [f"node{i:02d}" for i in range(1, 51)]
+    # every sysroot is its own: the copies are separate trees
+    assert len({p.stat().st_ino for p in fleet.nodes.values()}) == 50
+
+
+def test_rebase_over_ssh_moves_that_node_only(make_fleet: MakeFleet,
+                                              fleet_images: FleetImages) -> None:
+    fleet = make_fleet(3)
+    target = fleet.nodes["node02"]
+    v = fleet.host_vars("node02")
+    # the registry through the environment only (no access flags), as nestbuild_env says
+    env = json.loads(v["nestbuild_env"])
+    r = fleet.ssh("node02", v["nestbuild_command"], "rebase", fleet_images.refs["v2"],
+                  "--via", v["nestbuild_via"], "--sysroot", v["nestbuild_sysroot"],
+                  "--trust", v["nestbuild_trust"], "-q", env=env)
+    assert r.returncode == 0, r.stderr
+    assert fleet.digests() == {"node01": fleet_images.digest("v1"),
+                               "node02": fleet_images.digest("v2"),
+                               "node03": fleet_images.digest("v1")}
+    assert str(target) == v["nestbuild_sysroot"]
+    # the copy's update kept the old deployment for rollback, and its /etc is v2's
+    r = fleet.ssh("node02", v["nestbuild_command"], "node", "status", "--sysroot",
+                  v["nestbuild_sysroot"], "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [(d["digest"], d["default"], d["rollback"]) for d in doc] == [
+        (fleet_images.digest("v2"), True, False), (fleet_images.digest("v1"), False, True)]
+    # the node's own /etc trust (baked into the image) verifies the next update: no --trust
+    r = fleet.ssh("node02", v["nestbuild_command"], "rebase", fleet_images.refs["bad"],
+                  "--via", "ostree", "--sysroot", v["nestbuild_sysroot"], "-q",
+                  *shlex.split(v["nestbuild_registry_args"]))
+    assert r.returncode == 0, r.stderr
+    assert fleet.default_digest("node02") == fleet_images.digest("bad")
+
+
+def test_a_node_refuses_the_foreign_key_image(make_fleet: MakeFleet,
+                                             fleet_images: FleetImages) -> None:
+    fleet = make_fleet(2)
+    v = fleet.host_vars("node01")
+    before = fleet.digests()
+    for trust in (["--trust", v["nestbuild_trust"]], []):  # the trust dir, the node's /etc
+        r = fleet.ssh("node01", v["nestbuild_command"], "rebase", fleet_images.refs["foreign"],
+                      "--via", "ostree", "--sysroot", v["nestbuild_sysroot"], *trust, "-q",
+                      *shlex.split(v["nestbuild_registry_args"]))
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "signature check failed" in r.stderr and "not made by" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert fleet.digests() == before == dict.fromkeys(fleet.nodes, fleet_images.digest("v1"))
