@@ -128,6 +128,14 @@ _API: dict[str, str] = {
     "HealthSpec": "nestbuild.node.health",
     "HealthReport": "nestbuild.node.health",
     # rollout
+    "rollout": "nestbuild.fleet.rollout",
+    "rollout_status": "nestbuild.fleet.rollout",
+    "RolloutOptions": "nestbuild.fleet.rollout",
+    "RolloutReport": "nestbuild.fleet.rollout",
+    "RolloutRefused": "nestbuild.fleet.rollout",
+    "Batching": "nestbuild.fleet.plan",
+    "load_inventory": "nestbuild.fleet.inventory",
+    "Inventory": "nestbuild.fleet.inventory",
 }
 
 __all__ = ["__version__", *_API]
@@ -150,6 +158,14 @@ if TYPE_CHECKING:
     from nestbuild.building.engine import BuildOptions as BuildOptions
     from nestbuild.building.scaffold import init_project as init_project
     from nestbuild.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, NestbuildError, UsageError
+    from nestbuild.fleet.inventory import Inventory as Inventory
+    from nestbuild.fleet.inventory import load_inventory as load_inventory
+    from nestbuild.fleet.plan import Batching as Batching
+    from nestbuild.fleet.rollout import RolloutOptions as RolloutOptions
+    from nestbuild.fleet.rollout import RolloutRefused as RolloutRefused
+    from nestbuild.fleet.rollout import RolloutReport as RolloutReport
+    from nestbuild.fleet.rollout import rollout as rollout
+    from nestbuild.fleet.rollout import rollout_status as rollout_status
     from nestbuild.node.backend import Backend as Backend
     from nestbuild.node.backend import backend_for as backend_for
     from nestbuild.node.backend import node_status as node_status

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "nestbuild._cli.boot",      # boot a deployed sysroot under qemu
     "nestbuild._cli.changelog",  # what a reboot from one image into another changes
     "nestbuild._cli.sbom",      # an image's SBOM (SPDX)
+    "nestbuild._cli.rollout",   # a fleet onto an image, in waves
 )
 
 #: Which module registers each top-level command. ``nestbuild sign ...`` then imports and
@@ -38,6 +39,7 @@ COMMAND_OWNERS = {
     "boot": "nestbuild._cli.boot",
     "changelog": "nestbuild._cli.changelog",
     "sbom": "nestbuild._cli.sbom",
+    "rollout": "nestbuild._cli.rollout",
 }
 
 #: The commands that open a private key, with the option naming it. ``nestbuild`` starts
