@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from nestbuild.errors import NestbuildError, UsageError
-from nestbuild.rollout.kubernetes import KubePlanSpec, apply_plans, plans
+from nestbuild.fleet.kubernetes import KubePlanSpec, apply_plans, plans
 
 TOKEN = "s3cr3t-token-never-printed"
 PREFIX = "/apis/upgrade.cattle.io/v1/namespaces/"

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from nestbuild.errors import UsageError
-from nestbuild.rollout import kubernetes as kube
-from nestbuild.rollout.kubernetes import KubePlanSpec, concurrency, plans, write_plans
+from nestbuild.fleet import kubernetes as kube
+from nestbuild.fleet.kubernetes import KubePlanSpec, concurrency, plans, write_plans
 
 CRD = (Path(__file__).parents[1] / "data/reference/system-upgrade-controller"
        / "upgrade.cattle.io_plans.yaml")
