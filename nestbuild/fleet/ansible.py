@@ -41,6 +41,7 @@ def run_playbook(workdir: Path, playbook: str, inventory: Path, extra_vars: dict
                  env: dict[str, str] | None = None) -> int:
     """Run ``playbook`` (``rollout.yml`` or ``preflight.yml``) on ``hosts``; every event goes
     to ``on_event`` as it comes; the exit status of ansible-playbook."""
+    workdir = workdir.resolve()  # ansible-playbook runs in it: a relative path would not hold
     write_playbook(workdir, extra_vars)
     limit = workdir / "hosts.limit"
     limit.write_text("".join(f"{h}\n" for h in hosts))
