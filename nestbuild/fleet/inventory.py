@@ -30,6 +30,12 @@ VIAS = ("bootc", "rpm-ostree", "ostree")
 #: A value that is no Python literal: kept as the string it is, without parsing.
 _PLAIN = re.compile(r"[A-Za-z_/][\w./:@-]*")
 _RANGE = re.compile(r"\[([0-9a-zA-Z]+):([0-9a-zA-Z]+)(?::([0-9]+))?\]")
+#: ``host:port`` (the colons of a range do not count; ``h1:abc`` is a host name).
+_PORT = re.compile(r"(.+):([0-9]+)")
+#: One term of a host pattern: anything but whitespace, ``:`` and brackets, or a bracketed
+#: part (``web[1:3]``).
+_TERMS = re.compile(r"(?:[^\s:\[\]]|\[[^\]]*\])+")
+_SUBSCRIPT = re.compile(r"(.+)\[(?:(-?[0-9]+)|([0-9]+)[:-]([0-9]*))\]")
 
 
 class InventoryError(NestbuildError):
@@ -42,6 +48,8 @@ class Group:
     hosts: list[str] = field(default_factory=list)
     vars: dict[str, Any] = field(default_factory=dict)
     children: list[str] = field(default_factory=list)
+    #: From group_vars/: above every group's inventory variables, as in Ansible.
+    file_vars: dict[str, Any] = field(default_factory=dict)
     #: ``hosts`` as a set: a fleet of thousands is added host by host.
     known: set[str] = field(default_factory=set)
 
@@ -74,6 +82,8 @@ class Inventory:
     #: Every host in the order Ansible sees them (first appearance in the file).
     order: list[str]
     host_vars: dict[str, dict[str, Any]]
+    #: From host_vars/: above the host's inventory variables.
+    host_file_vars: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def nodes(self, limit: str | None = None) -> list[Node]:
         """The hosts ``limit`` (an Ansible host pattern) selects, in inventory order."""
@@ -88,9 +98,13 @@ class Inventory:
         for name in names:
             groups = self._groups_of(direct.get(name, []), parents)
             merged: dict[str, Any] = {}
-            for g in sorted(groups, key=lambda g: (depth[g], g)):
+            ranked = sorted(groups, key=lambda g: (depth[g], g))
+            for g in ranked:
                 merged.update(self.groups[g].vars)
+            for g in ranked:
+                merged.update(self.groups[g].file_vars)
             merged.update(self.host_vars.get(name, {}))
+            merged.update(self.host_file_vars.get(name, {}))
             via = str(merged.get("nestbuild_via", "bootc"))
             if via not in VIAS:
                 raise InventoryError(f"{self.path}: host {name}: nestbuild_via={via}: expected "
@@ -105,8 +119,12 @@ class Inventory:
 
     def select(self, pattern: str) -> list[str]:
         """Ansible's host pattern: ``a:b`` (or ``a,b``) union, ``&a`` intersection, ``!a``
-        exclusion, ``*`` wildcards, group or host names."""
-        terms = [t for t in re.split(r"[:,]", pattern.strip()) if t]
+        exclusion, ``*`` wildcards, ``~regex``, ``g[0]``/``g[1:3]`` subscripts, group or
+        host names."""
+        text = pattern.strip()
+        # as Ansible splits: on commas if any, else on the colons outside brackets
+        terms = [t.strip() for t in (text.split(",") if "," in text else _TERMS.findall(text))
+                 if t.strip()]
         if not terms:
             raise InventoryError(f"--limit {pattern!r}: an empty host pattern")
         chosen: set[str] = set()
@@ -121,25 +139,35 @@ class Inventory:
         return [h for h in self.order if h in chosen]
 
     def _match(self, term: str) -> set[str]:
-        if term in self.groups:
-            return set(self._members(term))
-        if term in self.host_vars or term in self._all_hosts():
-            return {term}
-        wild = any(c in term for c in "*?[")
-        if wild:
-            found: set[str] = set()
-            for g in self.groups:
-                if fnmatch.fnmatchcase(g, term):
-                    found |= set(self._members(g))
-            found |= {h for h in self.order if fnmatch.fnmatchcase(h, term)}
-            return found
-        if term.startswith("~"):
-            rx = re.compile(term[1:])
-            return {h for h in self.order if rx.search(h)}
-        raise InventoryError(f"--limit: {term!r} names no group or host of {self.path}")
+        m = None if term.startswith("~") else _SUBSCRIPT.fullmatch(term)
+        if m is None:
+            return set(self._enumerate(term))
+        hosts = list(dict.fromkeys(self._enumerate(m.group(1))))
+        try:
+            if m.group(2) is not None:
+                return {hosts[int(m.group(2))]}
+        except IndexError:
+            raise InventoryError(f"--limit: {term!r}: {m.group(1)} has {len(hosts)} "
+                                 "hosts") from None
+        first, last = int(m.group(3)), int(m.group(4) or len(hosts) - 1)
+        return set(hosts[first:last + 1])
 
-    def _all_hosts(self) -> set[str]:
-        return set(self.order)
+    def _enumerate(self, term: str) -> list[str]:
+        """The hosts of the groups and hosts ``term`` names (Ansible's fnmatch and
+        ``~regex`` match from the start of the name)."""
+        if term in self.groups:
+            return self._members(term)
+        if term in self.host_vars:
+            return [term]
+        if term.startswith("~") or any(c in term for c in "*?["):
+            try:
+                rx = re.compile(term[1:] if term.startswith("~") else fnmatch.translate(term))
+            except re.error as exc:
+                raise InventoryError(f"--limit: {term!r}: not a valid pattern ({exc})") \
+                    from None
+            found = [h for g in self.groups if rx.match(g) for h in self._members(g)]
+            return found + [h for h in self.order if rx.match(h)]
+        raise InventoryError(f"--limit: {term!r} names no group or host of {self.path}")
 
     def _members(self, group: str, seen: frozenset[str] = frozenset()) -> list[str]:
         if group == "all":
@@ -272,8 +300,9 @@ def _host_line(inv: Inventory, section: str, line: str, where: str) -> None:
             raise InventoryError(f"{where}: expected key=value, found {a!r}")
         hostvars[key] = _literal(value)
     port = None
-    if pattern.count(":") == 1 and not pattern.endswith("]"):
-        pattern, port = pattern.split(":")
+    m = _PORT.fullmatch(pattern)
+    if m is not None and ":" not in _RANGE.sub("", m.group(1)):
+        pattern, port = m.group(1), m.group(2)
     for host in expand(pattern, where):
         _add_host(inv, section, host)
         if port is not None:
@@ -393,9 +422,9 @@ def _vars_dirs(inv: Inventory, base: Path) -> None:
             for f in _vars_files(folder, name):
                 data = _vars_file(f)
                 if kind == "group_vars":
-                    inv.groups[name].vars.update(data)
+                    inv.groups[name].file_vars.update(data)
                 else:
-                    inv.host_vars[name].update(data)
+                    inv.host_file_vars.setdefault(name, {}).update(data)
 
 
 def _vars_files(folder: Path, name: str) -> list[Path]:
