@@ -205,6 +205,21 @@ def setup_for(doc: str, world: World) -> Setup:
         commands.append(f"nestbuild node trust {reg}/fleet/node --key cosign.pub "
                         "--out node-trust")
         return Setup(commands=commands, files=files, names=names, cleanup=cleanup)
+    if doc == "docs/rollout.md":
+        # two nodes' worth of images, carrying the node trust as in docs/nodes.md; "broken"
+        # lacks /etc/node-release, which the document's health command looks for
+        commands, files, cleanup = [keygen], {"fleet.ini": _inventory_block(REPO / doc)}, []
+        for version in ("v1", "v2", "v3", "broken"):
+            local = f"localhost/nestbuild-test/docs-rollout:{version}-{unique}"
+            dest = "/etc/broken-release" if version == "broken" else "/etc/node-release"
+            files[f"{version}/Containerfile"] = f"FROM {world.mini}\nCOPY node-release {dest}\n"
+            files[f"{version}/node-release"] = f"{version}\n"
+            commands += [f"nestbuild build -q -t {local} --trust {reg}/fleet/os "
+                         f"--trust-key cosign.pub {version}",
+                         _push(world, local, f"{reg}/fleet/os:{version}")]
+            cleanup.append(local)
+        commands.append(f"nestbuild node trust {reg}/fleet/os --key cosign.pub --out node-trust")
+        return Setup(commands=commands, files=files, names=names, cleanup=cleanup)
     if doc == "docs/debian-base.md":
         return Setup(commands=[
             f"mkdir -p cache && ln -s {persistent_cache('base-rootfs')} cache/rootfs"],
@@ -212,6 +227,13 @@ def setup_for(doc: str, world: World) -> Setup:
     if doc == "docs/architecture.md":
         return Setup(commands=[f"ln -s {shlex.quote(sys.prefix)} .venv"])
     return Setup(names=names)
+
+
+def _inventory_block(path: Path) -> str:
+    """The document's ``ini`` block that starts ``# fleet.ini``: the inventory it uses."""
+    found = re.search(r"```ini\n(# fleet\.ini.*?)```", path.read_text(), re.S)
+    assert found, f"{path}: no ini block starting '# fleet.ini'"
+    return found.group(1)
 
 
 def _dockerfile_block(path: Path) -> str:
