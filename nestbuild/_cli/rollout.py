@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.engine == "kubernetes" and args.emit_playbook:
         raise UsageError("--emit-playbook is for --engine ansible; use --emit-plan")
     quiet = args.quiet or args.format == "json"
+    # a CI job cancelled (SIGTERM) stops the rollout as Ctrl-C does: the state says
+    # "interrupted", and --resume continues it
+    signal.signal(signal.SIGTERM, _interrupt)
     options = RolloutOptions(
         args.image, inventory=args.inventory, limit=args.limit,
         batching=Batching(args.canary, args.max_unavailable), soak=args.soak,
@@ -117,6 +121,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     report = rollout(options, progress=None if quiet else _say)
     _show(report, args.format)
     return report.exit_code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _say(message: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -69,13 +70,19 @@ class PlaybookRun:
         return code
 
     def stop(self) -> None:
-        """End the playbook (the rollout was interrupted): hosts mid-step finish or not as
-        Ansible decides; the per-node step is safe to run again."""
+        """End the playbook (the rollout was interrupted) as Ctrl-C would: Ansible starts no
+        new task; a host mid-step finishes it or not, and the per-node step is safe to run
+        again. Terminated if it does not end within a minute."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except run.TimeoutExpired:
-                self.proc.kill()
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except run.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         self._log.close()
 

@@ -4,9 +4,13 @@ The rollout plans its waves from the inventory before any node is reached, and a
 thousands of hosts must plan in well under two seconds; Ansible's own inventory manager takes
 longer than that to start and parse such a file. So the rollout reads the two standard formats
 itself, with Ansible's rules (host ranges, ``:vars`` and ``:children`` sections, INI host
-variables as Python literals, group variables by depth with the host's own last, the host order
-of the file), and the tests hold it to ``ansible-inventory --list`` on the same files. Ansible
-itself still runs the rollout, from the same inventory.
+variables as Python literals, group variables by depth with the host's own last, group_vars/
+and host_vars/ files over both), and the tests hold it to ``ansible-inventory --list`` on the
+same files. Ansible itself still runs the rollout, from the same inventory.
+
+Hosts come in the file's order (first appearance); the waves follow it. Ansible's own order
+for a group is its group walk, which with nested groups differs, so the rollout hands the play
+its hosts as a list in the planned order.
 
 Only what the rollout needs is kept: the host names in order, their groups, and their merged
 variables (``nestbuild_via``, ``nestbuild_sysroot``, ...). Inventory plugins and scripts are

@@ -226,8 +226,13 @@ def step_args(health: HealthSpec) -> list[str]:
             *(f"--health-url={u}" for u in health.urls)]
 
 
-def extra_vars(state: RolloutState, o: RolloutOptions, sizes: list[int]) -> dict[str, Any]:
-    return {"nestbuild_image": state.pinned, "nestbuild_serial": sizes,
+def extra_vars(state: RolloutState, o: RolloutOptions, sizes: list[int], hosts: list[str]
+               ) -> dict[str, Any]:
+    """The rollout's choices for the playbook. ``hosts`` in the planned order: a play over a
+    group takes Ansible's group-walk order, which with nested groups is not the file's (nor
+    stable between runs), while an explicit list runs in its own order."""
+    return {"nestbuild_image": state.pinned, "nestbuild_hosts": hosts,
+            "nestbuild_serial": sizes,
             "nestbuild_max_failures": o.max_failures, "nestbuild_soak": round(o.soak),
             "nestbuild_drain": o.drain, "nestbuild_step_args": step_args(o.health)}
 
@@ -262,7 +267,8 @@ class Rollout:
             return self.kubernetes(pinned, digest)
         nodes = self.nodes()
         planned = waves(nodes, self.o.batching)
-        state = RolloutState(self.o.image, pinned, digest, "ansible", str(self.o.inventory),
+        state = RolloutState(self.o.image, pinned, digest, "ansible",
+                             str(self.o.inventory.resolve()) if self.o.inventory else None,
                              self.o.limit, options=_options_json(self.o),
                              waves=[[n.name for n in w] for w in planned])
         for i, w in enumerate(planned):
@@ -272,8 +278,9 @@ class Rollout:
         if self.o.emit_playbook is not None:
             from nestbuild.fleet.ansible import write_playbook
 
-            report.written = write_playbook(self.o.emit_playbook,
-                                            extra_vars(state, self.o, serial(planned)))
+            report.written = write_playbook(
+                self.o.emit_playbook,
+                extra_vars(state, self.o, serial(planned), [n.name for n in nodes]))
             report.notes.append(f"run it: ansible-playbook -i {self.o.inventory} "
                                 f"{self.o.emit_playbook / 'rollout.yml'} -e "
                                 f"@{self.o.emit_playbook / 'vars.json'}")
@@ -339,7 +346,7 @@ class Rollout:
         with tempfile.TemporaryDirectory(prefix="nestbuild-preflight-") as tmp:
             assert self.o.inventory is not None
             run_playbook(Path(tmp), "preflight.yml", self.o.inventory,
-                         extra_vars(state, self.o, [1]), hosts=names,
+                         extra_vars(state, self.o, [1], names), hosts=names,
                          forks=min(self.o.forks, len(names)), on_event=on_event)
         for name in names:
             if name not in results and name not in report.refused:
@@ -372,12 +379,15 @@ class Rollout:
         work = path.parent / "ansible"
         try:
             run_playbook(work, "rollout.yml", self.o.inventory,
-                         extra_vars(state, self.o, serial(planned)), hosts=names,
+                         extra_vars(state, self.o, serial(planned),
+                                    [n.name for w in planned for n in w]), hosts=names,
                          forks=max(len(w) for w in planned), on_event=on_event)
         except KeyboardInterrupt:
             state.status = "interrupted"
-            state.message = "interrupted: continue with `nestbuild rollout --resume`"
+            state.message = (f"interrupted: continue with `nestbuild rollout {state.image} "
+                             f"--resume --state {path}`")
             statefile.save(state, path)
+            self.say(state.message)
             raise
         self._finish(state, names)
         statefile.save(state, path)

@@ -137,6 +137,10 @@ def pinned_digest(image: str) -> str:
     return ref.digest
 
 
+def _refused(message: str) -> str:
+    return message if "refused" in message else f"refused: {message}"
+
+
 class Upgrade:
     """One run of the step on one node."""
 
@@ -237,7 +241,7 @@ class Upgrade:
         try:
             checked = self.backend.check_update(self.o.image, access=self.o.access)
         except RebaseRefused as exc:
-            raise UpgradeError(f"refused: {exc.message}") from None
+            raise UpgradeError(_refused(exc.message)) from None
         result.checks = [{"name": c.name, "ok": c.ok, "detail": c.detail}
                          for c in checked.checks]
         result.notes += getattr(checked, "notes", [])
@@ -254,7 +258,7 @@ class Upgrade:
                 self.backend.rebase(self.o.image, access=self.o.access,
                                     apply=self.o.reboot == "self", progress=self.say)
             except RebaseRefused as exc:
-                raise UpgradeError(f"refused: {exc.message}") from None
+                raise UpgradeError(_refused(exc.message)) from None
         self.save(phase="staged", previous=previous)
         if self.o.via != "ostree":
             if self.o.reboot == "none":
@@ -269,9 +273,16 @@ class Upgrade:
         return result
 
     def judge(self, node: _Node, previous: str | None) -> UpgradeResult:
+        if self.o.boot and self._boot is None and self._boot_error is None:
+            # a later run on a node already on the target: gate on a boot of it too, not on
+            # the unbooted tree (no systemd state, no marker)
+            self.maybe_boot()
+            node = self.node()
         extra = {}
         if self._boot is not None and self._boot.marker is not None:
-            extra["NESTBUILD_BOOT_MARKER"] = self._boot.marker.decode(errors="replace")
+            # a file's final newline is not part of the marker (as for `nestbuild boot`)
+            extra["NESTBUILD_BOOT_MARKER"] = self._boot.marker.decode(
+                errors="replace").rstrip("\n")
         report = gate(self.o.health, target=self.target, booted=node.booted, root=node.root,
                       systemd=self.systemd(), env=extra, boot_error=self._boot_error)
         if report.ok:
@@ -325,7 +336,8 @@ class Upgrade:
         if self._boot is None:
             return None
         failed = self._boot.failed_units
-        return lambda: "degraded" if failed else "running"
+        # the units the boot report listed: the check's output says which ones failed
+        return lambda: f"degraded (failed: {', '.join(failed)})" if failed else "running"
 
     def maybe_boot(self) -> None:
         if not self.o.boot:
