@@ -118,9 +118,62 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         engine=args.engine, emit_playbook=args.emit_playbook, emit_plan=args.emit_plan,
         kubeconfig=args.kubeconfig, trust=args.trust, state_file=args.state,
         access=registry_access(args))
-    report = rollout(options, progress=None if quiet else _say)
+    live = None if quiet or not sys.stderr.isatty() else _LiveView()
+    try:
+        report = rollout(options, progress=None if quiet else (live.say if live else _say),
+                         watch=live.update if live else None)
+    finally:
+        if live is not None:
+            live.stop()
     _show(report, args.format)
     return report.exit_code
+
+
+#: How each node state shows in the live view.
+_STYLE = {"pending": "dim", "running": "yellow", "healthy": "green", "rolled-back": "red",
+          "failed": "bold red", "unreachable": "bold red"}
+
+
+class _LiveView:
+    """Waves and nodes as they move, redrawn in place on a terminal (CI logs get lines)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._live = Live(console=Console(stderr=True), auto_refresh=False, transient=False)
+        self._live.start()
+
+    def say(self, message: str) -> None:
+        if not message.startswith("wave "):  # the view shows the nodes
+            self._live.console.print(f"nestbuild: {printable(message)}", highlight=False)
+
+    def update(self, state: Any) -> None:
+        from rich.console import Group
+        from rich.text import Text
+
+        rows = []
+        for i, wave in enumerate(state.waves):
+            nodes = [state.nodes[n] for n in wave]
+            done = sum(n.state == "healthy" for n in nodes)
+            bad = sum(n.state in ("rolled-back", "failed", "unreachable") for n in nodes)
+            active = any(n.state == "running" for n in nodes)
+            label = "canary" if i == 0 and state.options.get("canary") else f"wave {i + 1}"
+            line = Text(f"{label:>8}  {done}/{len(nodes)} healthy"
+                        + (f", {bad} failed" if bad else ""),
+                        style="bold" if active else ("red" if bad else ""))
+            rows.append(line)
+            if active or bad:
+                row = Text("          ")
+                for name, n in list(zip(wave, nodes, strict=True))[:40]:
+                    row.append(f"{name} ", style=_STYLE.get(n.state, ""))
+                if len(wave) > 40:
+                    row.append(f"... ({len(wave) - 40} more)")
+                rows.append(row)
+        self._live.update(Group(*rows), refresh=True)
+
+    def stop(self) -> None:
+        self._live.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -41,7 +41,11 @@ class PlaybookRun:
             argv += ["--limit", f"@{limit_file}"]
         here = playbook.parent
         self._log = open(log or os.devnull, "ab")  # noqa: SIM115 - closed in wait()
+        self.log = log
         self.proc = run.popen(argv, cwd=here, stderr=self._log.fileno(), env={
+            # one ssh round trip per task instead of several (the operator's own
+            # setting, from the environment, stays)
+            "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "True"),
             "ANSIBLE_STDOUT_CALLBACK": CALLBACK,
             "ANSIBLE_CALLBACK_PLUGINS": str(here / "callback_plugins"),
             "ANSIBLE_ROLES_PATH": str(here / "roles"),
@@ -68,6 +72,15 @@ class PlaybookRun:
         code = self.proc.wait()
         self._log.close()
         return code
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The end of what ansible-playbook said on stderr (why it stopped, when it did)."""
+        if self.log is None:
+            return ""
+        try:
+            return run.tail(self.log.read_text(errors="replace"), lines)
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         """End the playbook (the rollout was interrupted) as Ctrl-C would: Ansible starts no

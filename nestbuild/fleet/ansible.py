@@ -38,9 +38,10 @@ def write_playbook(dest: Path, extra_vars: dict[str, Any]) -> list[Path]:
 
 def run_playbook(workdir: Path, playbook: str, inventory: Path, extra_vars: dict[str, Any],
                  *, hosts: Iterable[str], forks: int, on_event: Callable[[Event], None],
-                 env: dict[str, str] | None = None) -> int:
+                 env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run ``playbook`` (``rollout.yml`` or ``preflight.yml``) on ``hosts``; every event goes
-    to ``on_event`` as it comes; the exit status of ansible-playbook."""
+    to ``on_event`` as it comes; the exit status of ansible-playbook and the end of its
+    log."""
     workdir = workdir.resolve()  # ansible-playbook runs in it: a relative path would not hold
     write_playbook(workdir, extra_vars)
     limit = workdir / "hosts.limit"
@@ -54,4 +55,4 @@ def run_playbook(workdir: Path, playbook: str, inventory: Path, extra_vars: dict
     except BaseException:
         job.stop()
         raise
-    return job.wait()
+    return job.wait(), job.log_tail()

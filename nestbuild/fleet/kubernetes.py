@@ -103,19 +103,15 @@ class KubePlanSpec:
 
 
 def concurrency(max_unavailable: str | int, node_count: int | None) -> int:
-    """``--max-unavailable`` as a node count: ``3``, or ``25%`` of ``node_count`` rounded
-    down (as Kubernetes rounds maxUnavailable), never less than 1."""
+    """``--max-unavailable`` as a node count, as the Ansible engine sizes its waves
+    (:func:`nestbuild.fleet.plan.batch_size`); a percentage needs the number of nodes."""
+    from nestbuild.fleet.plan import batch_size
+
     text = str(max_unavailable).strip()
-    if text.endswith("%"):
-        number = text[:-1]
-        if not number.isdigit() or not 0 < int(number) <= 100:
-            raise UsageError(f"--max-unavailable {text}: expected a count or 1% to 100%")
-        if node_count is None or node_count < 1:
-            raise UsageError(f"--max-unavailable {text}: a percentage needs the number of nodes")
-        return max(1, node_count * int(number) // 100)
-    if not text.isdigit() or int(text) < 1:
-        raise UsageError(f"--max-unavailable {text}: expected a count (1 or more) or a percentage")
-    return int(text)
+    if text.endswith("%") and (node_count is None or node_count < 1):
+        batch_size(text, 1)  # a malformed percentage is named first
+        raise UsageError(f"--max-unavailable {text}: a percentage needs the number of nodes")
+    return batch_size(text, node_count or 0)
 
 
 def plan_version(digest: str) -> str:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from nestbuild.node.changelog import Changelog
 
 Progress = Callable[[str], None]
+#: Called with the rollout's state after every change (a live view of waves and nodes).
+Watch = Callable[[RolloutState], None]
 ENGINES = ("ansible", "kubernetes")
 
 
@@ -150,7 +152,7 @@ class RolloutReport:
                 for check in ((n.step or {}).get("health") or {}).get("checks", []):
                     if not check.get("ok"):
                         out.append(f"    {check.get('check')}: "
-                                   f"{str(check.get('output', '')).splitlines()[-1:] or ''}")
+                                   f"{_last_line(str(check.get('output', '')))}")
         out.append(f"{s.status}: {s.count('healthy')} healthy, {s.count('rolled-back')} "
                    f"rolled back, {s.count('failed') + s.count('unreachable')} failed, "
                    f"{s.count('pending')} not reached")
@@ -238,13 +240,15 @@ def extra_vars(state: RolloutState, o: RolloutOptions, sizes: list[int], hosts: 
 
 
 class Rollout:
-    def __init__(self, options: RolloutOptions, progress: Progress | None = None) -> None:
+    def __init__(self, options: RolloutOptions, progress: Progress | None = None,
+                 watch: Watch | None = None) -> None:
         if options.engine not in ENGINES:
             raise UsageError(f"--engine {options.engine}: expected ansible or kubernetes")
         if options.max_failures < 0:
             raise UsageError("--max-failures: expected 0 or more")
         self.o = options
         self.say = progress or (lambda _m: None)
+        self.watch = watch or (lambda _s: None)
 
     def nodes(self) -> list[Node]:
         from nestbuild.fleet import inventory
@@ -345,12 +349,14 @@ class Rollout:
 
         with tempfile.TemporaryDirectory(prefix="nestbuild-preflight-") as tmp:
             assert self.o.inventory is not None
-            run_playbook(Path(tmp), "preflight.yml", self.o.inventory,
-                         extra_vars(state, self.o, [1], names), hosts=names,
-                         forks=min(self.o.forks, len(names)), on_event=on_event)
+            code, log = run_playbook(Path(tmp), "preflight.yml", self.o.inventory,
+                                     extra_vars(state, self.o, [1], names), hosts=names,
+                                     forks=min(self.o.forks, len(names)), on_event=on_event)
+        why = f"no answer from the pre-flight (ansible-playbook exit {code}: " \
+              f"{_last_line(log)})"
         for name in names:
             if name not in results and name not in report.refused:
-                report.refused[name] = "no answer from the pre-flight"
+                report.refused[name] = why
         return results
 
     def move(self, state: RolloutState, report: RolloutReport, names: list[str]
@@ -366,22 +372,32 @@ class Rollout:
         wave_of = {n.name: i + 1 for i, w in enumerate(planned) for n in w}
         self.say(f"rolling out to {len(names)} node(s) in {len(planned)} wave(s)")
 
+        batches = iter(planned)
+
         def on_event(e: dict[str, Any]) -> None:
             host = e.get("host")
+            if e.get("event") == "play":  # serial: one play start per wave
+                began = float(e.get("time") or time.time())
+                for node in next(batches, []):
+                    if state.nodes[node.name].state == "pending":
+                        state.nodes[node.name].started = began
+                statefile.save(state, path)
+                self.watch(state)
+                return
             if not isinstance(host, str) or host not in state.nodes:
-                if e.get("event") == "play":
-                    statefile.save(state, path)
                 return
             self._node_event(state, host, e, wave_of.get(host, 0))
             statefile.save(state, path)
+            self.watch(state)
 
         assert self.o.inventory is not None
         work = path.parent / "ansible"
         try:
-            run_playbook(work, "rollout.yml", self.o.inventory,
-                         extra_vars(state, self.o, serial(planned),
-                                    [n.name for w in planned for n in w]), hosts=names,
-                         forks=max(len(w) for w in planned), on_event=on_event)
+            code, log = run_playbook(work, "rollout.yml", self.o.inventory,
+                                     extra_vars(state, self.o, serial(planned),
+                                                [n.name for w in planned for n in w]),
+                                     hosts=names, forks=max(len(w) for w in planned),
+                                     on_event=on_event)
         except KeyboardInterrupt:
             state.status = "interrupted"
             state.message = (f"interrupted: continue with `nestbuild rollout {state.image} "
@@ -390,15 +406,26 @@ class Rollout:
             self.say(state.message)
             raise
         self._finish(state, names)
+        if code not in (0, 2, 4) or (state.status == "halted" and not self._explained(state)):
+            # 2: a host failed, 4: one was unreachable: the nodes say why; anything else is
+            # Ansible's own failure, which the nodes cannot explain
+            state.message = (f"{state.message or state.status}; ansible-playbook exit {code}: "
+                             f"{_last_line(log)} (log: {work / 'rollout.log'})")
         statefile.save(state, path)
         return report
+
+    @staticmethod
+    def _explained(state: RolloutState) -> bool:
+        return any(n.state in ("failed", "rolled-back", "unreachable")
+                   for n in state.nodes.values())
 
     def _node_event(self, state: RolloutState, host: str, e: dict[str, Any], wave: int
                     ) -> None:
         n = state.nodes[host]
         kind, task = e.get("event"), str(e.get("task", ""))
         if n.state == "pending":
-            n.state, n.started = "running", time.time()
+            n.state = "running"
+            n.started = n.started or float(e.get("time") or time.time())
             self.say(f"wave {wave}: {host} started")
         if kind == "unreachable":
             n.state, n.message, n.finished = "unreachable", _cause(e), time.time()
@@ -413,7 +440,7 @@ class Rollout:
                       "unhealthy": "failed", "rollback-failed": "failed"}.get(
                           str(doc.get("state")))
             if mapped is not None:
-                n.state, n.finished = mapped, time.time()
+                n.state, n.finished = mapped, float(e.get("time") or time.time())
                 failed = [c["check"] for c in (doc.get("health") or {}).get("checks", [])
                           if not c.get("ok")]
                 n.message = None if mapped == "healthy" else \
@@ -483,6 +510,11 @@ def _step_json(e: dict[str, Any]) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
 def _cause(e: dict[str, Any]) -> str:
     """One line: the step's own error line, else Ansible's message."""
     for text in (e.get("stderr"), e.get("msg")):
@@ -492,10 +524,12 @@ def _cause(e: dict[str, Any]) -> str:
     return f"exit {e.get('rc')}" if e.get("rc") is not None else "failed"
 
 
-def rollout(options: RolloutOptions, progress: Progress | None = None) -> RolloutReport:
+def rollout(options: RolloutOptions, progress: Progress | None = None,
+            watch: Watch | None = None) -> RolloutReport:
     """Roll ``options.image`` out (or plan it, with ``dry_run``); the report says which
-    nodes moved, which were rolled back, which were not reached."""
-    return Rollout(options, progress).run()
+    nodes moved, which were rolled back, which were not reached. ``progress`` gets one line
+    per step; ``watch`` the whole state after every change."""
+    return Rollout(options, progress, watch).run()
 
 
 def rollout_status(path: Path = statefile.DEFAULT) -> RolloutReport:

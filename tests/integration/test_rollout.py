@@ -18,6 +18,7 @@ import pytest
 
 from nestbuild.node import deploy
 from tests.fixtures.cli import nestbuild
+from tests.fixtures.common import run_in_pty
 from tests.fixtures.fleet import HEALTH_CMD, Fleet, FleetImages, MakeFleet
 
 #: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
@@ -238,3 +239,17 @@ def test_planning_five_thousand_hosts_reaches_none_of_them(
     assert sum(len(w["nodes"]) for w in report["waves"]) == 5000
     assert report["versions"] == [] and report["refused"] == {}
     print(f"\nplanning 5,000 hosts: {took:.2f} s (one process, registry check included)")
+
+
+def test_on_a_terminal_the_waves_and_nodes_are_shown_live(
+        make_fleet: MakeFleet, fleet_images: FleetImages, tmp_path: Path) -> None:
+    fleet = make_fleet(2)
+    code, out = run_in_pty([sys.executable, "-m", "nestbuild",
+                            *map(str, argv(fleet, "v2", tmp_path / "state.json",
+                                           "--no-preflight", "--health-cmd", HEALTH_CMD))],
+                           [], env={**fleet.ansible_env(), "COLUMNS": "120"})
+    text = out.decode(errors="replace")
+    assert code == 0, text[-3000:]
+    assert "canary  1/1 healthy" in text and "wave 2  1/1 healthy" in text
+    assert "\x1b[" in text  # drawn in place with the terminal's controls, not as log lines
+    assert "completed: 2 healthy" in text

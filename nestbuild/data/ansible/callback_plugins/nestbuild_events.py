@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from ansible.plugins.callback import CallbackBase  # type: ignore[import-untyped]
@@ -29,6 +30,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
     CALLBACK_NAME = "nestbuild_events"
 
     def _emit(self, **event: Any) -> None:
+        event["time"] = time.time()
         sys.stdout.write(json.dumps(event, default=str) + "\n")
         sys.stdout.flush()
 
