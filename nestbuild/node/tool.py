@@ -137,12 +137,19 @@ class ToolBackend(ABC):
 class BootcBackend(ToolBackend):
     via = "bootc"
     enforced_by = "--enforce-container-sigpolicy"
+    _soft_reboot: bool | None = None
 
     def switch_argv(self, pinned: str, *, apply: bool) -> list[str]:
-        return bootc.switch_argv(pinned, apply=apply)
+        return bootc.switch_argv(pinned, apply=apply, soft_reboot=apply and self._soft())
 
     def rollback_argv(self, *, apply: bool) -> list[str]:
-        return bootc.rollback_argv(apply=apply)
+        return bootc.rollback_argv(apply=apply, soft_reboot=apply and self._soft())
+
+    def _soft(self) -> bool:
+        """A soft reboot where bootc offers one (asked once)."""
+        if self._soft_reboot is None:
+            self._soft_reboot = bootc.offers_soft_reboot(self.host)
+        return self._soft_reboot
 
     def status(self) -> NodeStatus:
         return bootc.status(self.host)

@@ -28,7 +28,14 @@ def test_command_lines_always_enforce_signatures() -> None:
         "--apply", image]
     assert rpmostree.rebase_argv(image, reboot=True) == [
         "rpm-ostree", "rebase", "--reboot", f"ostree-image-signed:docker://{image}"]
+    assert bootc.switch_argv(image, apply=True, soft_reboot=True) == [
+        "bootc", "switch", "--enforce-container-sigpolicy", "--transport", "registry",
+        "--apply", "--soft-reboot=auto", image]
+    # a soft reboot is a way of applying: never without --apply
+    assert "--soft-reboot=auto" not in bootc.switch_argv(image, soft_reboot=True)
     assert bootc.rollback_argv() == ["bootc", "rollback"]
+    assert bootc.rollback_argv(apply=True, soft_reboot=True) == [
+        "bootc", "rollback", "--apply", "--soft-reboot=auto"]
     assert rpmostree.rollback_argv(reboot=True) == ["rpm-ostree", "rollback", "--reboot"]
 
 
