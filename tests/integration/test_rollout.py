@@ -253,3 +253,15 @@ def test_on_a_terminal_the_waves_and_nodes_are_shown_live(
     assert "canary  1/1 healthy" in text and "wave 2  1/1 healthy" in text
     assert "\x1b[" in text  # drawn in place with the terminal's controls, not as log lines
     assert "completed: 2 healthy" in text
+
+
+def test_soak_holds_each_wave_before_the_next(make_fleet: MakeFleet, fleet_images: FleetImages,
+                                              tmp_path: Path) -> None:
+    fleet = make_fleet(3)
+    report = rollout(fleet, "v2", "--soak", "4s", "--max-unavailable", "1", "--no-preflight",
+                     state=tmp_path / "state.json")
+    assert report["status"] == "completed" and report["options"]["soak"] == 4
+    nodes = report["nodes"]
+    for before, after in (("node01", "node02"), ("node02", "node03")):
+        # the next wave starts only once the last one has finished and soaked
+        assert nodes[after]["started"] - nodes[before]["finished"] >= 4, (before, after)
