@@ -131,3 +131,19 @@ def duration(text: str) -> float:
     if seconds < 0 or seconds != seconds:
         raise argparse.ArgumentTypeError(f"{text!r}: a duration is not negative")
     return seconds
+
+
+def health_flags(p: argparse.ArgumentParser, *, where: str) -> None:
+    """The health gate's flags, as ``node upgrade`` and ``rollout`` both take them."""
+    p.add_argument("--health-cmd", action="append", default=[], metavar="CMD",
+                   help=f"a command that must exit 0{where} (repeatable)")
+    p.add_argument("--health-url", action="append", default=[], metavar="URL",
+                   help=f"a URL that must answer 2xx{where} (repeatable)")
+    p.add_argument("--health-timeout", type=duration, default=300.0, metavar="DURATION",
+                   help="time for every health check to pass (default 5m)")
+
+
+def health_spec(args: argparse.Namespace) -> Any:
+    from nestbuild import HealthSpec
+
+    return HealthSpec(tuple(args.health_cmd), tuple(args.health_url), args.health_timeout)

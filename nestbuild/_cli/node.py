@@ -12,7 +12,8 @@ from typing import Any
 
 from nestbuild._cli.common import (
     HelpFormatter,
-    duration,
+    health_flags,
+    health_spec,
     printable,
     registry_access,
     registry_flags,
@@ -114,19 +115,9 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
                "way; or checked), 1 unhealthy or rolled back, 2 unusable input, a refused\n"
                "image or a failing tool\n")
     u.add_argument("image", metavar="IMAGE", help="[docker://]REGISTRY/REPO@sha256:DIGEST")
-    u.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"), default="bootc")
-    u.add_argument("--sysroot", type=absolute, metavar="DIR",
-                   help="the ostree sysroot for --via ostree")
-    u.add_argument("--os", default="nestos", metavar="NAME",
-                   help="stateroot for --via ostree (default nestos)")
-    u.add_argument("--trust", type=absolute, metavar="DIR",
-                   help="trust files for --via ostree (see `nestbuild rebase --trust`)")
-    u.add_argument("--health-cmd", action="append", default=[], metavar="CMD",
-                   help="a command that must exit 0 (repeatable)")
-    u.add_argument("--health-url", action="append", default=[], metavar="URL",
-                   help="a URL that must answer 2xx (repeatable)")
-    u.add_argument("--health-timeout", type=duration, default=300.0, metavar="DURATION",
-                   help="time for every check to pass (default 5m)")
+    _move_flags(u, sysroot_help="the ostree sysroot for --via ostree",
+                trust_help="trust files for --via ostree (see `nestbuild rebase --trust`)")
+    health_flags(u, where="")
     u.add_argument("--rollback-on-failure", action="store_true",
                    help="roll back when the health gate fails")
     u.add_argument("--reboot", choices=("self", "none"), default="self",
@@ -163,15 +154,10 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         "      --trust ./node-trust",
         epilog="")
     b.add_argument("image", metavar="IMAGE", help="[docker://]REGISTRY/REPO[:TAG|@DIGEST]")
-    b.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"), default="bootc")
-    b.add_argument("--sysroot", type=absolute, metavar="DIR",
-                   help="the ostree sysroot for --via ostree (created if missing)")
-    b.add_argument("--os", default="nestos", metavar="NAME",
-                   help="stateroot for --via ostree (default nestos)")
-    b.add_argument("--trust", type=absolute, metavar="DIR",
-                   help="trust files (policy.json, keys) to check against; needed for a "
-                        "sysroot's first deployment, and it wins over the deployment's own "
-                        "/etc")
+    _move_flags(b, sysroot_help="the ostree sysroot for --via ostree (created if missing)",
+                trust_help="trust files (policy.json, keys) to check against; needed for a "
+                           "sysroot's first deployment, and it wins over the deployment's own "
+                           "/etc")
     b.add_argument("--host", metavar="ssh://[USER@]HOST[:PORT]", help="run on a node over ssh")
     b.add_argument("--apply", "--reboot", dest="apply", action="store_true",
                    help="reboot into the new deployment when it is staged")
@@ -252,14 +238,14 @@ def cmd_rebase(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from nestbuild import HealthSpec, UpgradeOptions, upgrade
+    from nestbuild import UpgradeOptions, upgrade
 
     if args.via == "ostree" and args.sysroot is None:
         raise UsageError("--via ostree needs --sysroot DIR")
     quiet = args.quiet or args.format == "json"
     options = UpgradeOptions(
         args.image, via=args.via, sysroot=args.sysroot, osname=args.os, trust=args.trust,
-        health=HealthSpec(tuple(args.health_cmd), tuple(args.health_url), args.health_timeout),
+        health=health_spec(args),
         rollback_on_failure=args.rollback_on_failure, reboot=args.reboot,
         check_only=args.check, boot=args.boot, access=registry_access(args))
     result = upgrade(options, progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
@@ -279,6 +265,16 @@ def _dry_run_changelog(options: Any, result: Any, quiet: bool) -> Any:
     except NestbuildError as exc:
         print(f"nestbuild: note: no changelog: {exc.message}", file=sys.stderr)
         return None
+
+
+def _move_flags(parser: argparse.ArgumentParser, *, sysroot_help: str, trust_help: str
+                ) -> None:
+    """How the node moves: its tool, or a local sysroot (stateroot, trust files)."""
+    parser.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"), default="bootc")
+    parser.add_argument("--sysroot", type=absolute, metavar="DIR", help=sysroot_help)
+    parser.add_argument("--os", default="nestos", metavar="NAME",
+                        help="stateroot for --via ostree (default nestos)")
+    parser.add_argument("--trust", type=absolute, metavar="DIR", help=trust_help)
 
 
 def _node_flags(parser: argparse.ArgumentParser, *, via_help: str) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 from nestbuild._cli.common import (
     duration,
+    health_flags,
+    health_spec,
     printable,
     registry_access,
     registry_flags,
@@ -67,12 +69,7 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
                    help="wait after each wave but the last (e.g. 10m)")
     p.add_argument("--max-failures", type=int, default=0, metavar="N",
                    help="failed nodes tolerated before the rollout halts (default 0)")
-    p.add_argument("--health-cmd", action="append", default=[], metavar="CMD",
-                   help="a command that must exit 0 on the node (repeatable)")
-    p.add_argument("--health-url", action="append", default=[], metavar="URL",
-                   help="a URL that must answer 2xx from the node (repeatable)")
-    p.add_argument("--health-timeout", type=duration, default=300.0, metavar="DURATION",
-                   help="time for every health check to pass (default 5m)")
+    health_flags(p, where=" on the node")
     p.add_argument("--drain", action="store_true",
                    help="cordon and drain each node's Kubernetes node first (kubectl on this "
                         "machine); always uncordoned after")
@@ -97,7 +94,7 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    from nestbuild import Batching, HealthSpec, RolloutOptions, rollout, rollout_status
+    from nestbuild import Batching, RolloutOptions, rollout, rollout_status
 
     if args.image == "status":
         report = rollout_status(args.state)
@@ -113,7 +110,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         args.image, inventory=args.inventory, limit=args.limit,
         batching=Batching(args.canary, args.max_unavailable), soak=args.soak,
         max_failures=args.max_failures,
-        health=HealthSpec(tuple(args.health_cmd), tuple(args.health_url), args.health_timeout),
+        health=health_spec(args),
         drain=args.drain, dry_run=args.dry_run, resume=args.resume, preflight=args.preflight,
         engine=args.engine, emit_playbook=args.emit_playbook, emit_plan=args.emit_plan,
         kubeconfig=args.kubeconfig, trust=args.trust, state_file=args.state,
