@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.rpmbase",
     "tests.fixtures.sshd",
     "tests.fixtures.fleet",
+    "tests.fixtures.bootfleet",
 ]
 
 TESTS = Path(__file__).resolve().parent
@@ -51,6 +52,8 @@ COMPONENT_FIXTURES: dict[str, tuple[str, ...]] = {
     "trixie": ("mmdebstrap", "skopeo"),
     "sshd": ("sshd",),
     "make_fleet": ("ostree",),
+    "boot_images": ("buildah", "registry"),
+    "make_boot_nodes": ("ostree",),
 }
 
 
