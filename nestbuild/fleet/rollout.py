@@ -468,7 +468,9 @@ class Rollout:
                              "reached")
         else:
             state.status = "failed"
-            state.message = f"{bad} node(s) failed, within --max-failures {self.o.max_failures}"
+            state.message = f"{bad} node(s) failed" + (
+                f", within --max-failures {self.o.max_failures}"
+                if bad <= self.o.max_failures else "")
 
     def kubernetes(self, pinned: str, digest: str) -> RolloutReport:
         """system-upgrade-controller Plans: written (``--emit-plan``) or applied
@@ -482,6 +484,10 @@ class Rollout:
         if o.inventory is not None:
             raise UsageError("--engine kubernetes chooses nodes by label, not from "
                              "--inventory (see docs/rollout.md)")
+        if o.batching.max_unavailable.strip().endswith("%"):
+            raise UsageError(f"--engine kubernetes: --max-unavailable "
+                             f"{o.batching.max_unavailable}: give a count (a Plan's "
+                             "concurrency is a number of nodes)")
         spec = kube.KubePlanSpec(pinned, canary=o.batching.canary,
                                  max_unavailable=o.batching.max_unavailable,
                                  drain=o.drain, soak=o.soak,

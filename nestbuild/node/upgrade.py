@@ -157,6 +157,8 @@ class Upgrade:
         self._boot: BootResult | None = None
         #: Why the last qemu boot did not come up (the gate's verdict, not a crash).
         self._boot_error: str | None = None
+        #: What each qemu boot of this run brought up, for the result's notes.
+        self.boots: list[str] = []
 
     # -- where the node is --------------------------------------------------------------
 
@@ -218,6 +220,11 @@ class Upgrade:
     # -- the step -----------------------------------------------------------------------
 
     def run(self) -> UpgradeResult:
+        result = self._run()
+        result.notes += self.boots
+        return result
+
+    def _run(self) -> UpgradeResult:
         node = self.node()
         if self.o.check_only:
             return self.check(node)
@@ -351,6 +358,11 @@ class Upgrade:
                               timeout=self.o.boot_timeout, progress=self.say)
         except BootError as exc:
             self._boot_error = exc.message
+            self.boots.append(f"boot failed: {exc.message}")
+            return
+        e = self._boot.entry
+        self.boots.append(f"booted deployment {e.checksum[:12]}.{e.serial} under qemu in "
+                          f"{self._boot.seconds:.0f} s")
 
     def reboot(self) -> None:
         from nestbuild.node.host import Host

@@ -265,3 +265,39 @@ def test_soak_holds_each_wave_before_the_next(make_fleet: MakeFleet, fleet_image
     for before, after in (("node01", "node02"), ("node02", "node03")):
         # the next wave starts only once the last one has finished and soaked
         assert nodes[after]["started"] - nodes[before]["finished"] >= 4, (before, after)
+
+
+def test_the_kubernetes_engine_writes_plans_for_the_verified_digest(
+        fleet_images: FleetImages, tmp_path: Path) -> None:
+    """The whole command for Kubernetes: the tag resolved and verified as for Ansible, then
+    system-upgrade-controller Plans (valid for the Plan CRD) that move nodes onto that digest
+    with the same per-node step (no API server runs here: the Plans are the result)."""
+    import yaml
+
+    from tests.unit.test_rollout_kubernetes import errors
+
+    out = tmp_path / "plans.yaml"
+    r = nestbuild("rollout", f"docker://{fleet_images.repo}:v2", "--engine", "kubernetes",
+                  "--emit-plan", out, "--trust", fleet_images.trust, "--canary", "1",
+                  "--max-unavailable", "3", "--drain", "--soak", "1m",
+                  "--health-cmd", HEALTH_CMD, "--format", "json",
+                  *fleet_images.registry_args(), check=True)
+    report = json.loads(r.stdout)
+    jsonschema.validate(report, SCHEMA)
+    assert report["engine"] == "kubernetes" and report["written"] == [str(out)]
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["kind"] for d in docs] == ["Plan", "Plan"]
+    for plan in docs:
+        assert errors(plan) == [], plan["metadata"]["name"]
+        assert plan["spec"]["cordon"] is True and "drain" in plan["spec"]
+        assert any(fleet_images.refs["v2"] in arg for arg in plan["spec"]["upgrade"]["args"])
+    assert docs[1]["spec"]["concurrency"] == 3
+    refused = nestbuild("rollout", f"docker://{fleet_images.repo}:foreign", "--engine",
+                        "kubernetes", "--emit-plan", tmp_path / "no.yaml", "--trust",
+                        fleet_images.trust, *fleet_images.registry_args(), check=False)
+    assert refused.returncode == 1 and not (tmp_path / "no.yaml").exists()
+    percent = nestbuild("rollout", f"docker://{fleet_images.repo}:v2", "--engine",
+                        "kubernetes", "--emit-plan", tmp_path / "p.yaml", "--max-unavailable",
+                        "10%", "--trust", fleet_images.trust, *fleet_images.registry_args(),
+                        check=False)
+    assert percent.returncode == 2 and "give a count" in percent.stderr
