@@ -219,7 +219,7 @@ def cmd_rebase(args: argparse.Namespace) -> int:
     from nestbuild import RebaseOptions, rebase
 
     quiet = args.quiet or args.format == "json"
-    options = RebaseOptions(args.image, via=args.via, host=args.host, sysroot=args.sysroot,
+    options = RebaseOptions(args.image, via=_via(args), host=args.host, sysroot=args.sysroot,
                             osname=args.os, trust=args.trust, apply=args.apply,
                             dry_run=args.dry_run, access=registry_access(args))
     result = rebase(options, progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
@@ -240,11 +240,9 @@ def cmd_rebase(args: argparse.Namespace) -> int:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from nestbuild import UpgradeOptions, upgrade
 
-    if args.via == "ostree" and args.sysroot is None:
-        raise UsageError("--via ostree needs --sysroot DIR")
     quiet = args.quiet or args.format == "json"
     options = UpgradeOptions(
-        args.image, via=args.via, sysroot=args.sysroot, osname=args.os, trust=args.trust,
+        args.image, via=_via(args), sysroot=args.sysroot, osname=args.os, trust=args.trust,
         health=health_spec(args),
         rollback_on_failure=args.rollback_on_failure, reboot=args.reboot,
         check_only=args.check, boot=args.boot, access=registry_access(args))
@@ -267,10 +265,22 @@ def _dry_run_changelog(options: Any, result: Any, quiet: bool) -> Any:
         return None
 
 
+def _via(args: argparse.Namespace) -> str:
+    """--via as given, else what --sysroot implies; a sysroot with a node's tool is a
+    contradiction, not something to ignore."""
+    via: str = args.via or ("ostree" if args.sysroot is not None else "bootc")
+    if via == "ostree" and args.sysroot is None:
+        raise UsageError("--via ostree needs --sysroot DIR")
+    if via != "ostree" and args.sysroot is not None:
+        raise UsageError(f"--sysroot is for --via ostree, not --via {via}")
+    return via
+
+
 def _move_flags(parser: argparse.ArgumentParser, *, sysroot_help: str, trust_help: str
                 ) -> None:
     """How the node moves: its tool, or a local sysroot (stateroot, trust files)."""
-    parser.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"), default="bootc")
+    parser.add_argument("--via", choices=("bootc", "rpm-ostree", "ostree"),
+                        help="how the node moves (default: ostree with --sysroot, else bootc)")
     parser.add_argument("--sysroot", type=absolute, metavar="DIR", help=sysroot_help)
     parser.add_argument("--os", default="nestos", metavar="NAME",
                         help="stateroot for --via ostree (default nestos)")
