@@ -50,6 +50,8 @@ def _strings(value: object, what: str, field_name: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Descriptor:
+    """A blob as a manifest names it: media type, digest, size."""
+
     media_type: str
     digest: str
     size: int
@@ -83,6 +85,8 @@ class Descriptor:
 
 @dataclass(frozen=True)
 class Manifest:
+    """An image manifest as read, with its raw bytes and their digest."""
+
     media_type: str
     config: Descriptor
     layers: list[Descriptor]
@@ -109,6 +113,8 @@ class Manifest:
 
 @dataclass(frozen=True)
 class ImageConfig:
+    """The parts of an image config nestbuild reads, with its raw bytes."""
+
     architecture: str
     os: str
     labels: dict[str, str]

@@ -12,11 +12,12 @@ suggests the ``docker://`` reference (:func:`missing_locally`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from nestbuild._registry.reference import RegistryRef
-from nestbuild._registry.reference import parse as parse_registry
 from nestbuild.errors import UsageError
+
+if TYPE_CHECKING:
+    from nestbuild._registry.reference import RegistryRef
 
 TRANSPORTS = ("containers-storage", "oci", "oci-archive", "docker")
 DEFAULT_TRANSPORT = "containers-storage"
@@ -41,6 +42,9 @@ class ImageRef:
 
     def __post_init__(self) -> None:
         if self.transport == "docker" and self.registry is None:
+            # here: a local image (validate's usual case) needs no registry grammar
+            from nestbuild._registry.reference import parse as parse_registry
+
             object.__setattr__(self, "registry", parse_registry(self.name))
 
     @classmethod

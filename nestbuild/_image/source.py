@@ -37,7 +37,6 @@ from nestbuild._image.model import (
 from nestbuild._image.reference import ImageRef, missing_locally
 from nestbuild._image.tarsplit import TarSplitStream
 from nestbuild._image.tree import read_errors
-from nestbuild._tools import buildah, skopeo
 from nestbuild.errors import ImageError, LayerError, ToolError
 
 
@@ -350,6 +349,8 @@ class StorageSource(ImageSource):
 
     def _skopeo(self, *, config: bool = False) -> bytes:
         try:
+            from nestbuild._tools import skopeo
+
             return skopeo.inspect_local(f"containers-storage:{self.ref.name}", config=config)
         except ToolError as exc:
             if "not known" in exc.message or "does not resolve" in exc.message \
@@ -540,5 +541,7 @@ _STORE: _Store | None = None
 def _store() -> _Store:
     global _STORE
     if _STORE is None:
-        _STORE = _Store(*buildah.store_location())
+        from nestbuild._image.storeconf import store_location
+
+        _STORE = _Store(*store_location())
     return _STORE

@@ -29,6 +29,8 @@ _PAX_PATHS = frozenset({"path", "linkpath", "uname", "gname"})
 
 @dataclass(slots=True)
 class Member:
+    """One tar member's header, as the layer reader needs it."""
+
     name: str
     type: bytes
     mode: int

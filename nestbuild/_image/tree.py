@@ -70,6 +70,8 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."
 
 @dataclass(slots=True)
 class Entry:
+    """One file-tree entry of a layer (or of a base index), with its metadata."""
+
     path: str
     type: str
     mode: int

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -23,6 +22,8 @@ def replacing(path: Path, mode: int | None = None, *, fsync: bool = False
     ``mode`` is set before the first byte is written (the temporary file starts as 0600);
     ``fsync`` makes the content durable before the rename (credentials).
     """
+    import tempfile  # here: readers that import this module seldom write (validate)
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         if mode is not None:

@@ -32,6 +32,8 @@ ADDED, MODIFIED, DELETED, METADATA = "added", "modified", "deleted", "metadata"
 
 @dataclass(frozen=True)
 class Change:
+    """One path the derived layers changed, and how."""
+
     path: str
     kind: str
     #: The entry type after the change (before it, for deletions).

@@ -38,6 +38,8 @@ _NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 
 @dataclass(frozen=True)
 class Rule:
+    """A rule of the catalogue: id, default severity, what it checks and the fix."""
+
     id: str
     severity: Severity
     summary: str
@@ -110,6 +112,8 @@ _C = TypeVar("_C", bound=Check)
 
 @dataclass(frozen=True)
 class Lint:
+    """A rule and the check that reports it."""
+
     rule: Rule
     check: Check
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Finding:
+    """One rule's verdict on one path (or on the image), with the policy's severity."""
+
     rule: str
     severity: str
     path: str | None

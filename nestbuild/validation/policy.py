@@ -108,6 +108,8 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 @dataclass
 class Policy:
+    """Which paths derived layers may change, and each rule's severity."""
+
     name: str
     allow: list[str]
     deny: list[str]

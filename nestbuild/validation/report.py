@@ -28,6 +28,8 @@ REPORT_VERSION = 1
 
 @dataclass(frozen=True)
 class BaseInfo:
+    """The base an image was validated against, and how it was found."""
+
     ref: str | None
     digest: str | None
     #: How many of the image's layers belong to the base.
@@ -48,6 +50,8 @@ FOUND_BY_TEXT = {
 
 @dataclass
 class Report:
+    """What validate found: the changeset, the findings and the verdict."""
+
     image_ref: str
     image_digest: str
     image_layers: int

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nestbuild._tools.buildah import _configured_store
+from nestbuild._image.storeconf import _configured_store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="rootless storage is left to buildah")
 
