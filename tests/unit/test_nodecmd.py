@@ -283,3 +283,16 @@ def test_parse_real_rpm_ostree_status() -> None:
         {"role": "rollback", "image": None, "digest": None, "version": "33.17",
          "architecture": None, "verified": None,
          "checksum": "775d54e89bc74731ec27db04f12510c0269c8cbab3ad5e39e0a4d693231ef072"}]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--sysroot", "./s", "--via", "bootc"], "--sysroot is for --via ostree, not --via bootc"),
+    (["--via", "ostree"], "--via ostree needs --sysroot DIR"),
+])
+def test_a_sysroot_and_a_nodes_tool_do_not_mix(args: list[str], says: str) -> None:
+    from tests.fixtures.cli import nestbuild
+
+    image = f"registry.example.com/nodes/base@{DIGEST}"
+    for command in (["node", "upgrade"], ["rebase"]):
+        r = nestbuild(*command, image, *args, check=False)
+        assert r.returncode == 2 and r.stderr.strip() == f"error: {says}", (command, r.stderr)
