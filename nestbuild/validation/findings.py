@@ -63,19 +63,23 @@ def evaluate(
 ) -> list[Finding]:
     """All findings, with the policy's severities, sorted by severity then path.
 
-    Every declared lint runs on the merged tree; with a base, on the base alone too, and
-    what the base finds as well is marked inherited (the fix belongs to the base).
+    Every declared lint runs on the merged tree; with a base, each one that found something
+    runs on the base alone too, and what the base finds as well is marked inherited (the fix
+    belongs to the base).
     """
     raws = [*layer_raws, *path_policy(changes, policy)]
     image = Context(merged, changes, layers, base_layers, settings or {}, packages)
     # a lint the policy turned off is not run: nothing would read what it found
     active = [lint for lint in LINTS if policy.severity(lint.rule.id) != OFF]
-    hits = [(lint.rule.id, hit) for lint in active for hit in lint.check(image)]
+    found = [(lint, list(lint.check(image))) for lint in active]
+    hits = [(lint.rule.id, hit) for lint, mine in found for hit in mine]
     inherited: set[tuple[str, str | None, str]] = set()
     if base is not None:
+        # asked only of the lints that found something: a finding is inherited when the
+        # base alone has it too, and a lint with no finding has nothing to mark
         alone = Context(base)
         inherited = {(lint.rule.id, hit.path, hit.message)
-                     for lint in active for hit in lint.check(alone)}
+                     for lint, mine in found if mine for hit in lint.check(alone)}
 
     findings = []
     for r in raws:
