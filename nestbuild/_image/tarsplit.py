@@ -133,6 +133,8 @@ class TarSplitStream(PositionedReader):
     def _file_read(self, offset: int, n: int) -> bytes:
         assert self._seg_path is not None
         f = self._seg_file
+        if f is None and offset == 0 and n == self._seg_end - self._seg_start:
+            return self._whole_file(n)  # the common case: a body read at once
         if f is None:
             try:
                 f = self._seg_file = open(self._seg_path, "rb", buffering=0)  # noqa: SIM115
@@ -155,6 +157,29 @@ class TarSplitStream(PositionedReader):
         if offset + n == self._seg_end - self._seg_start:  # the whole body: done with it
             f.close()
             self._seg_file = None
+        return data
+
+    def _whole_file(self, n: int) -> bytes:
+        """A whole body through the file descriptor alone: no file object is made for it
+        (a layer has thousands of small files, and the object costs more than the read)."""
+        assert self._seg_path is not None
+        try:
+            fd = os.open(self._seg_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise LayerError(f"layer file {os.fsdecode(self._seg_path)} is missing "
+                             f"({exc})") from None
+        try:
+            data = os.read(fd, n)
+            while len(data) < n:
+                more = os.read(fd, n - len(data))
+                if not more:
+                    break
+                data += more
+        finally:
+            os.close(fd)
+        if len(data) != n:
+            raise LayerError(f"layer file {os.fsdecode(self._seg_path)} is shorter than "
+                             "recorded")
         return data
 
     def readinto(self, buf: memoryview) -> int:  # type: ignore[override]

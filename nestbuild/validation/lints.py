@@ -533,9 +533,12 @@ class LayerScanner:
             elif link_escapes(e.path, e.link):
                 self.raws.append(Raw(UNSAFE_PATH.id, e.path,
                                      f"symlink to {e.link!r} climbs out of the root", e.layer))
-        if e.type == FILE and e.size and _SSH_HOST_KEY.search(e.path):
+        if e.type != FILE or not e.size:
+            return
+        # a substring test first (each pattern's fixed part): the regex only confirms
+        if "/etc/ssh/ssh_host_" in e.path and _SSH_HOST_KEY.search(e.path):
             self._secret(e, "an SSH host private key: every node would share it")
-        elif e.type == FILE and e.size and _USER_KEY.search(e.path):
+        elif "/.ssh/id_" in e.path and _USER_KEY.search(e.path):
             self._secret(e, "an SSH private key")
 
     def content(self, e: Entry, data: bytes) -> None:
