@@ -7,12 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 
-import pytest
-
 from tests.fixtures.fleet import FleetImages, MakeFleet
-
-#: The components this file runs itself (tests/conftest.py adds the fixtures' ones).
-pytestmark = [pytest.mark.ansible]
 
 
 def test_rebase_over_ssh_moves_that_node_only(make_fleet: MakeFleet,
