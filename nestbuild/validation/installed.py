@@ -40,6 +40,12 @@ OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 MAX_OS_RELEASE = 64 * 1024
 #: Symlinks followed while resolving one path (the kernel's own limit).
 MAX_LINKS = 40
+#: Every file that may hold an image's package database (a sqlite log too), absolute: here,
+#: not beside the package list (validation.packages), as every validate asks where it is.
+CANDIDATES = frozenset(
+    [f"/{d}/{name}" for d in rpmdb.RPM_DIRS for name, _ in rpmdb.RPM_FILES]
+    + [f"/{d}/rpmdb.sqlite-wal" for d in rpmdb.RPM_DIRS]
+    + [f"/{p}" for p in dpkg.STATUS_PATHS])
 
 
 class Tree(Protocol):
@@ -84,9 +90,7 @@ class OsRelease:
 
 def locate(tree: Tree) -> rpmdb.DbLocation | None:
     """The database file of a merged tree (rpmdb's order of preference), among the files
-    that may hold one (:data:`nestbuild.validation.packages.CANDIDATES`)."""
-    from nestbuild.validation.packages import CANDIDATES
-
+    that may hold one (:data:`CANDIDATES`)."""
     present = set()
     for path in CANDIDATES:
         e = tree.get(path)

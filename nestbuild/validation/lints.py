@@ -484,11 +484,13 @@ class Raw:
     inherited: bool = False
 
 
-_PEM_PRIVATE = re.compile(rb"-----BEGIN ((?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY"
-                          rb"(?: BLOCK)?)-----")
-_AWS_KEY = re.compile(rb"(?:aws_secret_access_key\s*=\s*\S{20,})|(?:\bAKIA[0-9A-Z]{16}\b)")
-_AUTH_JSON = re.compile(rb'"auths"\s*:\s*\{.*?"auth"\s*:\s*"[A-Za-z0-9+/=]{8,}"', re.DOTALL)
-_NETRC_PASSWORD = re.compile(rb"^\s*(?:machine\s+\S+\s+)?.*\bpassword\s+\S+", re.MULTILINE)
+# The content patterns are compiled on first use (re's cache): a substring test rules most
+# files out, so most runs never need them.
+_PEM_PRIVATE = (rb"-----BEGIN ((?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY"
+                rb"(?: BLOCK)?)-----")
+_AWS_KEY = rb"(?:aws_secret_access_key\s*=\s*\S{20,})|(?:\bAKIA[0-9A-Z]{16}\b)"
+_AUTH_JSON = rb'(?s)"auths"\s*:\s*\{.*?"auth"\s*:\s*"[A-Za-z0-9+/=]{8,}"'
+_NETRC_PASSWORD = rb"(?m)^\s*(?:machine\s+\S+\s+)?.*\bpassword\s+\S+"
 _SSH_HOST_KEY = re.compile(r"/etc/ssh/ssh_host_[a-z0-9]+_key\Z")
 _USER_KEY = re.compile(r"/\.ssh/id_(?:rsa|dsa|ecdsa|ed25519)(?:_sk)?\Z")
 
@@ -543,14 +545,14 @@ class LayerScanner:
 
     def content(self, e: Entry, data: bytes) -> None:
         # Substring tests first: they run at memory speed; the regexes only confirm.
-        m = _PEM_PRIVATE.search(data) if b"PRIVATE KEY" in data else None
+        m = re.search(_PEM_PRIVATE, data) if b"PRIVATE KEY" in data else None
         if m:
             self._secret(e, f"contains a private key ({m.group(1).decode()})")
-        elif (b"aws_secret_access_key" in data or b"AKIA" in data) and _AWS_KEY.search(data):
+        elif (b"aws_secret_access_key" in data or b"AKIA" in data) and re.search(_AWS_KEY, data):
             self._secret(e, "contains an AWS access key")
-        elif b'"auths"' in data and _AUTH_JSON.search(data):
+        elif b'"auths"' in data and re.search(_AUTH_JSON, data):
             self._secret(e, "contains registry credentials (auths.*.auth)")
-        elif e.path.endswith("/.netrc") and _NETRC_PASSWORD.search(data):
+        elif e.path.endswith("/.netrc") and re.search(_NETRC_PASSWORD, data):
             self._secret(e, "a .netrc with a password")
         elif e.path == "/etc/shadow":
             for line in data.decode("utf-8", "replace").splitlines():

@@ -19,27 +19,19 @@ from typing import Any
 from nestbuild._image.source import ImageSource
 from nestbuild._image.tarstream import TarStream
 from nestbuild._image.tree import DIR, Entry, Whiteout, item_of
-from nestbuild._pkgdb.dpkg import MAX_STATUS, STATUS_PATHS, parse_status
+from nestbuild._pkgdb.dpkg import MAX_STATUS, parse_status
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.model import Kind, Package
 from nestbuild._pkgdb.rpmdb import (
     MAX_DB,
-    RPM_DIRS,
-    RPM_FILES,
     DbLocation,
     Format,
     locate,
     read_rpmdb,
 )
+from nestbuild.validation.installed import CANDIDATES
 
 PREDICATE_TYPE = "https://nestbuild.dev/packages/v1"
-
-#: Every file that may hold an image's package database (a sqlite log too), absolute.
-CANDIDATES = frozenset(
-    [f"/{d}/{name}" for d in RPM_DIRS for name, _ in RPM_FILES]
-    + [f"/{d}/rpmdb.sqlite-wal" for d in RPM_DIRS]
-    + [f"/{p}" for p in STATUS_PATHS])
-
 
 def _ancestors(paths: Iterable[str]) -> frozenset[str]:
     out = set()
