@@ -50,6 +50,14 @@ class Plan:
                 "checks": [c.to_json() for c in self.checks]}
 
 
+def room_check(free: int, compressed: int) -> Check:
+    """Whether an image of ``compressed`` layer bytes fits in ``free`` bytes: its layers
+    are unpacked into the node's repository, about twice their compressed size."""
+    need = compressed * 2
+    return Check("room", free >= need,
+                 f"{free // 2**20} MiB free, about {need // 2**20} MiB needed")
+
+
 def repository(name: str) -> str:
     """``reg:5000/nodes/base:v1`` -> ``reg:5000/nodes/base`` (a registry port is not a tag)."""
     last = name.rsplit("/", 1)[-1]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from nestbuild._image.model import host_platform
 from nestbuild.errors import UsageError
-from nestbuild.node.checks import Check, RebaseRefused
+from nestbuild.node.checks import Check, RebaseRefused, room_check
 from nestbuild.node.trust import POLICY
 
 if TYPE_CHECKING:
@@ -108,6 +108,15 @@ class SysrootRebase:
             return [verified, f"would deploy {self.image} ({self.digest}); dry run, the "
                               "sysroot is unchanged", *SysrootStatus(self.before).lines()]
         return [verified, *SysrootStatus(self.after).lines()]
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds ``path`` (or would: its nearest existing
+    parent, for a sysroot not made yet)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def absolute(path: Path) -> Path:
@@ -297,7 +306,12 @@ class SysrootBackend:
         if src.config.architecture != arch:
             raise RebaseRefused(f"{pinned}: built for {src.config.architecture}, this node is "
                                 f"{arch}; the sysroot is unchanged")
+        room = room_check(_free_bytes(self.sysroot),
+                          sum(layer.size for layer in src.manifest.layers))
+        if not room.ok:
+            raise RebaseRefused(f"{pinned}: no room in {self.sysroot}: {room.detail}; the "
+                                "sysroot is unchanged")
         checks = [Check("signature", True, f"{verdict.reason} (scope {verdict.scope})"),
                   Check("bootable", True, "containers.bootc/ostree.bootable label"),
-                  Check("architecture", True, f"image {arch}, node {arch}")]
+                  Check("architecture", True, f"image {arch}, node {arch}"), room]
         return SysrootCheck(str(target), digest, verdict, trust_from, checks), src

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from nestbuild._image.model import host_platform
 from nestbuild._tools import bootc, rpmostree
 from nestbuild.errors import NestbuildError
-from nestbuild.node.checks import Check, Plan, RebaseRefused
+from nestbuild.node.checks import Check, Plan, RebaseRefused, room_check
 from nestbuild.node.host import Host
 from nestbuild.node.remote import RemoteImage, remote_image
 from nestbuild.node.status import NodeStatus
@@ -94,10 +94,7 @@ class ToolBackend(ABC):
         p.checks.append(Check("architecture", image.architecture == arch,
                               f"image {image.architecture}, node {arch}"))
         if node_free is not None:
-            need = image.size * 2  # compressed layers, unpacked into the repository
-            p.checks.append(Check("room", node_free >= need,
-                                  f"{node_free // 2**20} MiB free, about {need // 2**20} MiB "
-                                  "needed"))
+            p.checks.append(room_check(node_free, image.size))
         p.checks.append(Check("signature", True,
                               f"enforced by the node's policy.json ({self.enforced_by})"))
         failed = [c for c in p.checks if not c.ok]

@@ -121,6 +121,8 @@ def test_check_changes_nothing(node: Path, fleet_images: FleetImages) -> None:
     assert r.returncode == 0, doc
     assert doc["state"] == "checked" and doc["moved"] is False
     assert doc["checks"] and all(c["ok"] for c in doc["checks"]), doc["checks"]
+    assert [c["name"] for c in doc["checks"]] == ["signature", "bootable", "architecture",
+                                                  "room"]
     assert doc["booted"] == fleet_images.digest("v1")
     assert layout(node) == before
     assert not (node / "ostree" / "deploy" / "nestos" / "var" / "lib" / "nestbuild"
