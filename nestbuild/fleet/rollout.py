@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nestbuild.errors import EXIT_FAILED, EXIT_OK, NestbuildError, UsageError
 from nestbuild.fleet import state as statefile
-from nestbuild.fleet.plan import Batching, serial, waves
+from nestbuild.fleet.plan import Batching, batch_size, serial, waves
 from nestbuild.fleet.state import NodeState, RolloutState
 from nestbuild.node.health import HealthSpec
 
@@ -217,7 +217,7 @@ def _version_groups(state: RolloutState, results: dict[str, dict[str, Any]],
 def _options_json(o: RolloutOptions) -> dict[str, Any]:
     return {"canary": o.batching.canary, "maxUnavailable": o.batching.max_unavailable,
             "soak": o.soak, "maxFailures": o.max_failures, "health": o.health.to_json(),
-            "drain": o.drain}
+            "drain": o.drain, "trust": None if o.trust is None else str(o.trust.resolve())}
 
 
 def step_args(health: HealthSpec) -> list[str]:
@@ -228,14 +228,15 @@ def step_args(health: HealthSpec) -> list[str]:
             *(f"--health-url={u}" for u in health.urls)]
 
 
-def extra_vars(state: RolloutState, o: RolloutOptions, sizes: list[int], hosts: list[str]
-               ) -> dict[str, Any]:
+def extra_vars(state: RolloutState, o: RolloutOptions, sizes: list[int], hosts: list[str],
+               max_failures: int | None = None) -> dict[str, Any]:
     """The rollout's choices for the playbook. ``hosts`` in the planned order: a play over a
     group takes Ansible's group-walk order, which with nested groups is not the file's (nor
     stable between runs), while an explicit list runs in its own order."""
     return {"nestbuild_image": state.pinned, "nestbuild_hosts": hosts,
             "nestbuild_serial": sizes,
-            "nestbuild_max_failures": o.max_failures, "nestbuild_soak": round(o.soak),
+            "nestbuild_max_failures": o.max_failures if max_failures is None else max_failures,
+            "nestbuild_soak": round(o.soak),
             "nestbuild_drain": o.drain, "nestbuild_step_args": step_args(o.health)}
 
 
@@ -302,29 +303,42 @@ class Rollout:
 
     def resume(self) -> RolloutReport:
         state = statefile.load(self.o.state_file)
-        if state.status == "completed":
-            report = RolloutReport(state)
-            report.notes.append("the rollout had completed: nothing to do")
-            return report
         if self.o.image and self.o.image not in (state.image, state.pinned):
             raise UsageError(f"--resume: {self.o.state_file} is the rollout of {state.image} "
                              f"({state.digest}), not {self.o.image}")
+        if state.status == "halted":
+            raise UsageError(f"--resume: that rollout halted on purpose ({state.message}); "
+                             "the nodes not reached stay as they are: start a new rollout "
+                             "once the cause is fixed")
         left = state.names("pending", "running", "unreachable")
+        if state.status in ("completed", "failed") or not left:
+            report = RolloutReport(state)
+            report.notes.append(f"the rollout had ended ({state.status}): nothing to resume")
+            return report
+        # the key that signed it may have been revoked since: verified again, and the digest
+        # must still be the one the rollout started with
+        trust = self.o.trust or (Path(state.options["trust"]) if state.options.get("trust")
+                                 else None)
+        pinned, _ = resolve_and_verify(state.pinned, trust, self.o.access)
+        if pinned != state.pinned:
+            raise RolloutRefused(f"--resume: {pinned} is not {state.pinned}")
         self.say(f"resuming {state.pinned}: {len(left)} node(s) left, "
                  f"{state.count('healthy')} already healthy")
         o = self.o
         inv = Path(state.inventory) if state.inventory else o.inventory
         if inv is None:
             raise UsageError("--resume: the state names no inventory; give --inventory")
+        # a percentage stays a share of the whole fleet, not of the nodes left
+        size = batch_size(str(state.options.get("maxUnavailable", "1")), len(state.nodes))
         self.o = RolloutOptions(
             state.image, inv, state.limit,
             Batching(0 if state.count("healthy") else int(state.options.get("canary", 1)),
-                     str(state.options.get("maxUnavailable", "1"))),
+                     str(size)),
             float(state.options.get("soak", 0)), int(state.options.get("maxFailures", 0)),
             HealthSpec(tuple((state.options.get("health") or {}).get("commands", ())),
                        tuple((state.options.get("health") or {}).get("urls", ())),
                        float((state.options.get("health") or {}).get("timeout", 300))),
-            bool(state.options.get("drain", False)), state_file=o.state_file,
+            bool(state.options.get("drain", False)), trust=trust, state_file=o.state_file,
             access=o.access, forks=o.forks)
         report = RolloutReport(state)
         return self.move(state, report, left)
@@ -393,9 +407,13 @@ class Rollout:
         assert self.o.inventory is not None
         work = path.parent / "ansible"
         try:
+            # nodes that failed before an interruption count against the budget too
+            failed_before = sum(1 for name, n in state.nodes.items() if name not in names
+                                and n.state in ("failed", "rolled-back", "unreachable"))
             code, log = run_playbook(work, "rollout.yml", self.o.inventory,
                                      extra_vars(state, self.o, serial(planned),
-                                                [n.name for w in planned for n in w]),
+                                                [n.name for w in planned for n in w],
+                                                max(0, self.o.max_failures - failed_before)),
                                      hosts=names, forks=max(len(w) for w in planned),
                                      on_event=on_event)
         except KeyboardInterrupt:

@@ -104,6 +104,10 @@ def test_a_bad_image_is_rolled_back_on_the_canary_and_the_rollout_halts(
     assert [d for d, _ in deployments(fleet, "node01")] == [v1, bad]
     for name in set(fleet.nodes) - {"node01"}:
         assert deployments(fleet, name) == [(v1, 0)], name
+    # a halt is the rollout's decision, not an interruption: --resume does not undo it
+    again = nestbuild(*argv(fleet, "bad", tmp_path / "state.json", "--resume"),
+                      env=fleet.ansible_env(), check=False)
+    assert again.returncode == 2 and "halted on purpose" in again.stderr, again.stderr
 
 
 def test_a_rollout_killed_mid_wave_resumes_and_moves_nobody_twice(
@@ -143,6 +147,8 @@ def test_a_rollout_killed_mid_wave_resumes_and_moves_nobody_twice(
         assert deployments(fleet, name) == [(v2, 0), (v1, 0)], name
     for name in done_before:  # the resumed run did not even visit them
         assert report["nodes"][name]["finished"] == interrupted["nodes"][name]["finished"]
+    done = rollout(fleet, "v2", "--resume", state=state)
+    assert done["status"] == "completed" and "nothing to resume" in done["notes"][-1]
 
 
 def test_an_image_signed_with_another_key_is_refused_before_any_node(
