@@ -468,6 +468,9 @@ class _Store:
         self.graphroot = graphroot
         self.driver = driver
         self._by_diff: dict[str, str] | None = None
+        #: images.json as last parsed, and the file's identity then (it is replaced whole
+        #: when storage changes it: a new inode, size or mtime means parse it again).
+        self._image_list: tuple[tuple[int, int, int], list[dict[str, Any]]] | None = None
 
     def _load(self) -> dict[str, str]:
         if self._by_diff is None:
@@ -489,8 +492,19 @@ class _Store:
         return found
 
     def _images(self) -> list[dict[str, Any]]:
-        data = json.loads((self.graphroot / f"{self.driver}-images" / "images.json").read_text())
-        return data if isinstance(data, list) else []
+        """The store's image records; parsed once while the file stays the same (validate
+        looks up the image, its base by name and by digest: three parses of a file that
+        grows with every image in storage)."""
+        path = self.graphroot / f"{self.driver}-images" / "images.json"
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._image_list is not None and self._image_list[0] == key:
+                return self._image_list[1]
+            data = json.loads(f.read())
+        images = data if isinstance(data, list) else []
+        self._image_list = (key, images)
+        return images
 
     def image_by_digest(self, digest: str) -> dict[str, Any] | None:
         """The store's record of an image whose manifest has ``digest`` (tagged or not)."""
