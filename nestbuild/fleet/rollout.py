@@ -196,7 +196,10 @@ def _version_groups(state: RolloutState, results: dict[str, dict[str, Any]],
     from nestbuild.node.checks import repository
 
     by: dict[str | None, VersionGroup] = {}
-    for name, r in results.items():
+    for name in state.nodes:  # the plan's order, not the order the answers came in
+        r = results.get(name)
+        if r is None:
+            continue
         booted = r.get("booted")
         g = by.setdefault(booted, VersionGroup(booted, r.get("bootedImage"), []))
         g.nodes.append(name)
