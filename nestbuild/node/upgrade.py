@@ -231,6 +231,12 @@ class Upgrade:
         rec = self.record()
         phase = rec.get("phase")
         previous = rec.get("previous")
+        if phase == "rolling-back" and node.booted == self.target and self._rollback_lost():
+            # the run that decided to roll back stopped before the rollback was made
+            self.say(f"finishing the rollback to {previous}")
+            self.backend.rollback(apply=self.o.via != "ostree" and self.o.reboot == "self")
+            self.maybe_boot()
+            node = self.node()
         if phase in (ROLLED_BACK, "rolling-back"):
             return self.after_rollback(node, previous)
         if node.booted != self.target:
@@ -336,6 +342,14 @@ class Upgrade:
         return result
 
     # -- the node's tools ---------------------------------------------------------------
+
+    def _rollback_lost(self) -> bool:
+        """Whether a rollback this node's record asked for is not made: a sysroot still
+        defaults to the target; bootc has none queued. (rpm-ostree does not say: trusted.)"""
+        if self.o.via == "ostree":
+            return True  # booted (its default) is still the target
+        status = self.backend.status()
+        return self.o.via == "bootc" and not getattr(status, "rollback_queued", True)
 
     def systemd(self) -> Callable[[], str] | None:
         if self.o.via != "ostree":

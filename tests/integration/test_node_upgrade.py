@@ -114,6 +114,23 @@ def test_unhealthy_without_rollback_stays(node: Path, fleet_images: FleetImages)
     assert default_digest(node) == bad
 
 
+def test_a_rollback_cut_short_is_finished_by_the_next_run(node: Path,
+                                                          fleet_images: FleetImages) -> None:
+    """The run that decided to roll back stopped before it did (its record says
+    rolling-back, the node still runs the target): the next run makes the rollback."""
+    v1, bad = fleet_images.digest("v1"), fleet_images.digest("bad")
+    upgrade(fleet_images, node, "bad", "--health-cmd", HEALTH_CMD, "--health-timeout", "1s")
+    assert default_digest(node) == bad
+    record = node / "ostree" / "deploy" / "nestos" / "var" / "lib" / "nestbuild" / "upgrade.json"
+    record.write_text(json.dumps({"target": bad, "phase": "rolling-back", "previous": v1}))
+    r = upgrade(fleet_images, node, "bad", "--health-cmd", HEALTH_CMD, "--rollback-on-failure",
+                "--format", "json")
+    doc = report(r)
+    assert r.returncode == 1, doc
+    assert (doc["state"], doc["booted"], doc["moved"]) == ("rolled-back", v1, False)
+    assert default_digest(node) == v1
+
+
 def test_check_changes_nothing(node: Path, fleet_images: FleetImages) -> None:
     before = layout(node)
     r = upgrade(fleet_images, node, "v2", "--check", "--format", "json")
