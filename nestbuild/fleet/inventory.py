@@ -74,10 +74,6 @@ class Node:
         value = self.vars.get("nestbuild_sysroot")
         return None if value is None else str(value)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "via": self.via, "sysroot": self.sysroot,
-                "groups": list(self.groups)}
-
 
 @dataclass
 class Inventory:

@@ -46,7 +46,6 @@ UNHEALTHY = "unhealthy"  # booted the target, a check failed, no rollback asked 
 ROLLED_BACK = "rolled-back"  # a check failed; the previous digest is booted again
 ROLLBACK_FAILED = "rollback-failed"  # a check failed and the way back did not come back
 CHECKED = "checked"  # check only: the node's state and the update's checks
-STATES = (HEALTHY, REBOOT_REQUIRED, REBOOTING, UNHEALTHY, ROLLED_BACK, ROLLBACK_FAILED, CHECKED)
 
 
 class UpgradeError(NestbuildError):

@@ -17,7 +17,7 @@ DOCUMENTATION = """
 name: nestbuild_events
 type: stdout
 short_description: JSON lines for nestbuild rollout
-description: One JSON object per line per play, host result and summary.
+description: One JSON object per line per play start and per host result.
 """
 
 #: The per-node step's output is the rollout's record of the node: kept whole up to this.
@@ -49,9 +49,6 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
     def v2_playbook_on_play_start(self, play: Any) -> None:
         self._emit(event="play", name=play.get_name())
 
-    def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
-        self._emit(event="task", name=task.get_name())
-
     def v2_runner_on_ok(self, result: Any) -> None:
         self._host_event("ok", result)
 
@@ -60,7 +57,3 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
 
     def v2_runner_on_unreachable(self, result: Any) -> None:
         self._host_event("unreachable", result)
-
-    def v2_playbook_on_stats(self, stats: Any) -> None:
-        hosts = sorted(stats.processed.keys())
-        self._emit(event="stats", hosts={h: stats.summarize(h) for h in hosts})
