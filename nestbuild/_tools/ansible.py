@@ -33,12 +33,9 @@ class PlaybookRun:
     """A running ``ansible-playbook``: its events as they come, then its exit status."""
 
     def __init__(self, playbook: Path, inventory: Path, extra_vars: Path, *, forks: int,
-                 limit_file: Path | None = None, env: Mapping[str, str] | None = None,
-                 log: Path | None = None) -> None:
+                 env: Mapping[str, str] | None = None, log: Path | None = None) -> None:
         argv: list[str | Path] = [playbook_command(), "-i", inventory, playbook,
                                   "-e", f"@{extra_vars}", "--forks", str(max(1, forks))]
-        if limit_file is not None:
-            argv += ["--limit", f"@{limit_file}"]
         here = playbook.parent
         self._log = open(log or os.devnull, "ab")  # noqa: SIM115 - closed in wait()
         self.log = log

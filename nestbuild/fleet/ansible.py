@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,17 +37,15 @@ def write_playbook(dest: Path, extra_vars: dict[str, Any]) -> list[Path]:
 
 
 def run_playbook(workdir: Path, playbook: str, inventory: Path, extra_vars: dict[str, Any],
-                 *, hosts: Iterable[str], forks: int, on_event: Callable[[Event], None],
+                 *, forks: int, on_event: Callable[[Event], None],
                  env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Run ``playbook`` (``rollout.yml`` or ``preflight.yml``) on ``hosts``; every event goes
-    to ``on_event`` as it comes; the exit status of ansible-playbook and the end of its
-    log."""
+    """Run ``playbook`` (``rollout.yml`` or ``preflight.yml``) on the hosts ``extra_vars``
+    names (``nestbuild_hosts``, in their order); every event goes to ``on_event`` as it
+    comes; the exit status of ansible-playbook and the end of its log."""
     workdir = workdir.resolve()  # ansible-playbook runs in it: a relative path would not hold
     write_playbook(workdir, extra_vars)
-    limit = workdir / "hosts.limit"
-    limit.write_text("".join(f"{h}\n" for h in hosts))
     job = PlaybookRun(workdir / playbook, inventory.resolve(), workdir / "vars.json",
-                      forks=forks, limit_file=limit, env=env,
+                      forks=forks, env=env,
                       log=workdir / f"{Path(playbook).stem}.log")
     try:
         for event in job.events():

@@ -1,8 +1,8 @@
 """The waves of a rollout: the canaries first, then batches of at most --max-unavailable.
 
-Waves follow the inventory's host order, as Ansible's ``serial`` batches do, so the plan
-nestbuild prints is the order Ansible runs; :func:`serial` is that same plan written as
-Ansible's ``serial`` list.
+Waves follow the inventory's host order, and the play is handed its hosts in that order, so
+the plan nestbuild prints is the order Ansible runs; :func:`serial` is that same plan written
+as Ansible's ``serial`` list.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nestbuild.errors import UsageError
-from nestbuild.fleet.inventory import Node
+
+#: A node, or its name: a rollout plans from the inventory, a resumed one from its state.
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,12 @@ def batch_size(max_unavailable: str, total: int) -> int:
                          "1 or a percentage (1% to 100%)") from None
 
 
-def waves(nodes: Sequence[Node], batching: Batching) -> list[list[Node]]:
+def waves(nodes: Sequence[T], batching: Batching) -> list[list[T]]:
     """The nodes in waves: ``canary`` first, then ``max_unavailable`` at a time."""
     if batching.canary < 0:
         raise UsageError(f"--canary {batching.canary}: expected 0 or more")
     size = batching.batch_size(len(nodes))
-    out: list[list[Node]] = []
+    out: list[list[T]] = []
     rest = list(nodes)
     if batching.canary and rest:
         out.append(rest[:batching.canary])
@@ -58,7 +61,7 @@ def waves(nodes: Sequence[Node], batching: Batching) -> list[list[Node]]:
     return out
 
 
-def serial(planned: Sequence[Sequence[Node]]) -> list[int]:
+def serial(planned: Sequence[Sequence[object]]) -> list[int]:
     """Ansible's ``serial`` list for exactly these waves."""
     return [len(w) for w in planned] or [1]
 

@@ -367,7 +367,7 @@ class Rollout:
         with tempfile.TemporaryDirectory(prefix="nestbuild-preflight-") as tmp:
             assert self.o.inventory is not None
             code, log = run_playbook(Path(tmp), "preflight.yml", self.o.inventory,
-                                     extra_vars(state, self.o, [1], names), hosts=names,
+                                     extra_vars(state, self.o, [1], names),
                                      forks=min(self.o.forks, len(names)), on_event=on_event)
         why = f"no answer from the pre-flight (ansible-playbook exit {code}: " \
               f"{_last_line(log)})"
@@ -379,14 +379,12 @@ class Rollout:
     def move(self, state: RolloutState, report: RolloutReport, names: list[str]
              ) -> RolloutReport:
         from nestbuild.fleet.ansible import run_playbook
-        from nestbuild.fleet.inventory import Node
 
         path = self.o.state_file
-        picked = [Node(n, state.nodes[n].via, {}, ()) for n in names]
-        planned = waves(picked, self.o.batching)
+        planned = waves(names, self.o.batching)
         state.status, state.message = "running", None
         statefile.save(state, path)
-        wave_of = {n.name: i + 1 for i, w in enumerate(planned) for n in w}
+        wave_of = {name: i + 1 for i, w in enumerate(planned) for name in w}
         self.say(f"rolling out to {len(names)} node(s) in {len(planned)} wave(s)")
 
         batches = iter(planned)
@@ -395,9 +393,9 @@ class Rollout:
             host = e.get("host")
             if e.get("event") == "play":  # serial: one play start per wave
                 began = float(e.get("time") or time.time())
-                for node in next(batches, []):
-                    if state.nodes[node.name].state == "pending":
-                        state.nodes[node.name].started = began
+                for name in next(batches, []):
+                    if state.nodes[name].state == "pending":
+                        state.nodes[name].started = began
                 statefile.save(state, path)
                 self.watch(state)
                 return
@@ -415,9 +413,9 @@ class Rollout:
                                 and n.state in ("failed", "rolled-back", "unreachable"))
             code, log = run_playbook(work, "rollout.yml", self.o.inventory,
                                      extra_vars(state, self.o, serial(planned),
-                                                [n.name for w in planned for n in w],
+                                                [name for w in planned for name in w],
                                                 max(0, self.o.max_failures - failed_before)),
-                                     hosts=names, forks=max(len(w) for w in planned),
+                                     forks=max(len(w) for w in planned),
                                      on_event=on_event)
         except KeyboardInterrupt:
             state.status = "interrupted"
