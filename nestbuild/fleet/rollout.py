@@ -338,9 +338,7 @@ class Rollout:
             Batching(0 if state.count("healthy") else int(state.options.get("canary", 1)),
                      str(size)),
             float(state.options.get("soak", 0)), int(state.options.get("maxFailures", 0)),
-            HealthSpec(tuple((state.options.get("health") or {}).get("commands", ())),
-                       tuple((state.options.get("health") or {}).get("urls", ())),
-                       float((state.options.get("health") or {}).get("timeout", 300))),
+            HealthSpec.from_json(state.options.get("health")),
             bool(state.options.get("drain", False)), trust=trust, state_file=o.state_file,
             access=o.access, forks=o.forks)
         report = RolloutReport(state)

@@ -42,6 +42,14 @@ class HealthSpec:
         return {"commands": list(self.commands), "urls": list(self.urls),
                 "timeout": self.timeout}
 
+    @classmethod
+    def from_json(cls, doc: object) -> HealthSpec:
+        """The spec a rollout's state kept (:meth:`to_json`), for ``--resume``."""
+        d = doc if isinstance(doc, dict) else {}
+        return cls(tuple(str(c) for c in d.get("commands") or ()),
+                   tuple(str(u) for u in d.get("urls") or ()),
+                   float(d.get("timeout", cls.timeout)))
+
 
 @dataclass(frozen=True)
 class CheckResult:

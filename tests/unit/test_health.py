@@ -132,3 +132,9 @@ def test_report_round_trip(tmp_path: Path) -> None:
     again = HealthReport.from_json(report.to_json())
     assert again.to_json() == report.to_json() and not again.ok
     assert HealthReport.from_json("damaged").checks == []
+
+
+def test_a_spec_kept_in_a_rollout_state_reads_back_as_itself() -> None:
+    spec = HealthSpec(("true", "test -e x"), ("http://localhost:1/",), 42.0)
+    assert HealthSpec.from_json(spec.to_json()) == spec
+    assert HealthSpec.from_json(None) == HealthSpec()
