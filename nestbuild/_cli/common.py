@@ -95,6 +95,18 @@ def printable(text: str) -> str:
     return printable(text)
 
 
+def show(result: Any, fmt: str) -> None:
+    """A result with ``to_json`` and ``lines``: its JSON, or its table, each line made safe
+    for the terminal (a node's health output, an image's names are not ours)."""
+    if fmt == "json":
+        import json
+
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+        return
+    for line in result.lines():
+        print(printable(line))
+
+
 def check_output(path: Path | None, option: str) -> None:
     """Refuse, before any work, an output file that could not be written: a push or a build
     must not succeed and then end in an error about where its digest goes."""

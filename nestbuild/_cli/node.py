@@ -17,6 +17,7 @@ from nestbuild._cli.common import (
     printable,
     registry_access,
     registry_flags,
+    show,
 )
 from nestbuild.errors import EXIT_OK, UsageError
 
@@ -191,26 +192,17 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _show(result: Any, fmt: str) -> None:
-    """A status or rebase result: its JSON, or its table."""
-    if fmt == "json":
-        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
-        return
-    for line in result.lines():
-        print(line)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from nestbuild import node_status
 
-    _show(node_status(args.via, host=args.host, sysroot=args.sysroot), args.format)
+    show(node_status(args.via, host=args.host, sysroot=args.sysroot), args.format)
     return EXIT_OK
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from nestbuild import rollback
 
-    _show(rollback(args.via, host=args.host, sysroot=args.sysroot, osname=args.os,
+    show(rollback(args.via, host=args.host, sysroot=args.sysroot, osname=args.os,
                    apply=args.apply), args.format)
     return EXIT_OK
 
@@ -233,7 +225,7 @@ def cmd_rebase(args: argparse.Namespace) -> int:
     if changes is not None:
         for line in changes.summary():
             print(printable(line))
-    _show(result, args.format)
+    show(result, args.format)
     return EXIT_OK
 
 
@@ -247,7 +239,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         rollback_on_failure=args.rollback_on_failure, reboot=args.reboot,
         check_only=args.check, boot=args.boot, access=registry_access(args))
     result = upgrade(options, progress=None if quiet else (lambda m: print(m, file=sys.stderr)))
-    _show(result, args.format)
+    show(result, args.format)
     return result.exit_code
 
 

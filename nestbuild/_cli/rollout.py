@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from nestbuild._cli.common import (
     printable,
     registry_access,
     registry_flags,
+    show,
 )
 from nestbuild.errors import UsageError
 
@@ -98,7 +98,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
     if args.image == "status":
         report = rollout_status(args.state)
-        _show(report, args.format)
+        show(report, args.format)
         return 0
     if args.engine == "kubernetes" and args.emit_playbook:
         raise UsageError("--emit-playbook is for --engine ansible; use --emit-plan")
@@ -122,7 +122,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     finally:
         if live is not None:
             live.stop()
-    _show(report, args.format)
+    show(report, args.format)
     return report.exit_code
 
 
@@ -181,9 +181,3 @@ def _say(message: str) -> None:
     print(f"nestbuild: {printable(message)}", file=sys.stderr, flush=True)
 
 
-def _show(report: Any, fmt: str) -> None:
-    if fmt == "json":
-        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
-        return
-    for line in report.lines():
-        print(printable(line))

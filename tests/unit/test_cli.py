@@ -184,3 +184,22 @@ def test_output_that_cannot_be_written(args: list[str]) -> None:
                            stderr=subprocess.PIPE, text=True, check=False, env=env)
     assert (r.returncode, r.stderr) == (1, "error: cannot write the output: No space left on "
                                            "device\n")
+
+
+def test_a_results_table_shows_what_it_holds_without_terminal_controls(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """node status, node upgrade and rollout print lines that carry a node's health output
+    and an image's names: a terminal must not act on them."""
+    from nestbuild._cli.common import show
+
+    class Result:
+        def to_json(self) -> dict[str, Any]:
+            return {"output": "\x1b[2Jgone"}
+
+        def lines(self) -> list[str]:
+            return ["FAIL  cmd: check", "      \x1b[2Jgone"]
+
+    show(Result(), "table")
+    assert capsys.readouterr().out == "FAIL  cmd: check\n      \\x1b[2Jgone\n"
+    show(Result(), "json")
+    assert json.loads(capsys.readouterr().out) == {"output": "\x1b[2Jgone"}
