@@ -147,14 +147,14 @@ class RolloutReport:
                        "nothing was touched")
             return out + self.notes
         for name, n in s.nodes.items():
-            if n.state in ("rolled-back", "failed", "unreachable"):
+            if n.state in statefile.FAILED:
                 out.append(f"{n.state.upper()} {name}: {n.message or ''}".rstrip())
                 for check in ((n.step or {}).get("health") or {}).get("checks", []):
                     if not check.get("ok"):
                         out.append(f"    {check.get('check')}: "
                                    f"{_last_line(str(check.get('output', '')))}")
         out.append(f"{s.status}: {s.count('healthy')} healthy, {s.count('rolled-back')} "
-                   f"rolled back, {s.count('failed') + s.count('unreachable')} failed, "
+                   f"rolled back, {s.count('failed', 'unreachable')} failed, "
                    f"{s.count('pending')} not reached")
         return out + self.notes
 
@@ -408,7 +408,7 @@ class Rollout:
         try:
             # nodes that failed before an interruption count against the budget too
             failed_before = sum(1 for name, n in state.nodes.items() if name not in names
-                                and n.state in ("failed", "rolled-back", "unreachable"))
+                                and n.state in statefile.FAILED)
             code, log = run_playbook(work, "rollout.yml", self.o.inventory,
                                      extra_vars(state, self.o, serial(planned),
                                                 [name for w in planned for name in w],
@@ -423,18 +423,14 @@ class Rollout:
             self.say(state.message)
             raise
         self._finish(state, names)
-        if code not in (0, 2, 4) or (state.status == "halted" and not self._explained(state)):
+        if code not in (0, 2, 4) or (state.status == "halted"
+                                     and not state.count(*statefile.FAILED)):
             # 2: a host failed, 4: one was unreachable: the nodes say why; anything else is
             # Ansible's own failure, which the nodes cannot explain
             state.message = (f"{state.message or state.status}; ansible-playbook exit {code}: "
                              f"{_last_line(log)} (log: {work / 'rollout.log'})")
         statefile.save(state, path)
         return report
-
-    @staticmethod
-    def _explained(state: RolloutState) -> bool:
-        return any(n.state in ("failed", "rolled-back", "unreachable")
-                   for n in state.nodes.values())
 
     def _node_event(self, state: RolloutState, host: str, e: dict[str, Any], wave: int
                     ) -> None:
@@ -475,7 +471,7 @@ class Rollout:
             if n.state == "running":
                 n.state = "failed"
                 n.message = n.message or "its step did not finish (see ansible log)"
-        bad = sum(state.count(s) for s in ("failed", "rolled-back", "unreachable"))
+        bad = state.count(*statefile.FAILED)
         if bad == 0 and state.count("pending") == 0:
             state.status = "completed"
         elif state.count("pending"):

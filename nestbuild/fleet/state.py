@@ -24,6 +24,8 @@ DEFAULT = Path(".nestbuild") / "rollout.json"
 #: image; ``failed``: its step failed otherwise (a refused image, a failed rollback);
 #: ``unreachable``: Ansible could not reach it.
 NODE_STATES = ("pending", "running", "healthy", "rolled-back", "failed", "unreachable")
+#: The node states that count against ``--max-failures``.
+FAILED = ("rolled-back", "failed", "unreachable")
 #: The rollout's: ``planned`` (not started), ``running``, ``completed`` (every node healthy),
 #: ``halted`` (failures went over the budget, or a wave failed as a whole), ``failed`` (ended
 #: with failures within the budget), ``interrupted`` (stopped from outside; resume it).
@@ -90,8 +92,8 @@ class RolloutState:
     updated: float = field(default_factory=time.time)
     message: str | None = None
 
-    def count(self, state: str) -> int:
-        return sum(1 for n in self.nodes.values() if n.state == state)
+    def count(self, *states: str) -> int:
+        return sum(1 for n in self.nodes.values() if n.state in states)
 
     def names(self, *states: str) -> list[str]:
         return [name for name, n in self.nodes.items() if n.state in states]
