@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 
     from nestbuild._registry.client import RegistryClient
     from nestbuild._registry.reference import RegistryRef
-    from nestbuild.shipping.upload import BlobOutcome, Uploaded
+    from nestbuild.shipping.upload import BlobOutcome, Precompressor, Uploaded
     from nestbuild.signing.signatures import Attested, Signed
     from nestbuild.validation.report import Report
     from nestbuild.validation.sbom import Sbom
+    from nestbuild.validation.validate import Analysis
 
 
 @dataclass(frozen=True)
@@ -138,24 +139,26 @@ def default_destination(image: str) -> str:
                      "does not say which registry")
 
 
-def _validated(options: PushOptions) -> Report:
-    """The image's validation report; an image without a base is checked as one."""
+def _validated(options: PushOptions,
+               precompressed: Precompressor) -> tuple[Report, Analysis]:
+    """The image's validation report, and what was read for it; an image without a base is
+    checked as one. The layers read are compressed on the way (``precompressed``)."""
     from nestbuild.validation import policy
-    from nestbuild.validation.validate import validate
+    from nestbuild.validation.validate import analyze, judge
 
     pol = policy.resolve(options.policy_file, options.preset)
-    report = validate(options.image, policy=pol)
-    if report.base is None:
-        report = validate(options.image, policy=pol, as_base=True)
-    return report
+    a = analyze(options.image, open_layer=precompressed.open_layer)
+    if a.base is None:
+        a = analyze(options.image, as_base=True)
+    return judge(a, pol), a
 
 
-def _sbom(options: PushOptions) -> Sbom | None:
+def _sbom(options: PushOptions, analysis: Analysis | None) -> Sbom | None:
     """The image's SPDX SBOM, attested beside the report; None when the image has no package
     database (an SBOM listing nothing would tell a scanner that nothing is installed)."""
     from nestbuild.validation import sbom
 
-    found = sbom.sbom(options.image)
+    found = sbom.from_analysis(analysis) if analysis is not None else sbom.sbom(options.image)
     return found if found.database is not None else None
 
 
@@ -165,11 +168,20 @@ def push(options: PushOptions) -> PushResult:
     Raises :class:`PushRefused` (exit 1) when validation fails, before any upload; a wrong
     passphrase or a corrupt key also stops the push before anything is uploaded.
     """
+    from nestbuild.shipping.upload import Precompressor
+
+    with Precompressor(options.compression) as precompressed:
+        return _push(options, precompressed)
+
+
+def _push(options: PushOptions, precompressed: Precompressor) -> PushResult:
     from nestbuild._registry import reference
     from nestbuild.shipping.upload import upload
 
     dest = options.destination or default_destination(options.image)
     target = reference.parse(dest)
+    if target.digest:
+        raise UsageError(f"{dest}: push to a tag (HOST/REPO:TAG), not a digest")
     loading = None
     if options.sign_key is not None:
         from nestbuild.signing import signatures
@@ -177,9 +189,9 @@ def push(options: PushOptions) -> PushResult:
         # The passphrase is asked for now (never from a thread); scrypt overlaps validation.
         loading = signatures.start_loading_key(options.sign_key,
                                                passphrase_file=options.passphrase_file)
-    report = None
+    report = analysis = None
     if options.validate:
-        report = _validated(options)
+        report, analysis = _validated(options, precompressed)
         if not report.passed:
             raise PushRefused(options.image, report)
     result_signatures: list[Signed] = []
@@ -187,15 +199,14 @@ def push(options: PushOptions) -> PushResult:
     sign_then_tag = None
     client: RegistryClient  # the upload's connection: signatures go up through it too
     if loading is not None:
-        from nestbuild._image import open_image
         from nestbuild.validation import packages, sbom
 
-        # the package list is the SBOM's database, read once: the layer holding it can be a
-        # base layer of hundreds of megabytes
-        bom = _sbom(options)
+        # the package list is the SBOM's database, read once (by validation's package lints,
+        # if they ran): the layer holding it can be a base layer of hundreds of megabytes
+        bom = _sbom(options, analysis)
         package_list = None if bom is None or bom.database is None else packages.predicate(
             bom.database.format, (i.package for i in bom.database.packages),
-            str(open_image(options.image).ref))
+            _image_name(options, analysis))
         key = loading()  # a wrong passphrase or a corrupt key stops here, before any upload
 
         def sign_then_tag(digest: str, tags: list[str]) -> None:
@@ -215,10 +226,17 @@ def push(options: PushOptions) -> PushResult:
                 result_attestations.append(
                     signatures.attest(first, key, bom.document, sbom.PREDICATE_TYPE))
 
-    if target.digest:
-        raise UsageError(f"{dest}: push to a tag (HOST/REPO:TAG), not a digest")
     with options.access.client(target.host) as client:
         uploaded = upload(options.image, target, tags=options.tags,
                           compression=options.compression, jobs=options.jobs,
-                          quiet=options.quiet, client=client, before_tags=sign_then_tag)
+                          quiet=options.quiet, client=client, before_tags=sign_then_tag,
+                          precompressed=precompressed)
     return PushResult(uploaded, report, result_signatures, result_attestations)
+
+
+def _image_name(options: PushOptions, analysis: Analysis | None) -> str:
+    if analysis is not None:
+        return str(analysis.image.ref)
+    from nestbuild._image import open_image
+
+    return str(open_image(options.image).ref)

@@ -9,7 +9,9 @@ the blobs the registry lacks.
 Layers from containers-storage exist only uncompressed, so they are compressed here, with
 every core, while they are uploaded: the compressed bytes go to a spool file (which keeps the
 upload resumable) and each chunk is sent as soon as it exists; both digests are computed on the
-way, and the blob is committed only once the layer matched its diff ID. What a layer
+way, and the blob is committed only once the layer matched its diff ID. Where push validates,
+the layers validation reads are compressed from that same read (:class:`Precompressor`) and
+sent once validation has passed. What a layer
 compresses to is remembered (:mod:`nestbuild._registry.blobinfo`), so an unchanged re-push
 compresses nothing. Layers from an OCI layout or archive are sent as stored,
 and the manifest's exact bytes with them: its digest (and any signature made of it) survive.
@@ -17,12 +19,14 @@ and the manifest's exact bytes with them: its digest (and any signature made of 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -37,7 +41,7 @@ from nestbuild._image.model import (
     digest_of,
     index_manifests,
 )
-from nestbuild._image.source import ImageSource, OCILayoutSource
+from nestbuild._image.source import ImageSource, LayerStream, OCILayoutSource
 from nestbuild._registry import reference
 from nestbuild._registry.access import RegistryAccess
 from nestbuild._registry.blobinfo import BlobInfo
@@ -240,12 +244,116 @@ def _compress_into(spool: _Spool, stream: IO[bytes], compression: str, diff_id: 
                 advance(len(chunk))
         finally:
             writer.close()
-        if "sha256:" + raw_hash.hexdigest() != diff_id:
-            raise LayerError(f"{what}: the stored layer does not match its diff ID "
-                             f"{diff_id[:19]} (local storage is corrupt)")
+        _check_diff_id(raw_hash, diff_id, what)
         spool.finish()
     except BaseException as exc:
         spool.fail(exc)
+
+
+def _check_diff_id(raw_hash: Any, diff_id: str, what: str) -> None:
+    if "sha256:" + raw_hash.hexdigest() != diff_id:
+        raise LayerError(f"{what}: the stored layer does not match its diff ID "
+                         f"{diff_id[:19]} (local storage is corrupt)")
+
+
+class _Tee(io.RawIOBase):
+    """A layer's tar as its reader reads it, every byte also hashed and compressed."""
+
+    def __init__(self, src: IO[bytes], raw_hash: Any, writer: Any) -> None:
+        self._src, self._hash, self._writer = src, raw_hash, writer
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        data = self._src.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        if n:
+            self._hash.update(data)
+            self._writer.write(data)  # bytes, not the caller's buffer: the writer keeps it
+        return n
+
+    def drain(self) -> None:
+        """What the reader left (the tar's end padding): the blob is the whole stream."""
+        while self.read(READ):
+            pass
+
+
+class Precompressor:
+    """Layers compressed from the bytes validation reads: a validating push reads each layer
+    from storage once.
+
+    It stands in for ``ImageSource.open_layer`` while validation reads the derived layers
+    (:func:`nestbuild.validation.validate.analyze`). The compressed bytes wait in spool files
+    on this machine; the upload sends them only once validation has passed, so a refused
+    image still sends nothing. Layers already stored as blobs (OCI layouts: sent as they are),
+    and those whose compressed form is already known (a re-push, which compresses nothing),
+    are read as usual.
+    """
+
+    def __init__(self, compression: str = "gzip") -> None:
+        if compression not in COMPRESSIONS:
+            raise UsageError(f"--compression {compression}: use one of "
+                             f"{', '.join(COMPRESSIONS)}")
+        self.compression = compression
+        self._ready: dict[str, _Spool] = {}
+
+    @contextlib.contextmanager
+    def open_layer(self, src: ImageSource, index: int) -> Iterator[LayerStream]:
+        diff_id = src.config.diff_ids[index]
+        if src.stored_layers() or diff_id in self._ready or self._known(diff_id):
+            with src.open_layer(index) as stream:
+                yield stream
+            return
+        what = f"{src.ref} layer {index}"
+        spool = _Spool(str(cache_dir("spool")))
+        writer = _compressor(self.compression, spool)
+        raw_hash = hashlib.sha256()
+        kept = False
+        try:
+            with src.open_layer(index) as layer:
+                tee = _Tee(layer.fileobj, raw_hash, writer)
+
+                def finish() -> None:
+                    nonlocal kept
+                    tee.drain()
+                    layer.finish()
+                    writer.close()
+                    _check_diff_id(raw_hash, diff_id, what)
+                    spool.finish()
+                    self._ready[diff_id] = spool
+                    kept = True
+
+                yield LayerStream(io.BufferedReader(tee, READ), False, (finish,))
+        finally:
+            if not kept:
+                spool.abandon()
+                with contextlib.suppress(Exception):
+                    writer.close()
+                spool.close()
+
+    def _known(self, diff_id: str) -> bool:
+        info = BlobInfo()
+        try:
+            return info.compressed(diff_id, self.compression) is not None
+        finally:
+            info.close()
+
+    def take(self, diff_id: str) -> _Spool | None:
+        """The layer's finished spool (the caller closes it), or None if none was made."""
+        return self._ready.pop(diff_id, None)
+
+    def close(self) -> None:
+        for spool in self._ready.values():
+            spool.close()
+        self._ready.clear()
+
+    def __enter__(self) -> Precompressor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 # -- the push -----------------------------------------------------------------------------------
@@ -253,9 +361,10 @@ def _compress_into(spool: _Spool, stream: IO[bytes], compression: str, diff_id: 
 
 class _Pusher:
     def __init__(self, client: RegistryClient, repo: str, *, compression: str, jobs: int,
-                 progress: Transfer, info: BlobInfo) -> None:
+                 progress: Transfer, info: BlobInfo,
+                 precompressed: Precompressor | None = None) -> None:
         self.client, self.repo, self.compression, self.jobs = client, repo, compression, jobs
-        self.progress, self.info = progress, info
+        self.progress, self.info, self.precompressed = progress, info, precompressed
         self.outcomes: list[BlobOutcome] = []
 
     def _reuse(self, digest: str) -> str | None:
@@ -288,10 +397,17 @@ class _Pusher:
             return self._upload(desc, f)
 
     def storage_layer(self, src: ImageSource, index: int) -> Descriptor:
-        """A layer that exists only uncompressed: reuse a known compressed form, or make it
-        while it is uploaded (the compressor and the upload run side by side)."""
+        """A layer that exists only uncompressed: reuse a known compressed form, send the one
+        made while validation read it, or make it while it is uploaded (the compressor and
+        the upload run side by side)."""
         diff_id = src.config.diff_ids[index]
         media_type = COMPRESSIONS[self.compression]
+        spool = self.precompressed.take(diff_id) if self.precompressed is not None else None
+        if spool is not None:
+            with contextlib.closing(spool):
+                digest, size = spool.result()
+                self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
+                return self._send_spool(spool, Descriptor(media_type, digest, size), index)
         known = self.info.compressed(diff_id, self.compression)
         if known is not None:
             desc = Descriptor(known[2], known[0], known[1])
@@ -322,6 +438,22 @@ class _Pusher:
         self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
         bar.finish("uploaded", name=digest[7:19], size=size)
         return self._done(Descriptor(media_type, digest, size), "uploaded")
+
+    def _send_spool(self, spool: _Spool, desc: Descriptor, index: int) -> Descriptor:
+        """A layer compressed beforehand: sent unless the registry can have it already."""
+        status = self._reuse(desc.digest)
+        if status:
+            self.progress.blob(desc.digest[7:19], desc.size).finish(status)
+            return self._done(desc, status)
+        bar = self.progress.blob(f"layer {index + 1} ({desc.digest[7:19]})", desc.size,
+                                 "uploading")
+        digest, size = self.client.put_source(self.repo, spool, bar.advance,
+                                              name=f"layer {desc.digest[:19]}")
+        if (digest, size) != (desc.digest, desc.size):  # the spool is ours: cannot happen
+            raise LayerError(f"layer {index}: sent {digest} ({size} bytes), compressed "
+                             f"{desc.digest} ({desc.size} bytes)")
+        bar.finish("uploaded")
+        return self._done(desc, "uploaded")
 
     def blob_bytes(self, data: bytes, media_type: str) -> Descriptor:
         desc = Descriptor(media_type, digest_of(data), len(data))
@@ -382,13 +514,15 @@ def upload(
     quiet: bool = False,
     client: RegistryClient | None = None,
     before_tags: Callable[[str, list[str]], None] | None = None,
+    precompressed: Precompressor | None = None,
 ) -> Uploaded:
     """Store ``source`` (any local transport) in ``dest`` (``[docker://]HOST/REPO[:TAG]``).
 
     The image (or, from an OCI layout, a whole multi-platform index) is stored by digest first
     and then under ``dest``'s tag and every ``tags`` entry. ``before_tags(digest, tags)`` runs
     in between (signing): if it fails, no tag has moved. Nothing is validated or signed here:
-    that is :func:`nestbuild.shipping.push.push`.
+    that is :func:`nestbuild.shipping.push.push`. Layers ``precompressed`` holds (compressed
+    as validation read them) are sent from there.
     """
     if compression not in COMPRESSIONS:
         raise UsageError(f"--compression {compression}: use one of {', '.join(COMPRESSIONS)}")
@@ -403,7 +537,7 @@ def upload(
     try:
         with Transfer(f"pushing {source} to {target.name}", quiet=quiet) as progress:
             pusher = _Pusher(client, target.repo, compression=compression, jobs=jobs,
-                             progress=progress, info=info)
+                             progress=progress, info=info, precompressed=precompressed)
             data, media_type = _push_top(pusher, src)
             digest = client.put_manifest(target.repo, digest_of(data), data, media_type)
             if before_tags is not None:

@@ -26,7 +26,6 @@ from nestbuild import __version__
 from nestbuild.validation.installed import (
     Database,
     OsRelease,
-    Tree,
     read_database,
     read_os_release,
 )
@@ -34,7 +33,7 @@ from nestbuild.validation.installed import (
 if TYPE_CHECKING:
     from nestbuild._image.source import ImageSource
     from nestbuild._pkgdb.model import Package
-    from nestbuild.validation.validate import Progress
+    from nestbuild.validation.validate import Analysis, Progress
 
 #: cosign's ``--type spdxjson``.
 PREDICATE_TYPE = "https://spdx.dev/Document"
@@ -75,15 +74,20 @@ def sbom(image_ref: str, *, base_ref: str | None = None,
     from nestbuild.validation.validate import analyze
 
     image = open_image(image_ref)
-    tree: Tree
     if image.config.bootable:
-        a = analyze(image_ref, base_ref, progress)
-        image, tree = a.image, a.overlay
-    else:  # not a node image (pushed with validation off): index all its layers
-        tree = baseindex.load_or_build(image, len(image.config.diff_ids),
-                                       progress or (lambda _msg: None))
+        return from_analysis(analyze(image_ref, base_ref, progress))
+    # not a node image (pushed with validation off): index all its layers
+    tree = baseindex.load_or_build(image, len(image.config.diff_ids),
+                                   progress or (lambda _msg: None))
     database = read_database(image, tree)
     return Sbom(document(image, database, read_os_release(image, tree)), database)
+
+
+def from_analysis(a: Analysis) -> Sbom:
+    """The SBOM of an image validation has read: a signed push attests both from one read,
+    and the package database its lints opened is not read again."""
+    database = a.packages.installed
+    return Sbom(document(a.image, database, read_os_release(a.image, a.overlay)), database)
 
 
 def document(image: ImageSource, database: Database | None,

@@ -10,7 +10,9 @@ This is the Python API under ``nestbuild validate`` and ``nestbuild diff``::
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from nestbuild._image import ImageSource, open_image
@@ -30,9 +32,13 @@ from nestbuild.validation.policy import Policy, preset
 from nestbuild.validation.report import BaseInfo, Report
 
 if TYPE_CHECKING:
+    from nestbuild._image.source import LayerStream
     from nestbuild._registry.access import RegistryAccess
 
 Progress = Callable[[str], None]
+#: Opens one layer of an image in place of ``ImageSource.open_layer``: a validating push
+#: compresses each derived layer from the bytes validation reads (one read from storage).
+LayerOpener = Callable[[ImageSource, int], AbstractContextManager["LayerStream"]]
 
 
 def _open(ref: str, access: RegistryAccess | None) -> ImageSource:
@@ -60,6 +66,15 @@ class Analysis:
     base_index: baseindex.BaseIndex
     notes: list[str] = field(default_factory=list)
     early: list[lints.Raw] = field(default_factory=list)
+    #: Checked as a base (``--as-base``): nothing derived, no base to compare packages with.
+    as_base: bool = False
+
+    @cached_property
+    def packages(self) -> ImagePackages:
+        """The package databases, read on first use: the package lints and the SBOM of a
+        signed push share one read (the database can be hundreds of megabytes)."""
+        compare = self.base_index.layers and not self.as_base and not self.overlay.full_compare
+        return ImagePackages(self.image, self.overlay, self.base_index if compare else None)
 
 
 def _require_bootable(src: ImageSource, role: str) -> None:
@@ -157,12 +172,14 @@ def locate_base(
 
 def analyze(image_ref: str, base_ref: str | None = None,
             progress: Progress | None = None, *, as_base: bool = False,
-            access: RegistryAccess | None = None) -> Analysis:
+            access: RegistryAccess | None = None,
+            open_layer: LayerOpener | None = None) -> Analysis:
     """Open the image, find its base, read only the derived layers, compute the changeset.
 
     ``as_base`` checks the image as a base: all its layers are the base, nothing is derived.
     Every layer a node applies is checked for what the node refuses: the derived ones as they
-    are read, the base's from its (cached) index.
+    are read, the base's from its (cached) index. ``open_layer`` reads the derived layers in
+    place of the image's own ``open_layer``.
     """
     say = progress or (lambda _msg: None)
     image = _open(image_ref, access)
@@ -199,9 +216,10 @@ def analyze(image_ref: str, base_ref: str | None = None,
         scanner.content(entry, data)  # type: ignore[arg-type]
 
     total = len(image.config.diff_ids)
+    opener = open_layer or (lambda src, i: src.open_layer(i))
     for i in range(first_derived, total):
         say(f"reading layer {i + 1}/{total}")
-        with image.open_layer(i) as stream:
+        with opener(image, i) as stream:
             for item in read_layer(stream.fileobj, i, seekable=stream.seekable, want_digest=want,
                                    inspect=inspect, what=f"{image.ref} layer {i}"):
                 scanner.item(item)
@@ -210,20 +228,28 @@ def analyze(image_ref: str, base_ref: str | None = None,
                     scanner.raws.append(lints.refusal_raw(item.layer, item.path, why))
             stream.finish()
     changes = overlay.changes()
-    return Analysis(image, info, overlay, changes, scanner, index, notes, early)
+    return Analysis(image, info, overlay, changes, scanner, index, notes, early, as_base)
 
 
 def validate(image_ref: str, *, base_ref: str | None = None, policy: Policy | None = None,
              progress: Progress | None = None, as_base: bool = False,
-             access: RegistryAccess | None = None) -> Report:
+             access: RegistryAccess | None = None,
+             open_layer: LayerOpener | None = None) -> Report:
     """Validate an image against a policy (strict by default); ``access`` reaches a
     ``docker://`` image (and its base) as the registry commands do.
 
     With ``as_base`` the image is checked as a base image: bootc's structural lints on its
     whole tree, no path policy (there is nothing derived to hold to it).
     """
+    a = analyze(image_ref, base_ref, progress, as_base=as_base, access=access,
+                open_layer=open_layer)
+    return judge(a, policy)
+
+
+def judge(a: Analysis, policy: Policy | None = None) -> Report:
+    """The report on an analysed image: its changeset and findings under ``policy``."""
     policy = policy or preset("strict")
-    a = analyze(image_ref, base_ref, progress, as_base=as_base, access=access)
+    as_base = a.as_base
     findings: list[Finding] = evaluate(
         policy=policy,
         changes=a.changes,
@@ -233,9 +259,7 @@ def validate(image_ref: str, *, base_ref: str | None = None, policy: Policy | No
         layers=len(a.image.config.diff_ids),
         base_layers=a.base.layers if a.base is not None and not as_base else 0,
         settings=policy.settings,
-        packages=ImagePackages(a.image, a.overlay,
-                               a.base_index if a.base_index.layers and not as_base
-                               and not a.overlay.full_compare else None),
+        packages=a.packages,
     )
     return Report.build(a.image, a.base, policy, a.changes, findings, a.notes)
 

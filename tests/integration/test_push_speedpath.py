@@ -1,8 +1,9 @@
 """The fast push path: layers from containers-storage compressed with every core while they
 upload, in chunks that resume. What users rely on: the registry holds exactly what the
 manifest says, every gzip reader (skopeo's, Python's gzip and zlib) reads it back to the
-layer's diff ID, a layer that no longer matches its diff ID is never committed, and progress
-shows each blob while it is being made."""
+layer's diff ID, a layer that no longer matches its diff ID is never committed, a validating
+push reads each new layer from storage once and still sends nothing before validation has
+passed, and progress shows each blob while it is being made."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import os
 import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
+import nestbuild
 from nestbuild._image import open_image
-from nestbuild._image.source import _store
+from nestbuild._image.source import LayerStream, StorageSource, _store
 from nestbuild._registry.client import RegistryClient
 from nestbuild._tools import buildah, run
 from nestbuild._util.progress import Transfer
@@ -47,14 +51,14 @@ def _repo() -> str:
     return f"test/{uuid.uuid4().hex[:10]}"
 
 
-def _payload_image(base: BuiltBase, tmp: Path) -> str:
+def _payload_image(base: BuiltBase, tmp: Path, where: str = "/opt/payload/") -> str:
     """The mini base plus one layer of ~3 MiB: random bytes and compressible text."""
     ctx = tmp / f"ctx-{uuid.uuid4().hex[:6]}"
     (ctx / "payload").mkdir(parents=True)
     (ctx / "payload" / "random.bin").write_bytes(os.urandom(2 << 20))
     (ctx / "payload" / "text.txt").write_text("".join(f"line {i} of the payload\n"
                                                       for i in range(60_000)))
-    (ctx / "Containerfile").write_text(f"FROM {base.tag}\nCOPY payload/ /opt/payload/\n")
+    (ctx / "Containerfile").write_text(f"FROM {base.tag}\nCOPY payload/ {where}\n")
     tag = unique_tag("speedpath")
     buildah.bud(ctx / "Containerfile", ctx, tag)
     return tag
@@ -121,15 +125,7 @@ def test_a_layer_that_no_longer_matches_its_diff_id_is_never_committed(
         tmp_path: Path) -> None:
     tag = _payload_image(mini_base, tmp_path)
     try:
-        src = open_image(tag)
-        diff_id = src.config.diff_ids[-1]
-        store = _store()
-        layer_id = store.layer_for(diff_id)
-        assert layer_id is not None
-        victim = store.diff_dir(layer_id) / "opt" / "payload" / "random.bin"
-        data = bytearray(victim.read_bytes())
-        data[len(data) // 2] ^= 0xFF  # same size: only the content hash can tell
-        victim.write_bytes(bytes(data))
+        _corrupt_last_layer(tag)
         name = _repo()
         with RegistryClient(fault_proxy.host, backoff=0.01, chunk_size=CHUNK) as c, \
                 pytest.raises(LayerError, match="does not match its diff ID"):
@@ -144,6 +140,81 @@ def test_a_layer_that_no_longer_matches_its_diff_id_is_never_committed(
         assert len(commits) <= 1  # at most the base layer, never the corrupt one
         assert any(r.method == "DELETE" and r.path.startswith(f"/v2/{name}/blobs/uploads/")
                    for r in records)
+    finally:
+        buildah.remove_image(tag)
+
+
+def _corrupt_last_layer(tag: str) -> None:
+    """Flip one byte of the last layer's random file in the store (same size: only the
+    content hash can tell)."""
+    diff_id = open_image(tag).config.diff_ids[-1]
+    store = _store()
+    layer_id = store.layer_for(diff_id)
+    assert layer_id is not None
+    victim = next((store.diff_dir(layer_id)).rglob("random.bin"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each layer (by diff ID) is read from containers-storage."""
+    counts: Counter[str] = Counter()
+    real = StorageSource.open_layer
+
+    def counting(self: StorageSource, index: int,
+                 what: str | None = None) -> AbstractContextManager[LayerStream]:
+        counts[self.config.diff_ids[index]] += 1
+        return real(self, index, what)
+
+    monkeypatch.setattr(StorageSource, "open_layer", counting)
+    return counts
+
+
+def test_a_validating_push_reads_each_new_layer_from_storage_once(
+        fault_proxy: FaultProxy, registry: Registry, mini_base: BuiltBase, tmp_path: Path,
+        opened: Counter[str]) -> None:
+    tag = _payload_image(mini_base, tmp_path, "/etc/payload/")
+    try:
+        src = open_image(tag)
+        new = src.config.diff_ids[-1]
+        name = _repo()
+        result = nestbuild.push(nestbuild.PushOptions(
+            image=tag, destination=f"{fault_proxy.host}/{name}:v1", quiet=True))
+        assert result.report is not None and result.report.passed
+        # validation read the new layer, and the upload sent what that read compressed
+        assert opened[new] == 1
+        client = RegistryClient(registry.host)
+        raw, _ = client.get_manifest(name, result.digest) or (b"", "")
+        layer = json.loads(raw)["layers"][-1]["digest"]
+        blob = client.get_blob(name, layer)
+        assert "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest() == new
+        run.run(["skopeo", "copy", "-q", "--src-tls-verify=false",
+                 f"docker://{registry.host}/{name}:v1", f"oci:{tmp_path / 'oci'}:v1"],
+                what="skopeo copy")
+        assert open_image(f"oci:{tmp_path / 'oci'}:v1").config.diff_ids == src.config.diff_ids
+        # the same image again, to another repository: its compressed form is known, so the
+        # layer is read by validation alone and its blob mounted
+        opened.clear()
+        again = nestbuild.push(nestbuild.PushOptions(
+            image=tag, destination=f"{fault_proxy.host}/{_repo()}:v1", quiet=True))
+        assert again.digest == result.digest and opened[new] == 1
+        assert {b.status for b in again.blobs if b.digest == layer} == {"mounted"}
+    finally:
+        buildah.remove_image(tag)
+
+
+def test_a_validating_push_of_a_corrupt_layer_sends_nothing(
+        fault_proxy: FaultProxy, mini_base: BuiltBase, tmp_path: Path) -> None:
+    tag = _payload_image(mini_base, tmp_path, "/etc/payload/")
+    try:
+        _corrupt_last_layer(tag)
+        name = _repo()
+        with pytest.raises(LayerError, match="does not match its diff ID"):
+            nestbuild.push(nestbuild.PushOptions(
+                image=tag, destination=f"{fault_proxy.host}/{name}:v1", quiet=True))
+        assert not [r for r in fault_proxy.requests if r.path.startswith(f"/v2/{name}/")]
     finally:
         buildah.remove_image(tag)
 
