@@ -14,7 +14,7 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +24,14 @@ from nestbuild.errors import LayerError
 #: tar-split records decoded per json call (one call for a batch is several times faster than
 #: one per record; the batch bounds what a layer with millions of entries holds at once).
 _BATCH = 4096
+#: A file body the reader reads whole is handed to the follower up to this size; a larger
+#: one is handed over by name, and the follower reads it.
+KEEP_BODY = 8 << 20
+
+#: Told of each segment of the stream once, in order: (bytes, None, size) for tar-split's own
+#: bytes; (data, path, size) for a file body, with data None when the reader did not read it
+#: whole (skipped it, or it exceeds :data:`KEEP_BODY`).
+Follower = Callable[[bytes | None, bytes | None, int], None]
 
 
 class TarSplitStream(PositionedReader):
@@ -46,6 +54,43 @@ class TarSplitStream(PositionedReader):
         self._prev: tuple[int, int, bytes | None, bytes | None] | None = None
         self._pos = 0
         self._eof = False
+        self._follower: Follower | None = None
+        self._told = 0  # where the last segment told to the follower ends
+        self._body: list[bytes] = []  # the current body as read, from its start
+        self._body_len = 0
+
+    def follow(self, follower: Follower) -> None:
+        """Tell ``follower`` every segment as the reader moves past it: a validating push
+        compresses the layer from what validation reads, and reads only what it skipped."""
+        self._follower = follower
+
+    def finish_following(self) -> None:
+        """Tell the follower the segments the reader never reached (the end padding)."""
+        while not self._eof and self._advance():
+            pass
+        self._tell()
+
+    def _tell(self) -> None:
+        follower = self._follower
+        if follower is None or self._seg_end <= self._told:
+            return
+        self._told = self._seg_end
+        size = self._seg_end - self._seg_start
+        if self._seg_path is None:
+            follower(self._seg_bytes, None, size)
+            return
+        whole = self._body_len == size
+        follower(b"".join(self._body) if whole else None, self._seg_path, size)
+        self._body, self._body_len = [], 0
+
+    def _keep(self, offset: int, data: bytes) -> None:
+        """Remember a body as it is read from its start, for the follower."""
+        if offset != self._body_len or self._body_len + len(data) > KEEP_BODY:
+            self._body_len = -1  # not read whole from here on: the follower reads it
+            self._body = []
+            return
+        self._body.append(data)
+        self._body_len += len(data)
 
     def _iter_entries(self) -> Iterator[tuple[bytes | None, bytes | None, int]]:
         while True:
@@ -85,6 +130,9 @@ class TarSplitStream(PositionedReader):
         if self._seg_file is not None:
             self._seg_file.close()
             self._seg_file = None
+        if self._follower is not None:
+            self._tell()
+            self._body, self._body_len = [], 0
         self._prev = (self._seg_start, self._seg_end, self._seg_bytes, self._seg_path)
         try:
             data, path, size = next(self._entries)
@@ -127,6 +175,8 @@ class TarSplitStream(PositionedReader):
             data = self._seg_bytes[offset : offset + n]
         else:
             data = self._file_read(offset, n)
+            if self._follower is not None and self._body_len >= 0:
+                self._keep(offset, data)
         self._pos += len(data)
         return data
 

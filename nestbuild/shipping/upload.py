@@ -10,8 +10,8 @@ Layers from containers-storage exist only uncompressed, so they are compressed h
 every core, while they are uploaded: the compressed bytes go to a spool file (which keeps the
 upload resumable) and each chunk is sent as soon as it exists; both digests are computed on the
 way, and the blob is committed only once the layer matched its diff ID. Where push validates,
-the layers validation reads are compressed from that same read (:class:`Precompressor`) and
-sent once validation has passed. What a layer
+a compressor follows validation's read of each new layer (:class:`Precompressor`): each byte
+comes from storage once, and the upload starts as soon as validation has passed. What a layer
 compresses to is remembered (:mod:`nestbuild._registry.blobinfo`), so an unchanged re-push
 compresses nothing. Layers from an OCI layout or archive are sent as stored,
 and the manifest's exact bytes with them: its digest (and any signature made of it) survive.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -42,6 +41,7 @@ from nestbuild._image.model import (
     index_manifests,
 )
 from nestbuild._image.source import ImageSource, LayerStream, OCILayoutSource
+from nestbuild._image.tarsplit import TarSplitStream
 from nestbuild._registry import reference
 from nestbuild._registry.access import RegistryAccess
 from nestbuild._registry.blobinfo import BlobInfo
@@ -138,14 +138,39 @@ def _compressor(compression: str, sink: _Spool) -> Any:
     if compression == "gzip":
         from isal import igzip_threaded
 
-        return igzip_threaded.open(sink, "wb", compresslevel=GZIP_LEVEL,  # type: ignore[no-untyped-call]
-                                   threads=_threads(), block_size=BLOCK)
+        return _Blocks(igzip_threaded.open(  # type: ignore[no-untyped-call]
+            sink, "wb", compresslevel=GZIP_LEVEL, threads=_threads(), block_size=BLOCK))
     if compression == "zstd":
         import zstandard
 
         return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).stream_writer(
             sink, closefd=False)  # type: ignore[arg-type]
     return _NoCompression(sink)
+
+
+class _Blocks:
+    """Hands the threaded gzip writer exactly :data:`BLOCK` bytes at a time. It deflates each
+    write as a block of its own, so the compressed bytes (and the blob's digest) would depend
+    on how the tar was read, and a layer of small files would be many tiny blocks: larger and
+    slower. Whichever path compresses a layer, the same layer makes the same blob."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+        self._buf = bytearray()
+
+    def write(self, data: bytes | memoryview) -> int:
+        buf = self._buf
+        buf += data
+        while len(buf) >= BLOCK:
+            self._writer.write(bytes(buf[:BLOCK]))
+            del buf[:BLOCK]
+        return len(data)
+
+    def close(self) -> None:
+        if self._buf:
+            self._writer.write(bytes(self._buf))
+            self._buf.clear()
+        self._writer.close()
 
 
 class _Spool:
@@ -256,28 +281,140 @@ def _check_diff_id(raw_hash: Any, diff_id: str, what: str) -> None:
                          f"{diff_id[:19]} (local storage is corrupt)")
 
 
-class _Tee(io.RawIOBase):
-    """A layer's tar as its reader reads it, every byte also hashed and compressed."""
+#: What a follower holds of the bytes its reader has passed it and it has not yet compressed.
+#: File bodies beyond it are handed over by name (the follower reads them); tar-split's own
+#: bytes wait for room.
+FOLLOW_LIMIT = 64 << 20
 
-    def __init__(self, src: IO[bytes], raw_hash: Any, writer: Any) -> None:
-        self._src, self._hash, self._writer = src, raw_hash, writer
 
-    def readable(self) -> bool:
-        return True
+class _Follower:
+    """Compresses a containers-storage layer from the segments its reader passes: the bytes
+    the reader read, and the file bodies it skipped, read here. Validation reads the layer;
+    this compresses it behind, so each byte comes from storage once and validation is not
+    slowed down to the compressor's pace. The spool then uploads as it grows.
+    """
 
-    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-        data = self._src.read(len(buf))
-        n = len(data)
-        buf[:n] = data
-        if n:
-            self._hash.update(data)
-            self._writer.write(data)  # bytes, not the caller's buffer: the writer keeps it
-        return n
+    def __init__(self, compression: str, diff_id: str, what: str) -> None:
+        self.spool = _Spool(str(cache_dir("spool")))
+        self.done_raw = 0
+        self.advance: Callable[[int], None] = lambda _n: None
+        self._compression, self._diff_id, self._what = compression, diff_id, what
+        self._cond = threading.Condition()
+        self._items: list[tuple[bytes | None, bytes | None, int] | None] = []
+        self._held = 0
+        # who waits on the other: only then is it woken (a wake-up per segment would cost
+        # more than compressing a small file)
+        self._taker_waits = self._reader_waits = False
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="nestbuild-compress",
+                                        daemon=True)
+        self._thread.start()
 
-    def drain(self) -> None:
-        """What the reader left (the tar's end padding): the blob is the whole stream."""
-        while self.read(READ):
-            pass
+    # the reader's side (a TarSplitStream's follower)
+    def take(self, data: bytes | None, path: bytes | None, size: int) -> None:
+        with self._cond:
+            if path is not None and data is not None and self._held + size > FOLLOW_LIMIT:
+                data = None  # read again by the follower rather than held
+            while path is None and self._held > FOLLOW_LIMIT and self._error is None:
+                self._reader_waits = True
+                self._cond.wait()
+                self._reader_waits = False
+            if self._error is not None:
+                raise self._error
+            self._items.append((data, path, size))
+            self._held += len(data) if data is not None else 0
+            if self._taker_waits and (self._held >= READ or (path is not None and data is None)):
+                self._cond.notify_all()
+
+    def end(self) -> None:
+        """The reader has passed every segment: the compressor finishes behind it."""
+        with self._cond:
+            self._items.append(None)
+            self._cond.notify_all()
+
+    def abandon(self) -> None:
+        """Stop compressing (validation failed, or the push broke) and drop the spool."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self.spool.abandon()
+        self._thread.join()
+        self.spool.close()
+
+    # the compressor's thread
+    def _batch(self) -> list[tuple[bytes | None, bytes | None, int] | None]:
+        """Every segment told so far (waits for some)."""
+        with self._cond:
+            while not self._items and not self._stopped:
+                self._taker_waits = True
+                self._cond.wait(0.05)  # the reader wakes it only for a worthwhile batch
+                self._taker_waits = False
+            if self._stopped:
+                raise LayerError(f"{self._what}: compression abandoned")
+            batch, self._items = self._items, []
+            return batch
+
+    def _done_with(self, held: int) -> None:
+        with self._cond:
+            self._held -= held
+            if self._reader_waits:
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        raw_hash = hashlib.sha256()
+        try:
+            writer = _compressor(self._compression, self.spool)
+            try:
+                def feed(chunk: bytes) -> None:
+                    raw_hash.update(chunk)
+                    writer.write(chunk)
+                    self.done_raw += len(chunk)
+                    self.advance(len(chunk))
+
+                ended = False
+                while not ended:
+                    held = 0
+                    for item in self._batch():
+                        if item is None:
+                            ended = True
+                            break
+                        data, path, size = item
+                        if data is not None:
+                            feed(data)
+                            held += len(data)
+                        else:
+                            assert path is not None
+                            for chunk in _file_chunks(path, size):
+                                feed(chunk)
+                    self._done_with(held)
+            finally:
+                writer.close()
+            _check_diff_id(raw_hash, self._diff_id, self._what)
+            self.spool.finish()
+        except BaseException as exc:
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+            self.spool.fail(exc)
+
+
+def _file_chunks(path: bytes, size: int) -> Iterator[bytes]:
+    """A layer file's first ``size`` bytes (what the tar holds of it), in chunks."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LayerError(f"layer file {os.fsdecode(path)} is missing ({exc})") from None
+    try:
+        left = size
+        while left:
+            chunk = os.read(fd, min(left, READ))
+            if not chunk:
+                raise LayerError(f"layer file {os.fsdecode(path)} is shorter than recorded")
+            left -= len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
 
 
 class Precompressor:
@@ -285,11 +422,12 @@ class Precompressor:
     from storage once.
 
     It stands in for ``ImageSource.open_layer`` while validation reads the derived layers
-    (:func:`nestbuild.validation.validate.analyze`). The compressed bytes wait in spool files
-    on this machine; the upload sends them only once validation has passed, so a refused
-    image still sends nothing. Layers already stored as blobs (OCI layouts: sent as they are),
-    and those whose compressed form is already known (a re-push, which compresses nothing),
-    are read as usual.
+    (:func:`nestbuild.validation.validate.analyze`): a compressor follows the reader,
+    compressing what it reads and reading what it skips. The compressed bytes wait in spool
+    files on this machine; the upload sends them only once validation has passed (while the
+    compressor may still be catching up), so a refused image still sends nothing. Layers
+    already stored as blobs (OCI layouts: sent as they are), and those whose compressed form
+    is already known (a re-push, which compresses nothing), are read as usual.
     """
 
     def __init__(self, compression: str = "gzip") -> None:
@@ -297,41 +435,37 @@ class Precompressor:
             raise UsageError(f"--compression {compression}: use one of "
                              f"{', '.join(COMPRESSIONS)}")
         self.compression = compression
-        self._ready: dict[str, _Spool] = {}
+        self._ready: dict[str, _Follower] = {}
 
     @contextlib.contextmanager
     def open_layer(self, src: ImageSource, index: int) -> Iterator[LayerStream]:
         diff_id = src.config.diff_ids[index]
         if src.stored_layers() or diff_id in self._ready or self._known(diff_id):
-            with src.open_layer(index) as stream:
-                yield stream
+            with src.open_layer(index) as plain:
+                yield plain
             return
-        what = f"{src.ref} layer {index}"
-        spool = _Spool(str(cache_dir("spool")))
-        writer = _compressor(self.compression, spool)
-        raw_hash = hashlib.sha256()
-        kept = False
-        try:
-            with src.open_layer(index) as layer:
-                tee = _Tee(layer.fileobj, raw_hash, writer)
+        with src.open_layer(index) as layer:
+            stream = layer.fileobj
+            if not isinstance(stream, TarSplitStream):
+                yield layer
+                return
+            follower = _Follower(self.compression, diff_id, f"{src.ref} layer {index}")
+            stream.follow(follower.take)
+            kept = False
 
-                def finish() -> None:
-                    nonlocal kept
-                    tee.drain()
-                    layer.finish()
-                    writer.close()
-                    _check_diff_id(raw_hash, diff_id, what)
-                    spool.finish()
-                    self._ready[diff_id] = spool
-                    kept = True
+            def finish() -> None:
+                nonlocal kept
+                layer.finish()
+                stream.finish_following()
+                follower.end()
+                self._ready[diff_id] = follower
+                kept = True
 
-                yield LayerStream(io.BufferedReader(tee, READ), False, (finish,))
-        finally:
-            if not kept:
-                spool.abandon()
-                with contextlib.suppress(Exception):
-                    writer.close()
-                spool.close()
+            try:
+                yield LayerStream(stream, layer.seekable, (finish,))
+            finally:
+                if not kept:
+                    follower.abandon()
 
     def _known(self, diff_id: str) -> bool:
         info = BlobInfo()
@@ -340,13 +474,13 @@ class Precompressor:
         finally:
             info.close()
 
-    def take(self, diff_id: str) -> _Spool | None:
-        """The layer's finished spool (the caller closes it), or None if none was made."""
+    def take(self, diff_id: str) -> _Follower | None:
+        """The layer's compressor (the caller closes its spool), or None if none ran."""
         return self._ready.pop(diff_id, None)
 
     def close(self) -> None:
-        for spool in self._ready.values():
-            spool.close()
+        for follower in self._ready.values():
+            follower.abandon()
         self._ready.clear()
 
     def __enter__(self) -> Precompressor:
@@ -402,12 +536,9 @@ class _Pusher:
         the upload run side by side)."""
         diff_id = src.config.diff_ids[index]
         media_type = COMPRESSIONS[self.compression]
-        spool = self.precompressed.take(diff_id) if self.precompressed is not None else None
-        if spool is not None:
-            with contextlib.closing(spool):
-                digest, size = spool.result()
-                self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
-                return self._send_spool(spool, Descriptor(media_type, digest, size), index)
+        follower = self.precompressed.take(diff_id) if self.precompressed else None
+        if follower is not None:
+            return self._send_followed(follower, src, index)
         known = self.info.compressed(diff_id, self.compression)
         if known is not None:
             desc = Descriptor(known[2], known[0], known[1])
@@ -439,21 +570,24 @@ class _Pusher:
         bar.finish("uploaded", name=digest[7:19], size=size)
         return self._done(Descriptor(media_type, digest, size), "uploaded")
 
-    def _send_spool(self, spool: _Spool, desc: Descriptor, index: int) -> Descriptor:
-        """A layer compressed beforehand: sent unless the registry can have it already."""
-        status = self._reuse(desc.digest)
-        if status:
-            self.progress.blob(desc.digest[7:19], desc.size).finish(status)
-            return self._done(desc, status)
-        bar = self.progress.blob(f"layer {index + 1} ({desc.digest[7:19]})", desc.size,
-                                 "uploading")
-        digest, size = self.client.put_source(self.repo, spool, bar.advance,
-                                              name=f"layer {desc.digest[:19]}")
-        if (digest, size) != (desc.digest, desc.size):  # the spool is ours: cannot happen
-            raise LayerError(f"layer {index}: sent {digest} ({size} bytes), compressed "
-                             f"{desc.digest} ({desc.size} bytes)")
-        bar.finish("uploaded")
-        return self._done(desc, "uploaded")
+    def _send_followed(self, follower: _Follower, src: ImageSource, index: int) -> Descriptor:
+        """A layer compressed behind validation's read: its spool goes up as it grows."""
+        diff_id = src.config.diff_ids[index]
+        bar = self.progress.blob(f"layer {index + 1} ({diff_id[7:19]})",
+                                 src.manifest.layers[index].size, "compressing, uploading")
+        follower.advance = bar.advance
+        bar.advance(follower.done_raw)  # a race can count a chunk twice: progress only
+        spool = follower.spool
+        try:
+            digest, size = self.client.put_source(
+                self.repo, spool, bar.sent, chunk_size=min(self.client.chunk_size, STREAM_CHUNK),
+                name=f"layer {diff_id[:19]}")
+        finally:
+            follower.abandon()
+        media_type = COMPRESSIONS[self.compression]
+        self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
+        bar.finish("uploaded", name=digest[7:19], size=size)
+        return self._done(Descriptor(media_type, digest, size), "uploaded")
 
     def blob_bytes(self, data: bytes, media_type: str) -> Descriptor:
         desc = Descriptor(media_type, digest_of(data), len(data))

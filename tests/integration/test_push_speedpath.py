@@ -2,8 +2,8 @@
 upload, in chunks that resume. What users rely on: the registry holds exactly what the
 manifest says, every gzip reader (skopeo's, Python's gzip and zlib) reads it back to the
 layer's diff ID, a layer that no longer matches its diff ID is never committed, a validating
-push reads each new layer from storage once and still sends nothing before validation has
-passed, and progress shows each blob while it is being made."""
+push reads each new layer from storage once (compressing behind validation's read), and
+progress shows each blob while it is being made."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
 def test_a_validating_push_reads_each_new_layer_from_storage_once(
         fault_proxy: FaultProxy, registry: Registry, mini_base: BuiltBase, tmp_path: Path,
-        opened: Counter[str]) -> None:
+        opened: Counter[str], monkeypatch: pytest.MonkeyPatch) -> None:
     tag = _payload_image(mini_base, tmp_path, "/etc/payload/")
     try:
         src = open_image(tag)
@@ -201,12 +201,21 @@ def test_a_validating_push_reads_each_new_layer_from_storage_once(
             image=tag, destination=f"{fault_proxy.host}/{_repo()}:v1", quiet=True))
         assert again.digest == result.digest and opened[new] == 1
         assert {b.status for b in again.blobs if b.digest == layer} == {"mounted"}
+        # compressed while it uploads (no validation, nothing known): the same blob, byte for
+        # byte, as compressed behind validation's read
+        monkeypatch.setenv("NESTBUILD_CACHE", str(tmp_path / "other-cache"))
+        plain = nestbuild.push(nestbuild.PushOptions(
+            image=tag, destination=f"{registry.host}/{_repo()}:v1", validate=False,
+            quiet=True))
+        assert plain.digest == result.digest
+        assert {b.status for b in plain.blobs if b.digest == layer} == {"uploaded"}
     finally:
         buildah.remove_image(tag)
 
 
-def test_a_validating_push_of_a_corrupt_layer_sends_nothing(
-        fault_proxy: FaultProxy, mini_base: BuiltBase, tmp_path: Path) -> None:
+def test_a_validating_push_of_a_corrupt_layer_commits_nothing(
+        fault_proxy: FaultProxy, registry: Registry, mini_base: BuiltBase,
+        tmp_path: Path) -> None:
     tag = _payload_image(mini_base, tmp_path, "/etc/payload/")
     try:
         _corrupt_last_layer(tag)
@@ -214,7 +223,13 @@ def test_a_validating_push_of_a_corrupt_layer_sends_nothing(
         with pytest.raises(LayerError, match="does not match its diff ID"):
             nestbuild.push(nestbuild.PushOptions(
                 image=tag, destination=f"{fault_proxy.host}/{name}:v1", quiet=True))
-        assert not [r for r in fault_proxy.requests if r.path.startswith(f"/v2/{name}/")]
+        assert RegistryClient(registry.host).get_manifest(name, "v1") is None
+        records = [r for r in fault_proxy.requests if r.path.startswith(f"/v2/{name}/")]
+        commits = [r for r in records if r.method == "PUT" and "digest=" in r.path]
+        assert len(commits) <= 1  # at most the base layer, never the corrupt one
+        started = sum(r.method == "POST" for r in records)
+        cancelled = sum(r.method == "DELETE" for r in records)
+        assert started - len(commits) == cancelled  # every other upload session cancelled
     finally:
         buildah.remove_image(tag)
 
