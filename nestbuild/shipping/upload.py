@@ -333,8 +333,9 @@ class _Follower:
             self._items.append(None)
             self._cond.notify_all()
 
-    def abandon(self) -> None:
-        """Stop compressing (validation failed, or the push broke) and drop the spool."""
+    def close(self) -> None:
+        """Drop the spool, once sent, or stop compressing (validation failed, or the push
+        broke)."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
@@ -465,7 +466,7 @@ class Precompressor:
                 yield LayerStream(stream, layer.seekable, (finish,))
             finally:
                 if not kept:
-                    follower.abandon()
+                    follower.close()
 
     def _known(self, diff_id: str) -> bool:
         info = BlobInfo()
@@ -475,12 +476,12 @@ class Precompressor:
             info.close()
 
     def take(self, diff_id: str) -> _Follower | None:
-        """The layer's compressor (the caller closes its spool), or None if none ran."""
+        """The layer's compressor (the caller closes it), or None if none ran."""
         return self._ready.pop(diff_id, None)
 
     def close(self) -> None:
         for follower in self._ready.values():
-            follower.abandon()
+            follower.close()
         self._ready.clear()
 
     def __enter__(self) -> Precompressor:
@@ -583,7 +584,7 @@ class _Pusher:
                 self.repo, spool, bar.sent, chunk_size=min(self.client.chunk_size, STREAM_CHUNK),
                 name=f"layer {diff_id[:19]}")
         finally:
-            follower.abandon()
+            follower.close()
         media_type = COMPRESSIONS[self.compression]
         self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
         bar.finish("uploaded", name=digest[7:19], size=size)

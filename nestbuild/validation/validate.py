@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 #: Opens one layer of an image in place of ``ImageSource.open_layer``: a validating push
-#: compresses each derived layer from the bytes validation reads (one read from storage).
+#: has a compressor follow validation's read of each derived layer (one read from storage).
 LayerOpener = Callable[[ImageSource, int], AbstractContextManager["LayerStream"]]
 
 

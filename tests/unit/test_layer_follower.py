@@ -130,7 +130,7 @@ def test_the_compressed_layer_is_the_exact_tar_behind_a_validating_read(
     follower.end()
     digest, size = follower.spool.result()
     blob = follower.spool.read_at(0, size)
-    follower.abandon()
+    follower.close()
     assert gzip.decompress(blob) == raw
     assert digest == "sha256:" + hashlib.sha256(blob).hexdigest()
 
@@ -154,4 +154,4 @@ def test_storage_that_no_longer_matches_its_diff_id_is_refused(
     follower.end()
     with pytest.raises(LayerError, match="does not match its diff ID"):
         follower.spool.result()
-    follower.abandon()
+    follower.close()
