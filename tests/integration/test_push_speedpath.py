@@ -213,6 +213,35 @@ def test_a_validating_push_reads_each_new_layer_from_storage_once(
         buildah.remove_image(tag)
 
 
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_a_validating_push_compressed_otherwise_is_read_back_by_skopeo(
+        registry: Registry, mini_base: BuiltBase, tmp_path: Path, compression: str) -> None:
+    tag = _payload_image(mini_base, tmp_path, "/etc/payload/")
+    try:
+        name = _repo()
+        result = nestbuild.push(nestbuild.PushOptions(
+            image=tag, destination=f"{registry.host}/{name}:v1", compression=compression,
+            quiet=True))
+        client = RegistryClient(registry.host)
+        raw, _ = client.get_manifest(name, result.digest) or (b"", "")
+        layer = json.loads(raw)["layers"][-1]
+        suffix = {"zstd": "+zstd", "none": ""}[compression]
+        assert layer["mediaType"] == f"application/vnd.oci.image.layer.v1.tar{suffix}"
+        blob = client.get_blob(name, layer["digest"])
+        if compression == "zstd":
+            import zstandard
+
+            blob = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+        assert "sha256:" + hashlib.sha256(blob).hexdigest() == open_image(tag).config.diff_ids[-1]
+        run.run(["skopeo", "copy", "-q", "--src-tls-verify=false",
+                 f"docker://{registry.host}/{name}:v1", f"oci:{tmp_path / 'oci'}:v1"],
+                what="skopeo copy")
+        assert open_image(f"oci:{tmp_path / 'oci'}:v1").config.diff_ids == \
+            open_image(tag).config.diff_ids
+    finally:
+        buildah.remove_image(tag)
+
+
 def test_a_validating_push_of_a_corrupt_layer_commits_nothing(
         fault_proxy: FaultProxy, registry: Registry, mini_base: BuiltBase,
         tmp_path: Path) -> None:
