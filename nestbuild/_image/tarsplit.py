@@ -66,9 +66,8 @@ class TarSplitStream(PositionedReader):
 
     def finish_following(self) -> None:
         """Tell the follower the segments the reader never reached (the end padding)."""
-        while not self._eof and self._advance():
+        while not self._eof and self._advance():  # each advance tells the segment it leaves
             pass
-        self._tell()
 
     def _tell(self) -> None:
         follower = self._follower
@@ -81,7 +80,6 @@ class TarSplitStream(PositionedReader):
             return
         whole = self._body_len == size
         follower(b"".join(self._body) if whole else None, self._seg_path, size)
-        self._body, self._body_len = [], 0
 
     def _keep(self, offset: int, data: bytes) -> None:
         """Remember a body as it is read from its start, for the follower."""

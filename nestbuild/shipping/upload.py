@@ -25,11 +25,11 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from nestbuild._image import open_image
 from nestbuild._image.model import (
@@ -48,7 +48,7 @@ from nestbuild._registry.blobinfo import BlobInfo
 from nestbuild._registry.client import RegistryClient
 from nestbuild._registry.reference import RegistryRef
 from nestbuild._util.cache import cache_dir
-from nestbuild._util.progress import Transfer
+from nestbuild._util.progress import Blob, Transfer
 from nestbuild.errors import LayerError, UsageError
 
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -224,6 +224,12 @@ class _Spool:
             self._error = exc
             self._cond.notify_all()
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the compressor failed, if it did."""
+        with self._cond:
+            return self._error
+
     def abandon(self) -> None:
         """The upload gave up: the compressor stops at its next write."""
         self._abandoned = True
@@ -252,9 +258,9 @@ class _Spool:
         self.file.close()
 
 
-def _compress_into(spool: _Spool, stream: IO[bytes], compression: str, diff_id: str,
+def _compress_into(spool: _Spool, chunks: Iterable[bytes], compression: str, diff_id: str,
                    what: str, advance: Callable[[int], None]) -> None:
-    """Compress a layer's tar stream into ``spool``; the producer's thread.
+    """Compress a layer's tar, as ``chunks`` of it, into ``spool``; the producer's thread.
 
     The uncompressed bytes are hashed on the way: a store whose layer no longer matches its
     diff ID is refused (the upload is never committed) rather than pushed.
@@ -263,7 +269,7 @@ def _compress_into(spool: _Spool, stream: IO[bytes], compression: str, diff_id: 
         raw_hash = hashlib.sha256()
         writer = _compressor(compression, spool)
         try:
-            while chunk := stream.read(READ):
+            for chunk in chunks:
                 raw_hash.update(chunk)
                 writer.write(chunk)
                 advance(len(chunk))
@@ -306,7 +312,6 @@ class _Follower:
         # more than compressing a small file)
         self._taker_waits = self._reader_waits = False
         self._stopped = False
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="nestbuild-compress",
                                         daemon=True)
         self._thread.start()
@@ -316,12 +321,12 @@ class _Follower:
         with self._cond:
             if path is not None and data is not None and self._held + size > FOLLOW_LIMIT:
                 data = None  # read again by the follower rather than held
-            while path is None and self._held > FOLLOW_LIMIT and self._error is None:
+            while path is None and self._held > FOLLOW_LIMIT and self.spool.error is None:
                 self._reader_waits = True
                 self._cond.wait()
                 self._reader_waits = False
-            if self._error is not None:
-                raise self._error
+            if (error := self.spool.error) is not None:
+                raise error
             self._items.append((data, path, size))
             self._held += len(data) if data is not None else 0
             if self._taker_waits and (self._held >= READ or (path is not None and data is None)):
@@ -362,42 +367,31 @@ class _Follower:
             if self._reader_waits:
                 self._cond.notify_all()
 
-    def _run(self) -> None:
-        raw_hash = hashlib.sha256()
-        try:
-            writer = _compressor(self._compression, self.spool)
-            try:
-                def feed(chunk: bytes) -> None:
-                    raw_hash.update(chunk)
-                    writer.write(chunk)
-                    self.done_raw += len(chunk)
-                    self.advance(len(chunk))
+    def _chunks(self) -> Iterator[bytes]:
+        """The layer's tar, segment by segment, as the reader tells them."""
+        while True:
+            held = 0
+            for item in self._batch():
+                if item is None:
+                    return
+                data, path, size = item
+                if data is not None:
+                    yield data
+                    held += len(data)
+                else:
+                    assert path is not None
+                    yield from _file_chunks(path, size)
+            self._done_with(held)
 
-                ended = False
-                while not ended:
-                    held = 0
-                    for item in self._batch():
-                        if item is None:
-                            ended = True
-                            break
-                        data, path, size = item
-                        if data is not None:
-                            feed(data)
-                            held += len(data)
-                        else:
-                            assert path is not None
-                            for chunk in _file_chunks(path, size):
-                                feed(chunk)
-                    self._done_with(held)
-            finally:
-                writer.close()
-            _check_diff_id(raw_hash, self._diff_id, self._what)
-            self.spool.finish()
-        except BaseException as exc:
-            with self._cond:
-                self._error = exc
-                self._cond.notify_all()
-            self.spool.fail(exc)
+    def _advance(self, n: int) -> None:
+        self.done_raw += n
+        self.advance(n)
+
+    def _run(self) -> None:
+        _compress_into(self.spool, self._chunks(), self._compression, self._diff_id,
+                       self._what, self._advance)
+        with self._cond:  # a reader waiting for room learns of the failure
+            self._cond.notify_all()
 
 
 def _file_chunks(path: bytes, size: int) -> Iterator[bytes]:
@@ -536,55 +530,43 @@ class _Pusher:
         made while validation read it, or make it while it is uploaded (the compressor and
         the upload run side by side)."""
         diff_id = src.config.diff_ids[index]
-        media_type = COMPRESSIONS[self.compression]
         follower = self.precompressed.take(diff_id) if self.precompressed else None
-        if follower is not None:
-            return self._send_followed(follower, src, index)
-        known = self.info.compressed(diff_id, self.compression)
+        known = None if follower else self.info.compressed(diff_id, self.compression)
         if known is not None:
             desc = Descriptor(known[2], known[0], known[1])
             status = self._reuse(desc.digest)
             if status:
                 self.progress.blob(desc.digest[7:19], desc.size).finish(status)
                 return self._done(desc, status)
-        what = f"{src.ref} layer {index}"
         bar = self.progress.blob(f"layer {index + 1} ({diff_id[7:19]})",
                                  src.manifest.layers[index].size, "compressing, uploading")
+        if follower is not None:  # compressed behind validation's read, perhaps still going
+            follower.advance = bar.advance
+            bar.advance(follower.done_raw)  # a race can count a chunk twice: progress only
+            with contextlib.closing(follower):
+                return self._send_stream(follower.spool, bar, diff_id)
+        what = f"{src.ref} layer {index}"
         spool = _Spool(str(cache_dir("spool")))
         try:
             with src.open_layer(index) as layer:
                 producer = threading.Thread(
                     target=_compress_into, name="nestbuild-compress",
-                    args=(spool, layer.fileobj, self.compression, diff_id, what, bar.advance))
+                    args=(spool, iter(partial(layer.fileobj.read, READ), b""),
+                          self.compression, diff_id, what, bar.advance))
                 producer.start()
                 try:
-                    digest, size = self.client.put_source(
-                        self.repo, spool, bar.sent,
-                        chunk_size=min(self.client.chunk_size, STREAM_CHUNK),
-                        name=f"layer {diff_id[:19]}")
+                    return self._send_stream(spool, bar, diff_id)
                 finally:
                     spool.abandon()
                     producer.join()
         finally:
             spool.close()
-        self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
-        bar.finish("uploaded", name=digest[7:19], size=size)
-        return self._done(Descriptor(media_type, digest, size), "uploaded")
 
-    def _send_followed(self, follower: _Follower, src: ImageSource, index: int) -> Descriptor:
-        """A layer compressed behind validation's read: its spool goes up as it grows."""
-        diff_id = src.config.diff_ids[index]
-        bar = self.progress.blob(f"layer {index + 1} ({diff_id[7:19]})",
-                                 src.manifest.layers[index].size, "compressing, uploading")
-        follower.advance = bar.advance
-        bar.advance(follower.done_raw)  # a race can count a chunk twice: progress only
-        spool = follower.spool
-        try:
-            digest, size = self.client.put_source(
-                self.repo, spool, bar.sent, chunk_size=min(self.client.chunk_size, STREAM_CHUNK),
-                name=f"layer {diff_id[:19]}")
-        finally:
-            follower.close()
+    def _send_stream(self, spool: _Spool, bar: Blob, diff_id: str) -> Descriptor:
+        """Upload a layer's spool as its compressor fills it; remember what it compressed to."""
+        digest, size = self.client.put_source(
+            self.repo, spool, bar.sent, chunk_size=min(self.client.chunk_size, STREAM_CHUNK),
+            name=f"layer {diff_id[:19]}")
         media_type = COMPRESSIONS[self.compression]
         self.info.record_compressed(diff_id, self.compression, digest, size, media_type)
         bar.finish("uploaded", name=digest[7:19], size=size)
