@@ -149,13 +149,11 @@ class _LiveView:
         from rich.console import Group
         from rich.text import Text
 
-        from nestbuild.fleet.state import FAILED  # loaded by the rollout already
-
         rows = []
         for i, wave in enumerate(state.waves):
             nodes = [state.nodes[n] for n in wave]
             done = sum(n.state == "healthy" for n in nodes)
-            bad = sum(n.state in FAILED for n in nodes)
+            bad = sum(n.failed for n in nodes)
             active = any(n.state == "running" for n in nodes)
             label = "canary" if i == 0 and state.options.get("canary") else f"wave {i + 1}"
             line = Text(f"{label:>8}  {done}/{len(nodes)} healthy"

@@ -49,6 +49,11 @@ class NodeState:
     started: float | None = None
     finished: float | None = None
 
+    @property
+    def failed(self) -> bool:
+        """Whether the node counts against ``--max-failures``."""
+        return self.state in FAILED
+
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "wave": self.wave, "via": self.via,
                 "previous": self.previous, "booted": self.booted, "step": self.step,
