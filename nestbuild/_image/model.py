@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from nestbuild._util.record import Value
 from nestbuild._util.userfile import json_document
 from nestbuild.errors import ImageError
 
@@ -48,15 +48,23 @@ def _strings(value: object, what: str, field_name: str) -> dict[str, str]:
     return {k: v or "" for k, v in value.items()}
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(Value):
     """A blob as a manifest names it: media type, digest, size."""
 
-    media_type: str
-    digest: str
-    size: int
-    annotations: dict[str, str] = field(default_factory=dict)
-    platform: dict[str, Any] | None = None
+    media_type: Final[str]
+    digest: Final[str]
+    size: Final[int]
+    annotations: Final[dict[str, str]]
+    platform: Final[dict[str, Any] | None]
+
+    def __init__(self, media_type: str, digest: str, size: int,
+                 annotations: dict[str, str] | None = None,
+                 platform: dict[str, Any] | None = None) -> None:
+        self.media_type = media_type
+        self.digest = digest
+        self.size = size
+        self.annotations = {} if annotations is None else annotations
+        self.platform = platform
 
     @classmethod
     def parse(cls, obj: Any, what: str) -> Descriptor:
@@ -83,16 +91,24 @@ class Descriptor:
         return cls(media_type, digest, size, annotations, platform)
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Value):
     """An image manifest as read, with its raw bytes and their digest."""
 
-    media_type: str
-    config: Descriptor
-    layers: list[Descriptor]
-    annotations: dict[str, str]
-    raw: bytes
-    digest: str
+    media_type: Final[str]
+    config: Final[Descriptor]
+    layers: Final[list[Descriptor]]
+    annotations: Final[dict[str, str]]
+    raw: Final[bytes]
+    digest: Final[str]
+
+    def __init__(self, media_type: str, config: Descriptor, layers: list[Descriptor],
+                 annotations: dict[str, str], raw: bytes, digest: str) -> None:
+        self.media_type = media_type
+        self.config = config
+        self.layers = layers
+        self.annotations = annotations
+        self.raw = raw
+        self.digest = digest
 
     @classmethod
     def parse(cls, raw: bytes, digest: str, what: str) -> Manifest:
@@ -111,15 +127,22 @@ class Manifest:
         return cls(media_type, config, layers, annotations, raw, digest)
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(Value):
     """The parts of an image config nestbuild reads, with its raw bytes."""
 
-    architecture: str
-    os: str
-    labels: dict[str, str]
-    diff_ids: list[str]
-    raw: bytes
+    architecture: Final[str]
+    os: Final[str]
+    labels: Final[dict[str, str]]
+    diff_ids: Final[list[str]]
+    raw: Final[bytes]
+
+    def __init__(self, architecture: str, os: str, labels: dict[str, str],
+                 diff_ids: list[str], raw: bytes) -> None:
+        self.architecture = architecture
+        self.os = os
+        self.labels = labels
+        self.diff_ids = diff_ids
+        self.raw = raw
 
     @classmethod
     def parse(cls, raw: bytes, what: str) -> ImageConfig:
