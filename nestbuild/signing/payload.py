@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from nestbuild._registry.reference import RegistryRef, check_digest, parse_normalized
+from nestbuild._util.record import Value
 from nestbuild.errors import NestbuildError
 
 SIGNATURE_TYPE = "cosign container image signature"
@@ -28,15 +28,22 @@ class PayloadError(NestbuildError):
     """A signature payload that containers/image would refuse."""
 
 
-@dataclass(frozen=True)
-class Payload:
+class Payload(Value):
     """A parsed payload. ``optional`` holds every annotation, creator and timestamp included."""
 
-    docker_reference: str
-    manifest_digest: str
-    creator: str | None = None
-    timestamp: int | None = None
-    optional: Mapping[str, Any] | None = field(default=None)
+    docker_reference: Final[str]
+    manifest_digest: Final[str]
+    creator: Final[str | None]
+    timestamp: Final[int | None]
+    optional: Final[Mapping[str, Any] | None]
+
+    def __init__(self, docker_reference: str, manifest_digest: str, creator: str | None = None,
+                 timestamp: int | None = None, optional: Mapping[str, Any] | None = None) -> None:
+        self.docker_reference = docker_reference
+        self.manifest_digest = manifest_digest
+        self.creator = creator
+        self.timestamp = timestamp
+        self.optional = optional
 
 
 def identity_matches(payload_ref: str, image_ref: str, rule: str) -> bool:

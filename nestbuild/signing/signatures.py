@@ -24,9 +24,8 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 from nestbuild._image.model import (
     ANNOTATION_REF_NAME,
@@ -38,6 +37,7 @@ from nestbuild._image.model import (
 )
 from nestbuild._registry.access import RegistryAccess
 from nestbuild._util.background import in_thread, run_all
+from nestbuild._util.record import Record, Value, asdict
 from nestbuild.errors import EXIT_FAILED, ImageError, NestbuildError, UsageError
 from nestbuild.signing import dsse, keyfile, keyload
 from nestbuild.signing import payload as payload_mod
@@ -102,8 +102,7 @@ class SigningError(NestbuildError):
 # where the image is
 
 
-@dataclass
-class Target:
+class Target(Record):
     """An image to sign or verify: its store, and the name nodes pull it by."""
 
     store: SignatureStore
@@ -118,16 +117,31 @@ class Target:
     #: ``REG/REPO``, the in-toto subject name (or the layout's name).
     subject_name: str
 
+    def __init__(self, store: SignatureStore, repo: str, ref: str, display: str,
+                 identity: RegistryRef | None, subject_name: str) -> None:
+        self.store = store
+        self.repo = repo
+        self.ref = ref
+        self.display = display
+        self.identity = identity
+        self.subject_name = subject_name
 
-@dataclass(frozen=True)
-class Subject:
+
+class Subject(Value):
     """One manifest that gets (or is checked for) its own signature."""
 
-    digest: str
-    raw: bytes
-    media_type: str
+    digest: Final[str]
+    raw: Final[bytes]
+    media_type: Final[str]
     #: ``os/arch[/variant]`` for a platform manifest of an index, None for the named image.
-    platform: str | None = None
+    platform: Final[str | None]
+
+    def __init__(self, digest: str, raw: bytes, media_type: str,
+                 platform: str | None = None) -> None:
+        self.digest = digest
+        self.raw = raw
+        self.media_type = media_type
+        self.platform = platform
 
 
 def _parse_identity(identity: str | RegistryRef) -> RegistryRef:
@@ -293,8 +307,7 @@ def attachment_tag(digest: str, suffix: str) -> str:
 # attachment manifests (read-modify-write)
 
 
-@dataclass
-class Attachment:
+class Attachment(Record):
     """A ``.sig``/``.att`` manifest as stored (or a new, empty one)."""
 
     tag: str
@@ -303,7 +316,15 @@ class Attachment:
     exists: bool
     #: The digest of the manifest as read (None: the tag did not exist), which a writer checks
     #: again just before it replaces the tag.
-    digest: str | None = None
+    digest: str | None
+
+    def __init__(self, tag: str, manifest: dict[str, Any], config: dict[str, Any],
+                 exists: bool, digest: str | None = None) -> None:
+        self.tag = tag
+        self.manifest = manifest
+        self.config = config
+        self.exists = exists
+        self.digest = digest
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -376,14 +397,19 @@ def _valid_descriptor(obj: object) -> bool:
 _NewLayer: TypeAlias = "tuple[bytes, str, dict[str, str]]"
 
 
-@dataclass
-class _Write:
+class _Write(Record):
     """Everything one attachment update writes, in order: blobs, config, then the manifest."""
 
     tag: str
     blobs: list[bytes]
     config: bytes
     manifest: bytes
+
+    def __init__(self, tag: str, blobs: list[bytes], config: bytes, manifest: bytes) -> None:
+        self.tag = tag
+        self.blobs = blobs
+        self.config = config
+        self.manifest = manifest
 
 
 def _descriptor(blob: bytes, media_type: str, annotations: Mapping[str, str]) -> dict[str, Any]:
@@ -455,8 +481,7 @@ class UnconfirmedError(SigningError):
     exit_code = EXIT_FAILED
 
 
-@dataclass
-class _Update:
+class _Update(Record):
     """One attachment tag being changed: the layers we add, and where that stands."""
 
     subject: str
@@ -466,12 +491,25 @@ class _Update:
     base: str | None
     write: _Write
     #: The digest of the last content seen to hold all our layers.
-    seen: str | None = None
-    writes: int = 0
+    seen: str | None
+    writes: int
     #: Our longest time from reading the tag to the registry answering the manifest's PUT.
-    slowest: float = 0.0
+    slowest: float
     #: Whether another writer has stored the tag (it held layers, or changed under us).
-    shared: bool = False
+    shared: bool
+
+    def __init__(self, subject: str, suffix: str, new: list[_NewLayer], base: str | None,
+                 write: _Write, seen: str | None = None, writes: int = 0,
+                 slowest: float = 0.0, shared: bool = False) -> None:
+        self.subject = subject
+        self.suffix = suffix
+        self.new = new
+        self.base = base
+        self.write = write
+        self.seen = seen
+        self.writes = writes
+        self.slowest = slowest
+        self.shared = shared
 
     @property
     def tag(self) -> str:
@@ -647,22 +685,33 @@ def signed_identity(target: Target) -> str:
     return target.identity.exact
 
 
-@dataclass(frozen=True)
-class Signed:
+class Signed(Value):
     """One manifest's signature: new, or already there (same key, same claim)."""
 
     #: The signed manifest's digest.
-    digest: str
+    digest: Final[str]
     #: The attachment tag, ``sha256-HEX.sig``.
-    tag: str
-    docker_reference: str
-    added: bool
-    platform: str | None = None
+    tag: Final[str]
+    docker_reference: Final[str]
+    added: Final[bool]
+    platform: Final[str | None]
     #: The digest of the ``.sig`` manifest holding the signature (as confirmed in the store).
-    manifest_digest: str | None = None
+    manifest_digest: Final[str | None]
     #: The signing key's id (:func:`key_id`).
-    key_id: str | None = None
-    payload_type: str = SIMPLESIGNING_TYPE
+    key_id: Final[str | None]
+    payload_type: Final[str]
+
+    def __init__(self, digest: str, tag: str, docker_reference: str, added: bool,
+                 platform: str | None = None, manifest_digest: str | None = None,
+                 key_id: str | None = None, payload_type: str = SIMPLESIGNING_TYPE) -> None:
+        self.digest = digest
+        self.tag = tag
+        self.docker_reference = docker_reference
+        self.added = added
+        self.platform = platform
+        self.manifest_digest = manifest_digest
+        self.key_id = key_id
+        self.payload_type = payload_type
 
     def to_json(self) -> dict[str, Any]:
         return {"digest": self.digest, "platform": self.platform, "tag": self.tag,
@@ -820,20 +869,30 @@ def predicate_type_uri(value: str) -> str:
     )
 
 
-@dataclass(frozen=True)
-class Attested:
+class Attested(Value):
     """An attestation: new, or already there (same statement, same key)."""
 
     #: The attested manifest's digest.
-    digest: str
+    digest: Final[str]
     #: The attachment tag, ``sha256-HEX.att``.
-    tag: str
-    predicate_type: str
-    added: bool
+    tag: Final[str]
+    predicate_type: Final[str]
+    added: Final[bool]
     #: The digest of the ``.att`` manifest holding it (as confirmed in the store).
-    manifest_digest: str | None = None
-    key_id: str | None = None
-    payload_type: str = DSSE_TYPE
+    manifest_digest: Final[str | None]
+    key_id: Final[str | None]
+    payload_type: Final[str]
+
+    def __init__(self, digest: str, tag: str, predicate_type: str, added: bool,
+                 manifest_digest: str | None = None, key_id: str | None = None,
+                 payload_type: str = DSSE_TYPE) -> None:
+        self.digest = digest
+        self.tag = tag
+        self.predicate_type = predicate_type
+        self.added = added
+        self.manifest_digest = manifest_digest
+        self.key_id = key_id
+        self.payload_type = payload_type
 
     def to_json(self) -> dict[str, Any]:
         return {"digest": self.digest, "tag": self.tag, "predicate_type": self.predicate_type,
@@ -924,14 +983,17 @@ def attest_validation(
     return attest(target, key, report.to_json(), VALIDATION_PREDICATE)
 
 
-@dataclass(frozen=True)
-class KeyPair:
+class KeyPair(Value):
     """The two files of a key pair, as cosign names them."""
 
     #: ``PREFIX.key``: encrypted, mode 0600.
-    private: Path
+    private: Final[Path]
     #: ``PREFIX.pub``: for nodes and verifiers.
-    public: Path
+    public: Final[Path]
+
+    def __init__(self, private: Path, public: Path) -> None:
+        self.private = private
+        self.public = public
 
 
 def generate_key_pair(
@@ -995,44 +1057,69 @@ def load_public_keys(paths: Sequence[Path]) -> list[tuple[str, keys.PublicKey]]:
 # verification
 
 
-@dataclass
-class SignatureCheck:
+class SignatureCheck(Record):
     """One signature layer and what became of it."""
 
     layer: int
     digest: str
     verified: bool
     reason: str
-    docker_reference: str | None = None
-    key: str | None = None
+    docker_reference: str | None
+    key: str | None
+
+    def __init__(self, layer: int, digest: str, verified: bool, reason: str,
+                 docker_reference: str | None = None, key: str | None = None) -> None:
+        self.layer = layer
+        self.digest = digest
+        self.verified = verified
+        self.reason = reason
+        self.docker_reference = docker_reference
+        self.key = key
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)  # the report's keys are the field names, in order
 
 
-@dataclass
-class AttestationCheck:
+class AttestationCheck(Record):
     layer: int
     digest: str
     predicate_type: str | None
     verified: bool
     reason: str
 
+    def __init__(self, layer: int, digest: str, predicate_type: str | None, verified: bool,
+                 reason: str) -> None:
+        self.layer = layer
+        self.digest = digest
+        self.predicate_type = predicate_type
+        self.verified = verified
+        self.reason = reason
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)  # the report's keys are the field names, in order
 
 
-@dataclass
-class ManifestCheck:
+class ManifestCheck(Record):
     """The signatures of one manifest (the image, or one platform of an index)."""
 
     digest: str
     platform: str | None
-    signatures: list[SignatureCheck] = field(default_factory=list)
-    attestations: list[AttestationCheck] = field(default_factory=list)
+    signatures: list[SignatureCheck]
+    attestations: list[AttestationCheck]
     #: Why there is nothing to check (no ``.sig``, an unreadable one), if so.
-    problem: str | None = None
-    other_attachments: int = 0
+    problem: str | None
+    other_attachments: int
+
+    def __init__(self, digest: str, platform: str | None,
+                 signatures: list[SignatureCheck] | None = None,
+                 attestations: list[AttestationCheck] | None = None,
+                 problem: str | None = None, other_attachments: int = 0) -> None:
+        self.digest = digest
+        self.platform = platform
+        self.signatures = [] if signatures is None else signatures
+        self.attestations = [] if attestations is None else attestations
+        self.problem = problem
+        self.other_attachments = other_attachments
 
     @property
     def verified(self) -> bool:
@@ -1050,14 +1137,22 @@ class ManifestCheck:
         }
 
 
-@dataclass
-class VerifyReport:
+class VerifyReport(Record):
     image: str
     rule: str
     identity: str | None
     keys: list[str]
     manifests: list[ManifestCheck]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
+
+    def __init__(self, image: str, rule: str, identity: str | None, keys: list[str],
+                 manifests: list[ManifestCheck], notes: list[str] | None = None) -> None:
+        self.image = image
+        self.rule = rule
+        self.identity = identity
+        self.keys = keys
+        self.manifests = manifests
+        self.notes = [] if notes is None else notes
 
     @property
     def passed(self) -> bool:
