@@ -11,9 +11,9 @@ suggests the ``docker://`` reference (:func:`missing_locally`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
+from nestbuild._util.record import Value
 from nestbuild.errors import UsageError
 
 if TYPE_CHECKING:
@@ -23,8 +23,7 @@ TRANSPORTS = ("containers-storage", "oci", "oci-archive", "docker")
 DEFAULT_TRANSPORT = "containers-storage"
 
 
-@dataclass(frozen=True)
-class ImageRef:
+class ImageRef(Value):
     """Any image a user can name: a transport and where the image is in it.
 
     A ``docker://`` image carries its parsed :class:`~nestbuild._registry.reference.RegistryRef`
@@ -32,20 +31,30 @@ class ImageRef:
     below formats it into a string to parse again.
     """
 
-    transport: str
+    transport: Final[str]
     #: For containers-storage and docker: the image name/ID; for oci and oci-archive: the path.
-    name: str
+    name: Final[str]
     #: oci/oci-archive: the tag (``org.opencontainers.image.ref.name``) or None for the only image.
-    tag: str | None = None
-    #: docker: the registry reference (host, repository, tag or digest).
-    registry: RegistryRef | None = field(default=None, compare=False)
+    tag: Final[str | None]
+    #: docker: the registry reference (host, repository, tag or digest). Not compared or
+    #: hashed (see ``_values``).
+    registry: Final[RegistryRef | None]
 
-    def __post_init__(self) -> None:
-        if self.transport == "docker" and self.registry is None:
+    def __init__(self, transport: str, name: str, tag: str | None = None,
+                 registry: RegistryRef | None = None) -> None:
+        self.transport = transport
+        self.name = name
+        self.tag = tag
+        if transport == "docker" and registry is None:
             # here: a local image (validate's usual case) needs no registry grammar
             from nestbuild._registry.reference import parse as parse_registry
 
-            object.__setattr__(self, "registry", parse_registry(self.name))
+            registry = parse_registry(name)
+        self.registry = registry
+
+    def _values(self) -> tuple[Any, ...]:
+        # equality and hash leave ``registry`` out: it is parsed from ``name``, or handed in
+        return (self.transport, self.name, self.tag)
 
     @classmethod
     def of_registry(cls, ref: RegistryRef) -> ImageRef:

@@ -10,7 +10,6 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -37,11 +36,11 @@ from nestbuild._image.model import (
 from nestbuild._image.reference import ImageRef, missing_locally
 from nestbuild._image.tarsplit import TarSplitStream
 from nestbuild._image.tree import read_errors
+from nestbuild._util.record import Record
 from nestbuild.errors import ImageError, LayerError, ToolError
 
 
-@dataclass
-class LayerStream:
+class LayerStream(Record):
     """An uncompressed tar stream of one layer.
 
     ``seekable`` streams let the tar reader skip file bodies; others are read through.
@@ -52,7 +51,13 @@ class LayerStream:
 
     fileobj: IO[bytes]
     seekable: bool
-    _checks: tuple[Callable[[], None], ...] = ()
+    _checks: tuple[Callable[[], None], ...]
+
+    def __init__(self, fileobj: IO[bytes], seekable: bool,
+                 _checks: tuple[Callable[[], None], ...] = ()) -> None:
+        self.fileobj = fileobj
+        self.seekable = seekable
+        self._checks = _checks
 
     def finish(self) -> None:
         for check in self._checks:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import IO
 
+from nestbuild._util.record import Record
 from nestbuild.errors import LayerError
 
 BLOCK = 512
@@ -27,10 +27,13 @@ HEADER_ONLY = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})
 _PAX_PATHS = frozenset({"path", "linkpath", "uname", "gname"})
 
 
-@dataclass(slots=True)
-class Member:
+class Member(Record):
     """One tar member's header, as the layer reader needs it."""
 
+    __slots__ = (  # noqa: RUF023 - in the fields' order
+        "name", "type", "mode", "uid", "gid", "size", "linkname", "devmajor", "devminor",
+        "pax_headers", "offset_data",
+    )
     name: str
     type: bytes
     mode: int
@@ -40,9 +43,24 @@ class Member:
     linkname: str
     devmajor: int
     devminor: int
-    pax_headers: dict[str, str] = field(default_factory=dict)
+    pax_headers: dict[str, str]
     #: Offset of the body in the stream.
-    offset_data: int = 0
+    offset_data: int
+
+    def __init__(self, name: str, type: bytes, mode: int, uid: int, gid: int, size: int,
+                 linkname: str, devmajor: int, devminor: int,
+                 pax_headers: dict[str, str] | None = None, offset_data: int = 0) -> None:
+        self.name = name
+        self.type = type
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.pax_headers = {} if pax_headers is None else pax_headers
+        self.offset_data = offset_data
 
 
 def _str(raw: bytes) -> str:

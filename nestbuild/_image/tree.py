@@ -12,10 +12,10 @@ import hashlib
 import posixpath
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import IO
 
 from nestbuild._image.tarstream import Member, TarStream
+from nestbuild._util.record import Record
 from nestbuild.errors import LayerError
 
 
@@ -68,46 +68,76 @@ _TYPES = {
 XATTR_PAX_PREFIX = "SCHILY.xattr."
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(Record):
     """One file-tree entry of a layer (or of a base index), with its metadata."""
 
+    __slots__ = (  # noqa: RUF023 - in the fields' order
+        "path", "type", "mode", "uid", "gid", "size", "digest", "link", "xattrs", "devmajor",
+        "devminor", "layer",
+    )
     path: str
     type: str
     mode: int
     uid: int
     gid: int
-    size: int = 0
+    size: int
     #: sha256 hex of the content (regular files), when it was computed.
-    digest: str | None = None
+    digest: str | None
     #: Symlink target, or for hardlinks the absolute path of the target.
-    link: str = ""
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    devmajor: int = 0
-    devminor: int = 0
-    layer: int = -1
+    link: str
+    xattrs: dict[str, bytes]
+    devmajor: int
+    devminor: int
+    layer: int
+
+    def __init__(self, path: str, type: str, mode: int, uid: int, gid: int, size: int = 0,
+                 digest: str | None = None, link: str = "",
+                 xattrs: dict[str, bytes] | None = None, devmajor: int = 0, devminor: int = 0,
+                 layer: int = -1) -> None:
+        self.path = path
+        self.type = type
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.digest = digest
+        self.link = link
+        self.xattrs = {} if xattrs is None else xattrs
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.layer = layer
 
     @property
     def is_file(self) -> bool:
         return self.type in (FILE, HARDLINK)
 
 
-@dataclass(slots=True)
-class Whiteout:
+class Whiteout(Record):
     """``path`` is deleted; with ``opaque`` only its lower-layer children are."""
 
+    __slots__ = ("path", "opaque", "layer")  # noqa: RUF023
     path: str
     opaque: bool
     layer: int
 
+    def __init__(self, path: str, opaque: bool, layer: int) -> None:
+        self.path = path
+        self.opaque = opaque
+        self.layer = layer
 
-@dataclass(slots=True)
-class Unsafe:
+
+class Unsafe(Record):
     """A tar member that must not be applied: it would write outside the root."""
 
+    __slots__ = ("path", "reason", "layer")  # noqa: RUF023
     path: str
     reason: str
     layer: int
+
+    def __init__(self, path: str, reason: str, layer: int) -> None:
+        self.path = path
+        self.reason = reason
+        self.layer = layer
 
 
 Item = Entry | Whiteout | Unsafe
