@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Final
 
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.model import ChangelogEntry, Package
+from nestbuild._util.record import Value
 
 # entry types
 NULL, CHAR, INT8, INT16, INT32, INT64, STRING, BIN, STRING_ARRAY, I18NSTRING = range(10)
@@ -38,12 +39,17 @@ MAX_COUNT = 1 << 20
 _ENTRY = struct.Struct(">iIiI")  # tag, type, offset, count (rpm's offsets are signed)
 
 
-@dataclass(frozen=True)
-class Entry:
-    tag: int
-    type: int
-    offset: int
-    count: int
+class Entry(Value):
+    tag: Final[int]
+    type: Final[int]
+    offset: Final[int]
+    count: Final[int]
+
+    def __init__(self, tag: int, type: int, offset: int, count: int) -> None:
+        self.tag = tag
+        self.type = type
+        self.offset = offset
+        self.count = count
 
 
 class Header:

@@ -6,29 +6,35 @@ not care which package manager wrote the database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import quote
+
+from nestbuild._util.record import Value
 
 Kind = Literal["rpm", "deb"]
 
 
-@dataclass(frozen=True)
-class ChangelogEntry:
+class ChangelogEntry(Value):
     """One changelog entry, newest first in a package's tuple.
 
     ``time`` is seconds since the epoch (rpm stores a day; dpkg the full date), None when the
     date cannot be read. ``version`` is the version the entry is for, when it says one.
     """
 
-    time: int | None
-    author: str
-    text: str
-    version: str | None = None
+    time: Final[int | None]
+    author: Final[str]
+    text: Final[str]
+    version: Final[str | None]
+
+    def __init__(self, time: int | None, author: str, text: str,
+                 version: str | None = None) -> None:
+        self.time = time
+        self.author = author
+        self.text = text
+        self.version = version
 
 
-@dataclass(frozen=True)
-class Package:
+class Package(Value):
     """An installed package.
 
     ``epoch`` is None when the package has none (comparisons treat that as 0). For a Debian
@@ -37,20 +43,39 @@ class Package:
     ``source`` is the source package: the source rpm's file name, or the dpkg source name.
     """
 
-    name: str
-    epoch: int | None
-    version: str
-    release: str
-    arch: str
-    size: int
-    license: str
-    source: str
-    changelog: tuple[ChangelogEntry, ...]
-    kind: Kind
-    buildtime: int | None = None
-    installtime: int | None = None
+    _hidden = ("files",)
+    name: Final[str]
+    epoch: Final[int | None]
+    version: Final[str]
+    release: Final[str]
+    arch: Final[str]
+    size: Final[int]
+    license: Final[str]
+    source: Final[str]
+    changelog: Final[tuple[ChangelogEntry, ...]]
+    kind: Final[Kind]
+    buildtime: Final[int | None]
+    installtime: Final[int | None]
     #: Absolute paths of the files the package owns (rpm only; empty when not read).
-    files: tuple[str, ...] = field(default=(), repr=False)
+    files: Final[tuple[str, ...]]
+
+    def __init__(self, name: str, epoch: int | None, version: str, release: str, arch: str,
+                 size: int, license: str, source: str, changelog: tuple[ChangelogEntry, ...],
+                 kind: Kind, buildtime: int | None = None, installtime: int | None = None,
+                 files: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.epoch = epoch
+        self.version = version
+        self.release = release
+        self.arch = arch
+        self.size = size
+        self.license = license
+        self.source = source
+        self.changelog = changelog
+        self.kind = kind
+        self.buildtime = buildtime
+        self.installtime = installtime
+        self.files = files
 
     @property
     def evr(self) -> str:

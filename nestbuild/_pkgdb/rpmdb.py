@@ -23,9 +23,8 @@ import sqlite3
 import stat
 import tempfile
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import quote
 
 from nestbuild._pkgdb import bdb, ndb
@@ -33,6 +32,7 @@ from nestbuild._pkgdb.dpkg import STATUS_PATHS
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.header import parse_package
 from nestbuild._pkgdb.model import Package
+from nestbuild._util.record import Value
 
 Format = Literal["rpm-sqlite", "rpm-bdb", "rpm-ndb", "dpkg"]
 
@@ -51,14 +51,18 @@ MAX_SQLITE_STEPS = 1 << 16
 SQLITE_MAGIC = b"SQLite format 3\0"
 
 
-@dataclass(frozen=True)
-class DbLocation:
+class DbLocation(Value):
     """The file to read for an image's package database, and its format."""
 
-    path: str
-    format: Format
+    path: Final[str]
+    format: Final[Format]
     #: The sqlite write-ahead log beside it, when the image has one.
-    wal: str | None = None
+    wal: Final[str | None]
+
+    def __init__(self, path: str, format: Format, wal: str | None = None) -> None:
+        self.path = path
+        self.format = format
+        self.wal = wal
 
 
 def locate(paths: Collection[str]) -> DbLocation | None:

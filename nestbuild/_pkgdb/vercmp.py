@@ -10,9 +10,10 @@ end, then letters, then other characters). Both return -1, 0 or 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Final
 
 from nestbuild._pkgdb.errors import PackageDbError
+from nestbuild._util.record import Value
 
 #: Longest version string compared; longer is not a version.
 MAX_VERSION = 4096
@@ -45,13 +46,17 @@ def _as_bytes(s: str) -> str:
 
 # --- rpm -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RpmEvr:
+class RpmEvr(Value):
     """``[epoch:]version[-release]`` split as rpm splits it; epoch is None when absent."""
 
-    epoch: str | None
-    version: str
-    release: str | None
+    epoch: Final[str | None]
+    version: Final[str]
+    release: Final[str | None]
+
+    def __init__(self, epoch: str | None, version: str, release: str | None) -> None:
+        self.epoch = epoch
+        self.version = version
+        self.release = release
 
     def __str__(self) -> str:
         e = f"{self.epoch}:" if self.epoch is not None else ""
@@ -154,13 +159,17 @@ def compare_rpm(a: str, b: str) -> int:
 
 # --- dpkg ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DebVersion:
+class DebVersion(Value):
     """``[epoch:]upstream[-revision]`` as dpkg splits it; epoch 0 when absent."""
 
-    epoch: int
-    upstream: str
-    revision: str
+    epoch: Final[int]
+    upstream: Final[str]
+    revision: Final[str]
+
+    def __init__(self, epoch: int, upstream: str, revision: str) -> None:
+        self.epoch = epoch
+        self.upstream = upstream
+        self.revision = revision
 
     def __str__(self) -> str:
         e = f"{self.epoch}:" if self.epoch else ""

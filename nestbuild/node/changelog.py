@@ -21,7 +21,7 @@ import posixpath
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from nestbuild._pkgdb.dpkg import MAX_CHANGELOG, changelog_paths, parse_changelo
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.model import ChangelogEntry, Package
 from nestbuild._pkgdb.vercmp import compare_deb, compare_rpm
+from nestbuild._util.record import replace
 from nestbuild._util.terminal import printable
 from nestbuild.errors import NestbuildError, UsageError
 from nestbuild.validation.kernelconf import kargs_problem

@@ -13,7 +13,6 @@ import contextlib
 import sqlite3
 import struct
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from nestbuild._pkgdb.model import Package
 from nestbuild._pkgdb.rpmdb import locate, read_rpmdb, read_rpmdb_file
 from nestbuild._pkgdb.vercmp import compare_deb, compare_rpm
 from nestbuild._tools.run import run
+from nestbuild._util.record import replace
 
 SQLITE_DBPATH = "/usr/lib/sysimage/rpm"
 BDB_DBPATH = "/var/lib/rpm"
