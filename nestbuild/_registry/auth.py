@@ -16,31 +16,39 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from nestbuild._util import userfile
+from nestbuild._util.record import Value
 from nestbuild.errors import UsageError
 
 
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)
+class Credentials(Value):
+    _hidden = ("password",)
+    username: Final[str]
+    password: Final[str]
     #: Where they came from (a file path or ``docker-credential-NAME``), for messages.
-    source: str
+    source: Final[str]
+
+    def __init__(self, username: str, password: str, source: str) -> None:
+        self.username = username
+        self.password = password
+        self.source = source
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, source={self.source!r})"
 
 
-@dataclass(frozen=True)
-class Lookup:
+class Lookup(Value):
     """The outcome of a credential search: what was found and every place that was asked."""
 
-    credentials: Credentials | None
-    consulted: tuple[str, ...]
+    credentials: Final[Credentials | None]
+    consulted: Final[tuple[str, ...]]
+
+    def __init__(self, credentials: Credentials | None, consulted: tuple[str, ...]) -> None:
+        self.credentials = credentials
+        self.consulted = consulted
 
     def describe(self) -> str:
         places = ", ".join(self.consulted) or "no credential files"

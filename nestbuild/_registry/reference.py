@@ -10,23 +10,30 @@ re-stated here, so a name nestbuild accepts is one a node accepts.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from typing import Final
 
+from nestbuild._util.record import Value, replace
 from nestbuild.errors import UsageError
 
 _DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
 _DIGEST_ALGO = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*")
 
 
-@dataclass(frozen=True)
-class RegistryRef:
+class RegistryRef(Value):
     """A normalised registry reference: ``host`` is ``docker.io`` and ``repo``
     ``library/x`` for a bare ``x``."""
 
-    host: str
-    repo: str
-    tag: str | None = None
-    digest: str | None = None
+    host: Final[str]
+    repo: Final[str]
+    tag: Final[str | None]
+    digest: Final[str | None]
+
+    def __init__(self, host: str, repo: str, tag: str | None = None,
+                 digest: str | None = None) -> None:
+        self.host = host
+        self.repo = repo
+        self.tag = tag
+        self.digest = digest
 
     @property
     def name(self) -> str:
