@@ -14,10 +14,10 @@ both sides.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nestbuild._image.tree import BLOCK, CHAR, FIFO, SYMLINK, Entry, Item, Unsafe, Whiteout, is_utf8
+from nestbuild._util.record import Value
 
 if TYPE_CHECKING:
     import configparser
@@ -35,10 +35,14 @@ USR_ETC = "/usr/etc"
 PREPARE_ROOT_CONF = "/usr/lib/ostree/prepare-root.conf"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    action: str
-    reason: str = ""
+class Verdict(Value):
+    __slots__ = ("action", "reason")
+    action: Final[str]
+    reason: Final[str]
+
+    def __init__(self, action: str, reason: str = "") -> None:
+        self.action = action
+        self.reason = reason
 
 
 _KEPT = Verdict(KEEP)
