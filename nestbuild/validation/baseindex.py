@@ -18,15 +18,15 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 from nestbuild._image import paths
 from nestbuild._image.source import ImageSource
 from nestbuild._image.tree import FILE, HARDLINK, Entry, Unsafe, Whiteout, read_layer
 from nestbuild._util.atomic import write_atomic
 from nestbuild._util.cache import cache_dir
+from nestbuild._util.record import Value
 from nestbuild.errors import LayerError
 from nestbuild.node import nodetree
 
@@ -69,13 +69,17 @@ def _row_entry(row: tuple[object, ...]) -> Entry:
     )
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(Value):
     """An entry of a base layer that makes a node refuse the image."""
 
-    layer: int
-    path: str
-    reason: str
+    layer: Final[int]
+    path: Final[str]
+    reason: Final[str]
+
+    def __init__(self, layer: int, path: str, reason: str) -> None:
+        self.layer = layer
+        self.path = path
+        self.reason = reason
 
 
 class BaseIndex:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import Final
 
 from nestbuild._image import paths
 from nestbuild._image.tree import (
@@ -25,25 +25,42 @@ from nestbuild._image.tree import (
     Unsafe,
     Whiteout,
 )
+from nestbuild._util.record import Value
 from nestbuild.validation.baseindex import BaseIndex, comparable_type
 
 ADDED, MODIFIED, DELETED, METADATA = "added", "modified", "deleted", "metadata"
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(Value):
     """One path the derived layers changed, and how."""
 
-    path: str
-    kind: str
+    _hidden = ("before", "after")
+    path: Final[str]
+    kind: Final[str]
     #: The entry type after the change (before it, for deletions).
-    type: str
+    type: Final[str]
     #: Index of the image layer that made the change.
-    layer: int
+    layer: Final[int]
     #: What differs for modified/metadata: content, type, target, device, mode, owner, xattrs.
-    details: tuple[str, ...] = ()
-    before: Entry | None = field(default=None, compare=False, repr=False)
-    after: Entry | None = field(default=None, compare=False, repr=False)
+    details: Final[tuple[str, ...]]
+    before: Final[Entry | None]
+    after: Final[Entry | None]
+
+    def __init__(self, path: str, kind: str, type: str, layer: int,
+                 details: tuple[str, ...] = (), before: Entry | None = None,
+                 after: Entry | None = None) -> None:
+        self.path = path
+        self.kind = kind
+        self.type = type
+        self.layer = layer
+        self.details = details
+        self.before = before
+        self.after = after
+
+    def _values(self) -> tuple[object, ...]:
+        # before and after are not compared nor hashed (entries are mutable): the change is
+        # its path, kind, type, layer and details
+        return (self.path, self.kind, self.type, self.layer, self.details)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {

@@ -17,12 +17,12 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeVar
 
 from nestbuild._image import paths
+from nestbuild._util.record import Value
 from nestbuild.validation.severity import LEVELS, Severity
 
 if TYPE_CHECKING:
@@ -36,17 +36,25 @@ ORIGINS: tuple[Origin, ...] = ("bootc", "nestbuild")
 _NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Value):
     """A rule of the catalogue: id, default severity, what it checks and the fix."""
 
-    id: str
-    severity: Severity
-    summary: str
-    remedy: str
-    origin: Origin = "nestbuild"
+    id: Final[str]
+    severity: Final[Severity]
+    summary: Final[str]
+    remedy: Final[str]
+    origin: Final[Origin]
     #: Lint packs the rule belongs to: names a policy can one day switch on or off together.
-    packs: tuple[str, ...] = ()
+    packs: Final[tuple[str, ...]]
+
+    def __init__(self, id: str, severity: Severity, summary: str, remedy: str,
+                 origin: Origin = "nestbuild", packs: tuple[str, ...] = ()) -> None:
+        self.id = id
+        self.severity = severity
+        self.summary = summary
+        self.remedy = remedy
+        self.origin = origin
+        self.packs = packs
 
     def to_json(self) -> dict[str, str]:
         return {"id": self.id, "severity": self.severity, "origin": self.origin,
@@ -62,8 +70,7 @@ class View(Protocol):
     def content(self, path: str) -> bytes | None: ...
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(Value):
     """What a lint looks at: a tree, and what the derived layers changed in it.
 
     Lints run on the image (base and derived layers merged, with their changes) and, when
@@ -71,15 +78,25 @@ class Context:
     inherited. A lint about changes therefore finds nothing in the base.
     """
 
-    tree: View
-    changes: Sequence[Change] = ()
+    tree: Final[View]
+    changes: Final[Sequence[Change]]
     #: The image's layer count, and how many of them are its base's (0: no base, or unknown).
-    layers: int = 0
-    base_layers: int = 0
+    layers: Final[int]
+    base_layers: Final[int]
     #: The policy's settings (policy.SETTINGS); a lint whose setting is absent stays quiet.
-    settings: Mapping[str, int | None] = field(default_factory=dict)
+    settings: Final[Mapping[str, int | None]]
     #: The image's package databases, read on first use; None where there are none to read.
-    packages: ImagePackages | None = None
+    packages: Final[ImagePackages | None]
+
+    def __init__(self, tree: View, changes: Sequence[Change] = (), layers: int = 0,
+                 base_layers: int = 0, settings: Mapping[str, int | None] | None = None,
+                 packages: ImagePackages | None = None) -> None:
+        self.tree = tree
+        self.changes = changes
+        self.layers = layers
+        self.base_layers = base_layers
+        self.settings = {} if settings is None else settings
+        self.packages = packages
 
     @cached_property
     def changed(self) -> frozenset[str]:
@@ -96,26 +113,33 @@ class Context:
         return tuple(sorted(out))
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(Value):
     """One thing a lint found; the lint's id and the policy's severity are added to it."""
 
-    path: str | None
-    message: str
+    path: Final[str | None]
+    message: Final[str]
     #: The image layer to blame, when one is.
-    layer: int | None = None
+    layer: Final[int | None]
+
+    def __init__(self, path: str | None, message: str, layer: int | None = None) -> None:
+        self.path = path
+        self.message = message
+        self.layer = layer
 
 
 Check = Callable[[Context], Iterable[Hit]]
 _C = TypeVar("_C", bound=Check)
 
 
-@dataclass(frozen=True)
-class Lint:
+class Lint(Value):
     """A rule and the check that reports it."""
 
-    rule: Rule
-    check: Check
+    rule: Final[Rule]
+    check: Final[Check]
+
+    def __init__(self, rule: Rule, check: Check) -> None:
+        self.rule = rule
+        self.check = check
 
 
 _RULES: dict[str, Rule] = {}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from nestbuild._util.record import Value
 from nestbuild.validation.declare import Context, View
 from nestbuild.validation.lints import Raw, path_policy
 from nestbuild.validation.rules import LINTS, RULES
@@ -17,18 +17,26 @@ if TYPE_CHECKING:
     from nestbuild.validation.policy import Policy
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(Value):
     """One rule's verdict on one path (or on the image), with the policy's severity."""
 
-    rule: str
-    severity: str
-    path: str | None
-    message: str
+    rule: Final[str]
+    severity: Final[str]
+    path: Final[str | None]
+    message: Final[str]
     #: The image layer the finding comes from, when one layer is to blame.
-    layer: int | None = None
+    layer: Final[int | None]
     #: True when the base image has the same finding: the derived layers did not cause it.
-    inherited: bool = False
+    inherited: Final[bool]
+
+    def __init__(self, rule: str, severity: str, path: str | None, message: str,
+                 layer: int | None = None, inherited: bool = False) -> None:
+        self.rule = rule
+        self.severity = severity
+        self.path = path
+        self.message = message
+        self.layer = layer
+        self.inherited = inherited
 
     @property
     def remedy(self) -> str:

@@ -15,15 +15,15 @@ replacement) is not expected on disk.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from nestbuild._image.tarstream import TarStream
 from nestbuild._image.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, normalize
 from nestbuild._pkgdb import dpkg, rpmdb
 from nestbuild._pkgdb.errors import PackageDbError
 from nestbuild._pkgdb.header import Header, parse_package
+from nestbuild._util.record import Record, Value
 
 if TYPE_CHECKING:
     from nestbuild._image.source import ImageSource
@@ -54,34 +54,46 @@ class Tree(Protocol):
     def get(self, path: str) -> Entry | None: ...
 
 
-@dataclass(frozen=True)
-class Installed:
+class Installed(Value):
     """One installed package, and the files its database says are on disk (rpm only)."""
 
-    package: Package
+    _hidden = ("on_disk",)
+    package: Final[Package]
     #: Paths rpm wrote (not ghosts, not excluded): what must exist for the package to work.
-    on_disk: tuple[str, ...] = field(default=(), repr=False)
+    on_disk: Final[tuple[str, ...]]
+
+    def __init__(self, package: Package, on_disk: tuple[str, ...] = ()) -> None:
+        self.package = package
+        self.on_disk = on_disk
 
     @property
     def key(self) -> tuple[str, str, str]:
         return self.package.name, self.package.evr, self.package.arch
 
 
-@dataclass(frozen=True)
-class Database:
+class Database(Value):
     """An image's package database as read: where it is, its format and its packages."""
 
-    path: str
-    format: rpmdb.Format
-    packages: tuple[Installed, ...]
+    path: Final[str]
+    format: Final[rpmdb.Format]
+    packages: Final[tuple[Installed, ...]]
+
+    def __init__(self, path: str, format: rpmdb.Format,
+                 packages: tuple[Installed, ...]) -> None:
+        self.path = path
+        self.format = format
+        self.packages = packages
 
 
-@dataclass(frozen=True)
-class OsRelease:
+class OsRelease(Value):
     """``ID`` and ``VERSION_ID`` of os-release: the distribution, for package URLs."""
 
-    id: str = ""
-    version_id: str = ""
+    id: Final[str]
+    version_id: Final[str]
+
+    def __init__(self, id: str = "", version_id: str = "") -> None:
+        self.id = id
+        self.version_id = version_id
 
     @property
     def distro(self) -> str:
@@ -230,14 +242,18 @@ def exists(tree: Tree, path: str) -> bool:
     return where is not None and tree.get(posixpath.join(where, name)) is not None
 
 
-@dataclass
-class ImagePackages:
+class ImagePackages(Record):
     """What the package lints read, computed on first use: the final image's database and its
     base's, and the image's os-release. ``base`` is None for an image without one."""
 
     image: ImageSource
     final: Tree
     base: Tree | None
+
+    def __init__(self, image: ImageSource, final: Tree, base: Tree | None) -> None:
+        self.image = image
+        self.final = final
+        self.base = base
 
     @cached_property
     def installed(self) -> Database | None:

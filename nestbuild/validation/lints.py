@@ -19,7 +19,6 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nestbuild._image import paths
@@ -35,6 +34,7 @@ from nestbuild._image.tree import (
     is_utf8,
     link_escapes,
 )
+from nestbuild._util.record import Record
 from nestbuild.node import nodetree
 from nestbuild.node.nodetree import SymlinkGuard, dropped_by, refusal
 from nestbuild.node.nodetree import keeps_toplevels as node_keeps_toplevels
@@ -470,18 +470,26 @@ UNSAFE_PATH = rule("unsafe-path", ERROR,
 
 # --- findings the lints do not make ---------------------------------------------------------
 
-@dataclass
-class Raw:
+class Raw(Record):
     """A finding of a rule that is not a lint, before the policy sets its severity."""
 
     rule: str
     path: str | None
     message: str
-    layer: int | None = None
+    layer: int | None
     #: A node refuses the image for it: an error whatever the policy says.
-    refused: bool = False
+    refused: bool
     #: It comes from the base's layers: the derived layers did not cause it.
-    inherited: bool = False
+    inherited: bool
+
+    def __init__(self, rule: str, path: str | None, message: str, layer: int | None = None,
+                 refused: bool = False, inherited: bool = False) -> None:
+        self.rule = rule
+        self.path = path
+        self.message = message
+        self.layer = layer
+        self.refused = refused
+        self.inherited = inherited
 
 
 # The content patterns are compiled on first use (re's cache): a substring test rules most
@@ -506,8 +514,7 @@ def refusal_raw(layer: int, path: str, reason: str, *, inherited: bool = False) 
                refused=True, inherited=inherited)
 
 
-@dataclass
-class LayerScanner:
+class LayerScanner(Record):
     """Watches layer entries as they stream (see read_layer's inspector hook).
 
     Every item goes through the node's own verdict (nodetree): what a node refuses is an
@@ -515,9 +522,15 @@ class LayerScanner:
     stopped), so an entry reached through a base symlink is refused too.
     """
 
-    raws: list[Raw] = field(default_factory=list)
-    guard: SymlinkGuard = field(default_factory=SymlinkGuard)
-    _secret_paths: set[tuple[str, int]] = field(default_factory=set)
+    raws: list[Raw]
+    guard: SymlinkGuard
+    _secret_paths: set[tuple[str, int]]
+
+    def __init__(self, raws: list[Raw] | None = None, guard: SymlinkGuard | None = None,
+                 _secret_paths: set[tuple[str, int]] | None = None) -> None:
+        self.raws = [] if raws is None else raws
+        self.guard = SymlinkGuard() if guard is None else guard
+        self._secret_paths = set() if _secret_paths is None else _secret_paths
 
     def item(self, item: Item) -> None:
         why = refusal(item, self.guard)

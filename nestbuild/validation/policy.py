@@ -17,11 +17,11 @@ Errors name the file, line and problem, because a CI log is all a user may have.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nestbuild._util import userfile
+from nestbuild._util.record import Record
 from nestbuild.errors import PolicyFileError
 from nestbuild.validation.rules import RULES
 from nestbuild.validation.severity import ERROR, INFO, LEVELS, OFF
@@ -106,21 +106,32 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + suffix + r"\Z", re.DOTALL)
 
 
-@dataclass
-class Policy:
+class Policy(Record):
     """Which paths derived layers may change, and each rule's severity."""
 
+    _hidden = ("_allow_re", "_deny_re")
     name: str
     allow: list[str]
     deny: list[str]
-    severities: dict[str, str] = field(default_factory=dict)
-    source: str = "built-in"
+    severities: dict[str, str]
+    source: str
     #: Every setting of :data:`SETTINGS`, with the policy's value or the default.
-    settings: dict[str, int | None] = field(default_factory=lambda: dict(SETTINGS))
-    _allow_re: list[re.Pattern[str]] = field(default_factory=list, repr=False)
-    _deny_re: list[re.Pattern[str]] = field(default_factory=list, repr=False)
+    settings: dict[str, int | None]
+    _allow_re: list[re.Pattern[str]]
+    _deny_re: list[re.Pattern[str]]
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, allow: list[str], deny: list[str],
+                 severities: dict[str, str] | None = None, source: str = "built-in",
+                 settings: dict[str, int | None] | None = None,
+                 _allow_re: list[re.Pattern[str]] | None = None,
+                 _deny_re: list[re.Pattern[str]] | None = None) -> None:
+        self.name = name
+        self.allow = allow
+        self.deny = deny
+        self.severities = {} if severities is None else severities
+        self.source = source
+        self.settings = dict(SETTINGS) if settings is None else settings
+        # compiled from allow and deny: what _allow_re and _deny_re pass is not used
         self._allow_re = [_glob_regex(p) for p in self.allow]
         self._deny_re = [_glob_regex(p) for p in self.deny]
 

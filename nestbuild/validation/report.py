@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from nestbuild import __version__
 from nestbuild._image import paths
+from nestbuild._util.record import Record, Value, replace
 from nestbuild.validation.changeset import Change
 from nestbuild.validation.findings import Finding
 from nestbuild.validation.policy import Policy
@@ -26,17 +26,23 @@ if TYPE_CHECKING:
 REPORT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class BaseInfo:
+class BaseInfo(Value):
     """The base an image was validated against, and how it was found."""
 
-    ref: str | None
-    digest: str | None
+    ref: Final[str | None]
+    digest: Final[str | None]
     #: How many of the image's layers belong to the base.
-    layers: int
+    layers: Final[int]
     #: How the base was found: --base, annotation, ostree.final-diffid, or build (the base
     #: ``nestbuild build`` pinned before building).
-    found_by: str
+    found_by: Final[str]
+
+    def __init__(self, ref: str | None, digest: str | None, layers: int,
+                 found_by: str) -> None:
+        self.ref = ref
+        self.digest = digest
+        self.layers = layers
+        self.found_by = found_by
 
 
 #: How the table names each way of finding the base (``found_by``).
@@ -48,8 +54,7 @@ FOUND_BY_TEXT = {
 }
 
 
-@dataclass
-class Report:
+class Report(Record):
     """What validate found: the changeset, the findings and the verdict."""
 
     image_ref: str
@@ -59,7 +64,19 @@ class Report:
     policy: Policy | None
     changes: list[Change]
     findings: list[Finding]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
+
+    def __init__(self, image_ref: str, image_digest: str, image_layers: int,
+                 base: BaseInfo | None, policy: Policy | None, changes: list[Change],
+                 findings: list[Finding], notes: list[str] | None = None) -> None:
+        self.image_ref = image_ref
+        self.image_digest = image_digest
+        self.image_layers = image_layers
+        self.base = base
+        self.policy = policy
+        self.changes = changes
+        self.findings = findings
+        self.notes = [] if notes is None else notes
 
     @classmethod
     def build(cls, image: ImageSource, base: BaseInfo | None, policy: Policy | None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from nestbuild._image.model import (
     LABEL_FINAL_DIFFID,
 )
 from nestbuild._image.tree import read_layer
+from nestbuild._util.record import Record
 from nestbuild.errors import ImageError
 from nestbuild.node.nodetree import SymlinkGuard
 from nestbuild.validation import baseindex, lints
@@ -54,8 +54,7 @@ def _open(ref: str, access: RegistryAccess | None) -> ImageSource:
     return open_image(parsed)
 
 
-@dataclass
-class Analysis:
+class Analysis(Record):
     """An image split into base and derived layers, with its changeset."""
 
     image: ImageSource
@@ -64,10 +63,24 @@ class Analysis:
     changes: list[Change]
     scanner: lints.LayerScanner
     base_index: baseindex.BaseIndex
-    notes: list[str] = field(default_factory=list)
-    early: list[lints.Raw] = field(default_factory=list)
+    notes: list[str]
+    early: list[lints.Raw]
     #: Checked as a base (``--as-base``): nothing derived, no base to compare packages with.
-    as_base: bool = False
+    as_base: bool
+
+    def __init__(self, image: ImageSource, base: BaseInfo | None, overlay: Overlay,
+                 changes: list[Change], scanner: lints.LayerScanner,
+                 base_index: baseindex.BaseIndex, notes: list[str] | None = None,
+                 early: list[lints.Raw] | None = None, as_base: bool = False) -> None:
+        self.image = image
+        self.base = base
+        self.overlay = overlay
+        self.changes = changes
+        self.scanner = scanner
+        self.base_index = base_index
+        self.notes = [] if notes is None else notes
+        self.early = [] if early is None else early
+        self.as_base = as_base
 
     @cached_property
     def packages(self) -> ImagePackages:
