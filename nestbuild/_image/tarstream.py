@@ -30,9 +30,18 @@ _PAX_PATHS = frozenset({"path", "linkpath", "uname", "gname"})
 class Member(Record):
     """One tar member's header, as the layer reader needs it."""
 
-    __slots__ = (  # noqa: RUF023 - in the fields' order
-        "name", "type", "mode", "uid", "gid", "size", "linkname", "devmajor", "devminor",
-        "pax_headers", "offset_data",
+    __slots__ = (
+        "devmajor",
+        "devminor",
+        "gid",
+        "linkname",
+        "mode",
+        "name",
+        "offset_data",
+        "pax_headers",
+        "size",
+        "type",
+        "uid",
     )
     name: str
     type: bytes

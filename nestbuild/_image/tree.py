@@ -71,9 +71,19 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."
 class Entry(Record):
     """One file-tree entry of a layer (or of a base index), with its metadata."""
 
-    __slots__ = (  # noqa: RUF023 - in the fields' order
-        "path", "type", "mode", "uid", "gid", "size", "digest", "link", "xattrs", "devmajor",
-        "devminor", "layer",
+    __slots__ = (
+        "devmajor",
+        "devminor",
+        "digest",
+        "gid",
+        "layer",
+        "link",
+        "mode",
+        "path",
+        "size",
+        "type",
+        "uid",
+        "xattrs",
     )
     path: str
     type: str
@@ -115,7 +125,7 @@ class Entry(Record):
 class Whiteout(Record):
     """``path`` is deleted; with ``opaque`` only its lower-layer children are."""
 
-    __slots__ = ("path", "opaque", "layer")  # noqa: RUF023
+    __slots__ = ("layer", "opaque", "path")
     path: str
     opaque: bool
     layer: int
@@ -129,7 +139,7 @@ class Whiteout(Record):
 class Unsafe(Record):
     """A tar member that must not be applied: it would write outside the root."""
 
-    __slots__ = ("path", "reason", "layer")  # noqa: RUF023
+    __slots__ = ("layer", "path", "reason")
     path: str
     reason: str
     layer: int
