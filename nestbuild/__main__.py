@@ -2,7 +2,7 @@
 what a short-lived process does differently from a library call.
 
 - A signing key starts decrypting before anything else is imported: its scrypt derivation
-  (~70 ms) is most of ``nestbuild sign``, and runs in a thread while argparse, the registry
+  (~100 ms) is most of ``nestbuild sign``, and runs in a thread while argparse, the registry
   client and the registry round trips take their time.
 - The garbage collector runs rarely (as mypy sets it): imports make tens of thousands of
   objects and almost no cycles, so the default thresholds spend ~8 ms collecting nothing.

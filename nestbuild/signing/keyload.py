@@ -1,6 +1,6 @@
 """A signing key decrypted in the background, started as early as the process can.
 
-Decrypting a cosign key is mostly scrypt (N=2^15: ~70 ms), which releases the GIL, so the
+Decrypting a cosign key is mostly scrypt (N=2^15: ~100 ms), which releases the GIL, so the
 derivation runs in a thread while the command line is parsed and the registry is read. This
 module imports only the key file formats (:mod:`nestbuild.signing.keyfile`, the standard
 library) before the thread starts; the keys themselves (:mod:`nestbuild.signing.keys`, with
@@ -74,7 +74,7 @@ def start_loading(
         sealed = parse_sealed(der, source)
         passphrase = get_passphrase(file=passphrase_file, prompt=prompt, label=source)
         # Imported here, not in the thread: importing holds the GIL, scrypt does not.
-        import cryptography.hazmat.primitives.kdf.scrypt  # noqa: F401
+        import nacl._sodium  # noqa: F401
 
         def opened() -> PrivateKey:
             box_key = sealed.derive(passphrase)

@@ -20,8 +20,6 @@ import os
 import secrets
 from pathlib import Path
 
-import nacl.exceptions
-import nacl.secret
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
@@ -30,10 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 # are signing.keyfile's, cheap to import, so signing can start scrypt before loading
 # cryptography; import those names from there.
 from nestbuild.signing.keyfile import (
-    BOX_KEY_SIZE,
     COSIGN_PEM_TYPE,
     ENCRYPTED_PEM_TYPES,
-    MAC_SIZE,
     NONCE_SIZE,
     SALT_SIZE,
     SCRYPT_N,
@@ -47,13 +43,12 @@ from nestbuild.signing.keyfile import (
     pem_block,
     pem_encode,
     scrypt,
+    secretbox_open,
+    secretbox_seal,
 )
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
-
-assert (nacl.secret.SecretBox.NONCE_SIZE, nacl.secret.SecretBox.KEY_SIZE,
-        nacl.secret.SecretBox.MACBYTES) == (NONCE_SIZE, BOX_KEY_SIZE, MAC_SIZE)
 
 #: PKCS#8 DER of an ECDSA P-256 key as cosign (Go's ``x509.MarshalPKCS8PrivateKey``) and
 #: OpenSSL write it: this head, the 32-byte private scalar, this middle, the 64-byte point.
@@ -151,8 +146,7 @@ def encrypt_private_key(key: PrivateKey, passphrase: bytes) -> bytes:
     )
     salt = secrets.token_bytes(SALT_SIZE)
     nonce = secrets.token_bytes(NONCE_SIZE)
-    box = nacl.secret.SecretBox(scrypt(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P))
-    sealed = box.encrypt(der, nonce).ciphertext  # Poly1305 tag then ciphertext, as Go's Seal
+    sealed = secretbox_seal(scrypt(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P), nonce, der)
     # Field names, nesting and order as Go's encoding/json marshals go-securesystemslib's structs.
     doc = {
         "kdf": {
@@ -169,12 +163,11 @@ def encrypt_private_key(key: PrivateKey, passphrase: bytes) -> bytes:
 
 def open_sealed(sealed: Sealed, box_key: bytes, source: str) -> PrivateKey:
     """The private key in a checked envelope, given the key scrypt derived for it."""
-    try:
-        plain = nacl.secret.SecretBox(box_key).decrypt(sealed.ciphertext, sealed.nonce)
-    except nacl.exceptions.CryptoError:
+    plain = secretbox_open(box_key, sealed.nonce, sealed.ciphertext)
+    if plain is None:
         # The Poly1305 tag cannot tell a wrong passphrase from altered bytes; the first is
         # by far the likelier, and a file altered in a way that keeps valid JSON is rare.
-        raise WrongPassphraseError(f"wrong passphrase for {source}") from None
+        raise WrongPassphraseError(f"wrong passphrase for {source}")
     return _p256_pkcs8(plain) or _as_private(
         _load_der_private(plain, source, "the decrypted key"), source)
 

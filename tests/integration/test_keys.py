@@ -63,6 +63,40 @@ def message_of(exc: pytest.ExceptionInfo[NestbuildError]) -> str:
     return msg
 
 
+# --- scrypt ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1 << 15, 1 << 16, 1 << 17])
+@pytest.mark.parametrize("passphrase", [b"", b"correct horse", "pässwörd".encode()])
+def test_scrypt_derives_what_openssl_derives(n: int, passphrase: bytes) -> None:
+    # libsodium's scrypt against an independent implementation (OpenSSL's, through hashlib),
+    # for every N a key file may carry
+    salt = os.urandom(32)
+    assert keyfile.scrypt(passphrase, salt, n, 8, 1) == hashlib.scrypt(
+        passphrase, salt=salt, n=n, r=8, p=1, maxmem=1 << 28, dklen=keyfile.BOX_KEY_SIZE)
+
+
+@pytest.mark.parametrize("size", [0, 1, 121, 4096])
+def test_secretbox_is_nacls(size: int) -> None:
+    # sealed here, opened by PyNaCl, and the other way round: the layout Go's secretbox reads
+    key, nonce, plain = os.urandom(32), os.urandom(24), os.urandom(size)
+    sealed = keyfile.secretbox_seal(key, nonce, plain)
+    assert sealed == nacl.secret.SecretBox(key).encrypt(plain, nonce).ciphertext
+    assert nacl.secret.SecretBox(key).decrypt(sealed, nonce) == plain
+    assert keyfile.secretbox_open(key, nonce, sealed) == plain
+
+
+def test_secretbox_refuses_what_does_not_verify() -> None:
+    key, nonce = os.urandom(32), os.urandom(24)
+    sealed = keyfile.secretbox_seal(key, nonce, b"private key")
+    altered = bytes([sealed[0] ^ 1]) + sealed[1:]
+    assert keyfile.secretbox_open(os.urandom(32), nonce, sealed) is None
+    assert keyfile.secretbox_open(key, nonce, altered) is None
+    assert keyfile.secretbox_open(key, nonce, sealed[:15]) is None  # shorter than the tag
+    with pytest.raises(ValueError, match="24-byte nonce"):
+        keyfile.secretbox_open(key, nonce[:8], sealed)
+
+
 # --- cosign's own vector -------------------------------------------------------------------
 
 
