@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -52,6 +53,7 @@ from nestbuild._registry.transport import (
     TLSError,
     TransportError,
 )
+from nestbuild._util.background import run_all
 from nestbuild.errors import NestbuildError
 
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
@@ -634,9 +636,16 @@ class RegistryClient:
         the registry may already have costs less than a round trip to find out. Nothing is
         stored; :meth:`cancel_uploads` (or :meth:`close`) ends the sessions nobody used.
         Signing does this while its key decrypts."""
-        for digest in digests:
-            if (repo, digest) not in self._sessions:
-                self._sessions[(repo, digest)] = self._start_upload(repo)
+        todo = [d for d in dict.fromkeys(digests) if (repo, d) not in self._sessions]
+
+        def start(digest: str) -> None:
+            location = self._start_upload(repo)
+            with self._lock:
+                self._sessions[(repo, digest)] = location
+
+        # side by side: each thread opens (or reuses) a connection of its own, and leaves it
+        # idle for the blobs' PUTs, which then go side by side without a handshake
+        run_all(functools.partial(start, digest) for digest in todo)
 
     def cancel_uploads(self) -> None:
         """End the upload sessions :meth:`prepare_blobs` opened and nothing used."""

@@ -4,7 +4,7 @@ Why not requests (and oras-py, which needs it and jsonschema): importing them co
 more than a whole ``cosign sign``; every registry command is short, and this is most of it.
 What the client needs from HTTP is small, and here it is:
 
-- keep-alive connections, one pool per thread (blobs go up from several threads);
+- keep-alive connections, shared by the threads (blobs go up from several at once);
 - request bodies as bytes or as a sized iterable (streamed with ``Content-Length``, never
   chunked: registries refuse chunked ``PATCH``), response bodies read whole or streamed;
 - redirects followed for GET and HEAD (blob storage behind a CDN), the ``Authorization``
@@ -34,6 +34,8 @@ from typing import Any
 
 USER_AGENT = "nestbuild"
 MAX_REDIRECTS = 5
+#: Idle connections kept open per host: as many as a push's upload threads use at once.
+MAX_IDLE = 8
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 Body = bytes | Iterable[bytes] | None
@@ -229,8 +231,9 @@ class Session:
         self._tls_factory = tls
         self._tls: ssl.SSLContext | None = None
         self._loopback = loopback
-        self._local = threading.local()
         self._lock = threading.Lock()
+        #: Open connections nobody is using, by (scheme, netloc): shared by the threads.
+        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
         self._all: list[http.client.HTTPConnection] = []
 
     def _context(self) -> ssl.SSLContext:
@@ -238,13 +241,6 @@ class Session:
             if self._tls is None:
                 self._tls = self._tls_factory()
             return self._tls
-
-    def _pool(self) -> dict[tuple[str, str], http.client.HTTPConnection]:
-        pool: dict[tuple[str, str], http.client.HTTPConnection] | None = \
-            getattr(self._local, "pool", None)
-        if pool is None:
-            pool = self._local.pool = {}
-        return pool
 
     def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         proxy = proxy_for(scheme, netloc, loopback=self._loopback(netloc))
@@ -276,26 +272,33 @@ class Session:
         return conn
 
     def _checkout(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
-        """A pooled connection (True: it has carried requests before) or a new one."""
-        conn = self._pool().pop((scheme, netloc), None)
+        """An idle connection (True: it has carried requests before) or a new one.
+
+        Idle connections are shared by the threads: what a finished upload thread leaves is
+        the next one's, and a connection opened ahead of the work (a signer's second upload
+        session, opened while its key decrypts) is there, handshake done, when the work starts.
+        """
+        with self._lock:
+            idle = self._idle.get((scheme, netloc))
+            conn = idle.pop() if idle else None
         if conn is not None:
             return conn, conn.sock is not None
         return self._connect(scheme, netloc), False
 
     def _checkin(self, key: tuple[str, str], conn: http.client.HTTPConnection,
                  reusable: bool) -> None:
-        """Back into this thread's pool: closed first when its last body was not read whole
-        (it reconnects on its next request)."""
+        """Back among the idle: closed first when its last body was not read whole (it
+        reconnects on its next request); closed for good past :data:`MAX_IDLE`."""
         if not reusable:
             conn.close()
-        pool = self._pool()
-        if key in pool:  # another request opened a second one meanwhile
-            conn.close()
-            with self._lock:
-                if conn in self._all:
-                    self._all.remove(conn)
-            return
-        pool[key] = conn
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < MAX_IDLE:
+                idle.append(conn)
+                return
+            if conn in self._all:  # not if the session closed meanwhile
+                self._all.remove(conn)
+        conn.close()
 
     def request(self, method: str, url: str, *, body: Body = None,
                 headers: Mapping[str, str] | None = None, stream: bool = False) -> Response:
@@ -346,6 +349,7 @@ class Session:
     def close(self) -> None:
         with self._lock:
             conns, self._all = self._all, []
+            self._idle.clear()
         for conn in conns:
             conn.close()
 

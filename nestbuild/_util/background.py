@@ -40,8 +40,7 @@ def in_thread(work: Callable[[], T], name: str = "nestbuild") -> Callable[[], T]
 def run_all(works: Iterable[Callable[[], object]]) -> None:
     """Run ``works`` side by side and wait for all; raise the first failure.
 
-    The first runs in the caller's thread, which keeps its warm connections (a registry
-    client's are per thread): one thread and one connection fewer.
+    The first runs in the caller's thread: one thread fewer.
     """
     todo = list(works)
     if not todo:

@@ -530,10 +530,10 @@ def _commit(target: Target, updates: Sequence[_Update]) -> None:
     """Blobs (payloads and configs) first, then the manifests that reference them; returns
     once a read of each tag, a settle interval after it last changed, holds our layers.
 
-    One signature's two blobs go one after the other on the open connection
-    (:data:`SERIAL_BLOBS`); an index's, more of them, in parallel: these round trips are most
-    of what is left of signing once the key is open. Several tags (an index and its
-    platforms) settle together, in one interval.
+    The blobs go side by side, each on a connection the store opened while the key
+    decrypted (:meth:`SignatureStore.prepare_blobs`): these round trips are most of what is
+    left of signing once the key is open. Several tags (an index and its platforms) settle
+    together, in one interval.
     """
     if not updates:
         return
@@ -553,12 +553,6 @@ def _commit(target: Target, updates: Sequence[_Update]) -> None:
     raise _unconfirmed(target, pending[0])
 
 
-#: Up to this many blobs are stored one after the other on the connection already open.
-#: Another thread needs a connection of its own: a TCP (and TLS) handshake costs as many round
-#: trips as the request it would save. One signature's payload and config go this way.
-SERIAL_BLOBS = 2
-
-
 def _store_blobs(target: Target, writes: Sequence[_Write], stored: set[str]) -> None:
     blobs = {digest_of(b): b for w in writes for b in (*w.blobs, w.config)}
     todo = {digest: blob for digest, blob in blobs.items() if digest not in stored}
@@ -567,11 +561,7 @@ def _store_blobs(target: Target, writes: Sequence[_Write], stored: set[str]) -> 
         if not target.store.has_blob(target.repo, digest):
             target.store.put_blob(target.repo, blob, digest, len(blob))
 
-    if len(todo) <= SERIAL_BLOBS:
-        for digest, blob in todo.items():
-            store(digest, blob)
-    else:
-        run_all(functools.partial(store, digest, blob) for digest, blob in todo.items())
+    run_all(functools.partial(store, digest, blob) for digest, blob in todo.items())
     stored.update(todo)
 
 
