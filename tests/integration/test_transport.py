@@ -204,3 +204,64 @@ def test_redirects_are_followed_without_the_registry_credentials() -> None:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    """Keep-alive; counts the connections it is given (one handler per connection)."""
+
+    protocol_version = "HTTP/1.1"
+    connections = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def setup(self) -> None:
+        super().setup()
+        with _Counting.lock:
+            _Counting.connections += 1
+
+    def do_GET(self) -> None:
+        if self.path == "/slow":
+            _Counting.release.wait(10)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_threads_share_the_idle_connections() -> None:
+    # A push's upload threads, and a signer's blobs stored side by side on the connections it
+    # opened while its key decrypted, take the connections other threads left idle.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    session = Session(timeout=10, tls=lambda: pytest.fail("no TLS here"), loopback=is_loopback)
+
+    def get(path: str) -> None:
+        assert session.request("GET", base + path).content == b"ok"
+
+    def in_thread(path: str) -> threading.Thread:
+        thread = threading.Thread(target=get, args=(path,))
+        thread.start()
+        return thread
+
+    try:
+        for _ in range(4):  # one thread after another: one connection
+            in_thread("/").join()
+        assert _Counting.connections == 1
+        slow = in_thread("/slow")  # holds its connection: the next request needs another
+        in_thread("/").join()
+        _Counting.release.set()
+        slow.join()
+        assert _Counting.connections == 2
+        both = [in_thread("/"), in_thread("/")]  # both open ones are idle again
+        for thread in both:
+            thread.join()
+        get("/")
+        assert _Counting.connections == 2
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
