@@ -524,13 +524,12 @@ class LayerScanner(Record):
 
     raws: list[Raw]
     guard: SymlinkGuard
-    _secret_paths: set[tuple[str, int]]
 
-    def __init__(self, raws: list[Raw] | None = None, guard: SymlinkGuard | None = None,
-                 _secret_paths: set[tuple[str, int]] | None = None) -> None:
+    def __init__(self, raws: list[Raw] | None = None, guard: SymlinkGuard | None = None) -> None:
         self.raws = [] if raws is None else raws
         self.guard = SymlinkGuard() if guard is None else guard
-        self._secret_paths = set() if _secret_paths is None else _secret_paths
+        #: (path, layer) of each secret reported, so that a file is reported once
+        self._secret_paths: set[tuple[str, int]] = set()
 
     def item(self, item: Item) -> None:
         why = refusal(item, self.guard)

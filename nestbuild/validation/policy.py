@@ -109,7 +109,6 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 class Policy(Record):
     """Which paths derived layers may change, and each rule's severity."""
 
-    _hidden = ("_allow_re", "_deny_re")
     name: str
     allow: list[str]
     deny: list[str]
@@ -117,23 +116,19 @@ class Policy(Record):
     source: str
     #: Every setting of :data:`SETTINGS`, with the policy's value or the default.
     settings: dict[str, int | None]
-    _allow_re: list[re.Pattern[str]]
-    _deny_re: list[re.Pattern[str]]
 
     def __init__(self, name: str, allow: list[str], deny: list[str],
                  severities: dict[str, str] | None = None, source: str = "built-in",
-                 settings: dict[str, int | None] | None = None,
-                 _allow_re: list[re.Pattern[str]] | None = None,
-                 _deny_re: list[re.Pattern[str]] | None = None) -> None:
+                 settings: dict[str, int | None] | None = None) -> None:
         self.name = name
         self.allow = allow
         self.deny = deny
         self.severities = {} if severities is None else severities
         self.source = source
         self.settings = dict(SETTINGS) if settings is None else settings
-        # compiled from allow and deny: what _allow_re and _deny_re pass is not used
-        self._allow_re = [_glob_regex(p) for p in self.allow]
-        self._deny_re = [_glob_regex(p) for p in self.deny]
+        # compiled from allow and deny, so not fields: equal policies have equal patterns
+        self._allow_re: list[re.Pattern[str]] = [_glob_regex(p) for p in self.allow]
+        self._deny_re: list[re.Pattern[str]] = [_glob_regex(p) for p in self.deny]
 
     def severity(self, rule: str, *, refused: bool = False) -> str:
         """The rule's severity under this policy. A finding a node refuses the image for is
