@@ -15,9 +15,6 @@ from typing import Final
 from nestbuild._util.record import Value, replace
 from nestbuild.errors import UsageError
 
-_DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
-_DIGEST_ALGO = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*")
-
 
 class RegistryRef(Value):
     """A normalised registry reference: ``host`` is ``docker.io`` and ``repo``
