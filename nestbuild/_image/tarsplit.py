@@ -187,8 +187,7 @@ class TarSplitStream(PositionedReader):
             try:
                 f = self._seg_file = open(self._seg_path, "rb", buffering=0)  # noqa: SIM115
             except OSError as exc:
-                raise LayerError(f"layer file {os.fsdecode(self._seg_path)} is missing "
-                                 f"({exc})") from None
+                raise _missing(self._seg_path, exc) from None
             if offset:
                 f.seek(offset)
         elif f.tell() != offset:
@@ -200,8 +199,7 @@ class TarSplitStream(PositionedReader):
                 break
             data += more
         if data is None or len(data) != n:
-            raise LayerError(f"layer file {os.fsdecode(self._seg_path)} is shorter than "
-                             "recorded")
+            raise _short(self._seg_path)
         if offset + n == self._seg_end - self._seg_start:  # the whole body: done with it
             f.close()
             self._seg_file = None
@@ -211,24 +209,7 @@ class TarSplitStream(PositionedReader):
         """A whole body through the file descriptor alone: no file object is made for it
         (a layer has thousands of small files, and the object costs more than the read)."""
         assert self._seg_path is not None
-        try:
-            fd = os.open(self._seg_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise LayerError(f"layer file {os.fsdecode(self._seg_path)} is missing "
-                             f"({exc})") from None
-        try:
-            data = os.read(fd, n)
-            while len(data) < n:
-                more = os.read(fd, n - len(data))
-                if not more:
-                    break
-                data += more
-        finally:
-            os.close(fd)
-        if len(data) != n:
-            raise LayerError(f"layer file {os.fsdecode(self._seg_path)} is shorter than "
-                             "recorded")
-        return data
+        return b"".join(file_chunks(self._seg_path, n, n))
 
     def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
         data = self.read(len(buf))
@@ -240,6 +221,34 @@ class TarSplitStream(PositionedReader):
             self._seg_file.close()
         self._meta.close()
         super().close()
+
+
+def file_chunks(path: bytes, size: int, chunk: int) -> Iterator[bytes]:
+    """A layer file's first ``size`` bytes (what the tar holds of it), ``chunk`` at most at a
+    time, through its file descriptor alone; a file that is gone or shorter than tar-split
+    recorded is a LayerError. The reader's bodies and a push's follower both read this way."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _missing(path, exc) from None
+    try:
+        left = size
+        while left:
+            data = os.read(fd, min(left, chunk))
+            if not data:
+                raise _short(path)
+            left -= len(data)
+            yield data
+    finally:
+        os.close(fd)
+
+
+def _missing(path: bytes, exc: OSError) -> LayerError:
+    return LayerError(f"layer file {os.fsdecode(path)} is missing ({exc})")
+
+
+def _short(path: bytes) -> LayerError:
+    return LayerError(f"layer file {os.fsdecode(path)} is shorter than recorded")
 
 
 def _chain_one(

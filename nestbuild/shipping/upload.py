@@ -41,7 +41,7 @@ from nestbuild._image.model import (
     index_manifests,
 )
 from nestbuild._image.source import ImageSource, LayerStream, OCILayoutSource
-from nestbuild._image.tarsplit import TarSplitStream
+from nestbuild._image.tarsplit import TarSplitStream, file_chunks
 from nestbuild._registry import reference
 from nestbuild._registry.access import RegistryAccess
 from nestbuild._registry.blobinfo import BlobInfo
@@ -380,7 +380,7 @@ class _Follower:
                     held += len(data)
                 else:
                     assert path is not None
-                    yield from _file_chunks(path, size)
+                    yield from file_chunks(path, size, READ)
             self._done_with(held)
 
     def _advance(self, n: int) -> None:
@@ -392,24 +392,6 @@ class _Follower:
                        self._what, self._advance)
         with self._cond:  # a reader waiting for room learns of the failure
             self._cond.notify_all()
-
-
-def _file_chunks(path: bytes, size: int) -> Iterator[bytes]:
-    """A layer file's first ``size`` bytes (what the tar holds of it), in chunks."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LayerError(f"layer file {os.fsdecode(path)} is missing ({exc})") from None
-    try:
-        left = size
-        while left:
-            chunk = os.read(fd, min(left, READ))
-            if not chunk:
-                raise LayerError(f"layer file {os.fsdecode(path)} is shorter than recorded")
-            left -= len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
 
 
 class Precompressor:

@@ -155,3 +155,39 @@ def test_storage_that_no_longer_matches_its_diff_id_is_refused(
     with pytest.raises(LayerError, match="does not match its diff ID"):
         follower.spool.result()
     follower.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "removed"])
+def test_a_layer_file_short_of_or_missing_from_storage_is_refused_on_both_paths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    # the reader reads small bodies itself; the follower reads the ones it skipped: each says
+    # which file of local storage no longer holds what tar-split recorded
+    monkeypatch.setenv("NESTBUILD_CACHE", str(tmp_path / "cache"))
+    split, root, raw = _store_layer(tmp_path)
+    why = "is shorter than recorded" if damage == "truncated" else "is missing"
+    for name, wanted in (("var/lib/tiny", True), ("usr/lib/big.bin", False)):
+        victim = root / name
+        saved = victim.read_bytes()
+        if damage == "truncated":
+            victim.write_bytes(saved[:-1])
+        else:
+            victim.unlink()
+        follower = upload._Follower("gzip", "sha256:" + hashlib.sha256(raw).hexdigest(),
+                                    "test layer")
+        with TarSplitStream(split, root) as stream:
+            stream.follow(follower.take)
+            if wanted:  # the reader reads this body: it fails there
+                with pytest.raises(LayerError, match=f"layer file .*{name} {why}"):
+                    for _ in read_layer(stream, 0, seekable=True,  # type: ignore[arg-type]
+                                        want_digest=lambda _e: True):
+                        pass
+            else:  # skipped by the reader: the compressor fails, and nothing is committed
+                for _ in read_layer(stream, 0, seekable=True,  # type: ignore[arg-type]
+                                    want_digest=lambda _e: False):
+                    pass
+                stream.finish_following()
+                follower.end()
+                with pytest.raises(LayerError, match=f"layer file .*{name} {why}"):
+                    follower.spool.result()
+        follower.close()
+        victim.write_bytes(saved)
