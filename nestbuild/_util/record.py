@@ -18,11 +18,9 @@ stay dataclasses.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing's costs an import that the key-loading thread must not wait for
-if TYPE_CHECKING:
-    from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-    R = TypeVar("R", bound="Record")
+R = TypeVar("R", bound="Record")
 
 
 class Record:
